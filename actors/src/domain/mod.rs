@@ -1,0 +1,23 @@
+//! The pure domain of jitsudo: requests, principals and the lifecycle state machine.
+//!
+//! Nothing here performs I/O or reads a clock: `step` and `create` are functions of their
+//! inputs, so the lifecycle of DESIGN.md §4 can be tested exhaustively without a database.
+
+mod ids;
+mod principal;
+mod request;
+mod step;
+
+pub use ids::{RequestId, grant_id_for, shard_of};
+pub use principal::{PersonRef, Principal, same_person};
+pub use request::{
+    Approval, EndingCause, Extension, ExtensionState, GrantEntry, GrantPurpose, GrantStatus,
+    Limits, NewRequest, Request, RequestSpec, State, Stamp, TimePatch,
+};
+pub use step::{
+    AuditEntry, Decider, Effect, Event, Guard, Notice, NoticeKind, Refusal, Rules, Transition,
+    create, outstanding_calls, step, timers, TimerKind,
+};
+
+/// Wall-clock instants. Deadlines are computed by the database clock (see [`Stamp`]).
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -1,0 +1,473 @@
+//! The PostgreSQL store: every transition is one data-modifying statement, so no
+//! transaction ever sits idle holding locks. Fenced writes read their `shard_owners` row
+//! `FOR SHARE`: a takeover's update of that row waits for them and then sees them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::rows::{self, Times};
+use super::*;
+use crate::domain::{Stamp, State, TimePatch};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Lock waits and idle transactions stay far below the shard lease margin.
+const SESSION_SETTINGS: &str = "SET lock_timeout = '2s'; SET idle_in_transaction_session_timeout = '2s'; SET statement_timeout = '10s'";
+
+impl PgStore {
+    pub async fn connect(url: &str, mode: Mode) -> StoreResult<Self> {
+        let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(SESSION_SETTINGS).execute(conn).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(db("connecting to PostgreSQL"))?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        let store = PgStore { pool };
+        store.check_mode(mode).await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn check_mode(&self, mode: Mode) -> StoreResult<()> {
+        let want = if mode == Mode::Dev { "dev" } else { "production" };
+        let stored: String = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('mode', $1) ON CONFLICT (key) DO NOTHING RETURNING value)
+             SELECT value FROM ins UNION ALL SELECT value FROM cluster_meta WHERE key = 'mode' LIMIT 1",
+        )
+        .bind(want)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("reading the database mode"))?;
+        if stored != want {
+            return Err(StoreError::ModeMismatch { database_is_dev: stored == "dev" });
+        }
+        Ok(())
+    }
+
+    /// Binds one time of a patch: an absolute instant, or an offset from the statement's clock.
+    fn time_params(s: &Option<Stamp>) -> (Option<Timestamp>, Option<i64>) {
+        match s {
+            None => (None, None),
+            Some(Stamp::At(t)) => (Some(*t), None),
+            Some(Stamp::NowPlus(d)) => (None, Some(d.num_microseconds().unwrap_or(i64::MAX))),
+        }
+    }
+
+    fn times(p: &TimePatch) -> [(Option<Timestamp>, Option<i64>); 6] {
+        [
+            Self::time_params(&p.created_at),
+            Self::time_params(&p.approval_deadline),
+            Self::time_params(&p.grant_deadline),
+            Self::time_params(&p.granted_at),
+            Self::time_params(&p.expires_at),
+            Self::time_params(&p.ended_at),
+        ]
+    }
+
+    /// The statement shared by create and transition; `$1..$31` as bound by `bind_write`.
+    fn write_sql(create: bool) -> String {
+        let t = |col: &str, i: usize, keep: bool| {
+            let old = if keep { col } else { "NULL" };
+            format!(
+                "COALESCE(${a}::timestamptz, statement_timestamp() + ${b}::bigint * interval '1 microsecond', {old})",
+                a = 9 + 2 * i,
+                b = 10 + 2 * i
+            )
+        };
+        let cols = ["created_at", "approval_deadline", "grant_deadline", "granted_at", "expires_at", "ended_at"];
+        let main = if create {
+            format!(
+                "INSERT INTO requests (id, shard, version, state, requester, provider, role, scope, break_glass, updated_at, body, {cols})
+                 SELECT $1, $3, 1, $6, $32, $31, $33, $34, $35, statement_timestamp(), $7, {vals}
+                 WHERE EXISTS (SELECT 1 FROM fence)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id, version, grant_deadline",
+                cols = cols.join(", "),
+                vals = cols.iter().enumerate().map(|(i, c)| t(c, i, false)).collect::<Vec<_>>().join(", "),
+            )
+        } else {
+            format!(
+                "UPDATE requests SET version = version + 1, state = $6, body = $7, updated_at = statement_timestamp(), {sets}
+                 WHERE id = $1 AND version = $2 AND EXISTS (SELECT 1 FROM fence)
+                   AND (NOT $8 OR approval_deadline > statement_timestamp())
+                 RETURNING id, version, grant_deadline",
+                sets = cols.iter().enumerate().map(|(i, c)| format!("{c} = {}", t(c, i, true))).collect::<Vec<_>>().join(", "),
+            )
+        };
+        format!(
+            "WITH fence AS (
+                SELECT 1 FROM shard_owners o
+                 WHERE o.shard = $3 AND o.owner = $4 AND o.epoch = $5
+                   AND EXISTS (SELECT 1 FROM shard_renewals r
+                                WHERE r.shard = o.shard AND r.epoch = o.epoch AND r.expires_at > statement_timestamp())
+                 FOR SHARE OF o
+             ), w AS ({main}),
+             aud AS (
+                INSERT INTO audit_events (id, at, kind, actor, request_id, request_version, node, details)
+                SELECT $21, statement_timestamp(), $22, $23, w.id, w.version, $24, $25 FROM w
+             ), ob AS (
+                INSERT INTO outbox (event_id, request_id, sink, kind, payload, created_at, next_attempt_at)
+                SELECT $21, w.id, o.sink, o.kind, o.payload, statement_timestamp(), statement_timestamp()
+                  FROM w, jsonb_to_recordset($26::jsonb) AS o(sink text, kind text, payload text)
+             ), ap AS (
+                INSERT INTO approvals (request_id, extension, approver, kind, comment, at)
+                SELECT w.id, a.extension, a.approver, a.kind, a.comment, a.at
+                  FROM w, jsonb_to_recordset($27::jsonb) AS a(extension int, approver text, kind text, comment text, at timestamptz)
+                ON CONFLICT DO NOTHING
+             ), gr AS (
+                INSERT INTO grants (grant_id, request_id, provider, purpose, status, provider_ref, not_after, updated_at)
+                SELECT g.grant_id, w.id, $31, g.purpose, g.status, g.provider_ref,
+                       COALESCE(g.not_after, w.grant_deadline + $30::bigint * interval '1 second'), statement_timestamp()
+                  FROM w, jsonb_to_recordset($28::jsonb)
+                       AS g(grant_id uuid, purpose text, status text, provider_ref text, not_after timestamptz)
+                ON CONFLICT (grant_id) DO UPDATE
+                   SET status = EXCLUDED.status, provider_ref = EXCLUDED.provider_ref,
+                       not_after = EXCLUDED.not_after, updated_at = EXCLUDED.updated_at
+             ), ex AS (
+                INSERT INTO extensions (request_id, number, by_seconds, state, grant_id)
+                SELECT w.id, e.number, e.by_seconds, e.state, e.grant_id
+                  FROM w, jsonb_to_recordset($29::jsonb) AS e(number int, by_seconds bigint, state text, grant_id uuid)
+                ON CONFLICT (request_id, number) DO UPDATE SET state = EXCLUDED.state, grant_id = EXCLUDED.grant_id
+             )
+             SELECT w.version, statement_timestamp() AS db_now FROM w"
+        )
+    }
+
+    async fn write(&self, fence: &Fence, p: Persist<'_>, create: bool) -> StoreResult<Write> {
+        let r = p.request;
+        let sql = Self::write_sql(create);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(r.id.0)
+            .bind(p.expected_version)
+            .bind(fence.shard as i32)
+            .bind(&fence.owner)
+            .bind(fence.epoch)
+            .bind(r.state.as_str())
+            .bind(sqlx::types::Json(rows::body(r)?))
+            .bind(matches!(p.guard, Some(Guard::BeforeApprovalDeadline)));
+        for (abs, off) in Self::times(p.times) {
+            q = q.bind(abs).bind(off);
+        }
+        let details = p.audit.details.to_string();
+        q = q
+            .bind(Uuid::now_v7())
+            .bind(&p.audit.kind)
+            .bind(&p.audit.actor)
+            .bind(p.node)
+            .bind(details)
+            .bind(rows::outbox_json(p.outbox))
+            .bind(rows::approvals_json(r))
+            .bind(rows::grants_json(r))
+            .bind(rows::extensions_json(r))
+            .bind(r.spec.duration_seconds)
+            .bind(&r.spec.provider)
+            .bind(&r.requester.subject)
+            .bind(&r.spec.role)
+            .bind(&r.spec.scope)
+            .bind(r.spec.break_glass);
+        let row = q.fetch_optional(&self.pool).await.map_err(db("committing a transition"))?;
+        if let Some(row) = row {
+            return Ok(Write::Updated {
+                version: row.try_get("version").map_err(db("reading the new version"))?,
+                db_now: row.try_get("db_now").map_err(db("reading the database clock"))?,
+            });
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM requests WHERE id = $1")
+            .bind(r.id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("checking a request after a refused write"))?;
+        Ok(match (create, exists) {
+            (true, Some(_)) => return Err(StoreError::Duplicate { id: r.id }),
+            (true, None) | (false, Some(_)) => Write::Stale,
+            (false, None) => Write::Missing,
+        })
+    }
+
+    fn decode(row: &PgRow) -> StoreResult<Request> {
+        let get = |c: &'static str| row.try_get::<Option<Timestamp>, _>(c).map_err(db("reading a request time"));
+        let times = Times([
+            get("created_at")?,
+            get("approval_deadline")?,
+            get("grant_deadline")?,
+            get("granted_at")?,
+            get("expires_at")?,
+            get("ended_at")?,
+        ]);
+        let body: sqlx::types::Json<serde_json::Value> = row.try_get("body").map_err(db("reading a request body"))?;
+        let version: i64 = row.try_get("version").map_err(db("reading a request version"))?;
+        rows::decode(body.0, version, times)
+    }
+
+    fn lease(row: &PgRow, owner: &str) -> StoreResult<Lease> {
+        Ok(Lease {
+            fence: Fence {
+                shard: row.try_get::<i32, _>("shard").map_err(db("reading a lease"))? as u32,
+                owner: owner.to_owned(),
+                epoch: row.try_get("epoch").map_err(db("reading a lease"))?,
+            },
+            expires_at: row.try_get("expires_at").map_err(db("reading a lease"))?,
+        })
+    }
+}
+
+const REQUEST_COLUMNS: &str =
+    "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn db_now(&self) -> StoreResult<Timestamp> {
+        sqlx::query_scalar("SELECT statement_timestamp()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the database clock"))
+    }
+
+    async fn init_shards(&self, shards: u32) -> StoreResult<u32> {
+        let stored: String = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('shards', $1) ON CONFLICT (key) DO NOTHING RETURNING value)
+             SELECT value FROM ins UNION ALL SELECT value FROM cluster_meta WHERE key = 'shards' LIMIT 1",
+        )
+        .bind(shards.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("initialising the shard count"))?;
+        let stored: u32 = stored.parse().map_err(|_| StoreError::Corrupt { what: format!("shard count {stored:?}") })?;
+        if stored != shards {
+            return Err(StoreError::ShardCountMismatch { stored, configured: shards });
+        }
+        Ok(stored)
+    }
+
+    async fn acquire_shards(&self, node: &str, incarnation: Uuid, shards: &[u32], ttl: Duration) -> StoreResult<Vec<Lease>> {
+        let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
+        // One conditional statement: a shard is taken only if its lease has lapsed, and
+        // taking it bumps the epoch, which fences every write of the previous owner.
+        let rows = sqlx::query(
+            "WITH taken AS (
+                INSERT INTO shard_owners AS o (shard, owner, incarnation, epoch, acquired_at)
+                SELECT s, $2, $3, 1, statement_timestamp() FROM unnest($1::int[]) AS s
+                ON CONFLICT (shard) DO UPDATE
+                   SET owner = EXCLUDED.owner, incarnation = EXCLUDED.incarnation,
+                       epoch = o.epoch + 1, acquired_at = EXCLUDED.acquired_at
+                 WHERE NOT EXISTS (SELECT 1 FROM shard_renewals r
+                                    WHERE r.shard = o.shard AND r.epoch = o.epoch
+                                      AND r.expires_at > statement_timestamp())
+                RETURNING o.shard, o.epoch
+             ), ren AS (
+                INSERT INTO shard_renewals (shard, epoch, expires_at)
+                SELECT shard, epoch, statement_timestamp() + $4::bigint * interval '1 millisecond' FROM taken
+                ON CONFLICT (shard) DO UPDATE SET epoch = EXCLUDED.epoch, expires_at = EXCLUDED.expires_at
+                RETURNING shard, epoch, expires_at
+             )
+             SELECT shard, epoch, expires_at FROM ren ORDER BY shard",
+        )
+        .bind(&shards)
+        .bind(node)
+        .bind(incarnation)
+        .bind(ttl_ms(ttl))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("acquiring shards"))?;
+        rows.iter().map(|r| Self::lease(r, node)).collect()
+    }
+
+    async fn renew_shards(&self, node: &str, incarnation: Uuid, ttl: Duration) -> StoreResult<Vec<Lease>> {
+        let rows = sqlx::query(
+            "UPDATE shard_renewals r SET expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond'
+               FROM shard_owners o
+              WHERE o.shard = r.shard AND o.epoch = r.epoch AND o.owner = $1 AND o.incarnation = $2
+             RETURNING r.shard, r.epoch, r.expires_at",
+        )
+        .bind(node)
+        .bind(incarnation)
+        .bind(ttl_ms(ttl))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("renewing shard leases"))?;
+        rows.iter().map(|r| Self::lease(r, node)).collect()
+    }
+
+    async fn release_shards(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE shard_renewals r SET expires_at = statement_timestamp() - interval '1 millisecond'
+               FROM shard_owners o
+              WHERE o.shard = r.shard AND o.epoch = r.epoch AND o.owner = $1 AND o.incarnation = $2",
+        )
+        .bind(node)
+        .bind(incarnation)
+        .execute(&self.pool)
+        .await
+        .map_err(db("releasing shard leases"))?;
+        Ok(())
+    }
+
+    async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
+        self.write(fence, p, true).await
+    }
+
+    async fn transition(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
+        self.write(fence, p, false).await
+    }
+
+    async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1")))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("loading a request"))?;
+        row.as_ref().map(Self::decode).transpose()
+    }
+
+    async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>> {
+        let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
+        let live: Vec<&str> = State::ALL.iter().filter(|s| !s.is_terminal()).map(|s| s.as_str()).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE shard = ANY($1) AND state = ANY($2) ORDER BY id"
+        )))
+        .bind(&shards)
+        .bind(&live)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading live requests"))?;
+        rows.iter().map(Self::decode).collect()
+    }
+
+    async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, actor, request_id, request_version, node, details
+               FROM audit_events WHERE request_id = $1 ORDER BY request_version",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading audit events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEvent {
+                    id: r.try_get("id").map_err(db("reading an audit event"))?,
+                    at: r.try_get("at").map_err(db("reading an audit event"))?,
+                    kind: r.try_get("kind").map_err(db("reading an audit event"))?,
+                    actor: r.try_get("actor").map_err(db("reading an audit event"))?,
+                    request_id: r.try_get("request_id").map_err(db("reading an audit event"))?,
+                    request_version: r.try_get("request_version").map_err(db("reading an audit event"))?,
+                    node: r.try_get("node").map_err(db("reading an audit event"))?,
+                    details: r.try_get("details").map_err(db("reading an audit event"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, event_id, request_id, sink, kind, payload, state, attempts FROM outbox WHERE request_id = $1 ORDER BY id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading outbox rows"))?;
+        rows.iter()
+            .map(|r| {
+                let e = db("reading an outbox row");
+                Ok(OutboxEntry {
+                    id: r.try_get("id").map_err(db("reading an outbox row"))?,
+                    event_id: r.try_get("event_id").map_err(db("reading an outbox row"))?,
+                    request_id: r.try_get("request_id").map_err(db("reading an outbox row"))?,
+                    sink: r.try_get("sink").map_err(db("reading an outbox row"))?,
+                    kind: r.try_get("kind").map_err(db("reading an outbox row"))?,
+                    payload: r.try_get("payload").map_err(db("reading an outbox row"))?,
+                    state: r.try_get("state").map_err(db("reading an outbox row"))?,
+                    attempts: r.try_get("attempts").map_err(e)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn policies(&self) -> StoreResult<Vec<PolicySource>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (name) name, version, rego, author, deleted FROM policies ORDER BY name, version DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading policies"))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if r.try_get::<bool, _>("deleted").map_err(db("reading a policy"))? {
+                continue;
+            }
+            out.push(PolicySource {
+                name: r.try_get("name").map_err(db("reading a policy"))?,
+                version: r.try_get("version").map_err(db("reading a policy"))?,
+                author: r.try_get("author").map_err(db("reading a policy"))?,
+                rego: r.try_get("rego").map_err(db("reading a policy"))?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn put_policy(&self, name: &str, rego: &str, author: &str, node: &str) -> StoreResult<i64> {
+        put_policy_pg(&self.pool, name, rego, author, node, false).await.map(|v| v.unwrap_or(0))
+    }
+
+    async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool> {
+        put_policy_pg(&self.pool, name, "", author, node, true).await.map(|v| v.is_some())
+    }
+}
+
+/// A new policy version and its audit event in one statement. Deleting an unknown (or
+/// already deleted) policy writes nothing and answers `None`.
+async fn put_policy_pg(pool: &PgPool, name: &str, rego: &str, author: &str, node: &str, delete: bool) -> StoreResult<Option<i64>> {
+    let version: Option<i64> = sqlx::query_scalar(
+        "WITH cur AS (
+            SELECT version, deleted FROM policies WHERE name = $1 ORDER BY version DESC LIMIT 1
+         ), ins AS (
+            INSERT INTO policies (name, version, rego, author, deleted, created_at)
+            SELECT $1, COALESCE((SELECT version FROM cur), 0) + 1, $2, $3, $5, statement_timestamp()
+             WHERE NOT $5 OR EXISTS (SELECT 1 FROM cur WHERE NOT deleted)
+            RETURNING version
+         ), aud AS (
+            INSERT INTO audit_events (id, at, kind, actor, node, details)
+            SELECT $6, statement_timestamp(), CASE WHEN $5 THEN 'policy.deleted' ELSE 'policy.applied' END, $3, $4,
+                   json_build_object('name', $1::text, 'version', ins.version, 'sha256', encode(sha256(convert_to($2, 'UTF8')), 'hex'))::text
+              FROM ins
+         )
+         SELECT version FROM ins",
+    )
+    .bind(name)
+    .bind(rego)
+    .bind(author)
+    .bind(node)
+    .bind(delete)
+    .bind(Uuid::now_v7())
+    .fetch_optional(pool)
+    .await
+    .map_err(db("storing a policy"))?;
+    Ok(version)
+}
