@@ -22,7 +22,9 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop runs outside async context guarantees: use a private runtime on a thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     if let Ok(mut c) = PgConnection::connect(&admin).await {
@@ -62,7 +64,11 @@ async fn try_postgres() -> Result<TestDatabase> {
         .await
         .context("creating the test database")?;
     let url = with_database(&admin_url, &name);
-    Ok(TestDatabase { url, name, admin_url })
+    Ok(TestDatabase {
+        url,
+        name,
+        admin_url,
+    })
 }
 
 static ADMIN_URL: OnceCell<String> = OnceCell::const_new();
@@ -133,10 +139,14 @@ impl PrivateCluster {
         }
         let initdb = bin.join("initdb");
         run(
-            wrap(as_root, &initdb)
-                .args(["-D"])
-                .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]),
+            wrap(as_root, &initdb).args(["-D"]).arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]),
             "initdb",
         )?;
         let opts = format!(
@@ -166,13 +176,24 @@ impl PrivateCluster {
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("spawning the PostgreSQL watchdog")?;
-        Ok(PrivateCluster { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), _dir: dir })
+        Ok(PrivateCluster {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            _dir: dir,
+        })
     }
 }
 
 fn shell_stop(as_root: bool, pg_ctl: &Path, data: &Path) -> String {
-    let cmd = format!("{} -D {} -m immediate stop", pg_ctl.display(), data.display());
-    if as_root { format!("runuser -u postgres -- {cmd}") } else { cmd }
+    let cmd = format!(
+        "{} -D {} -m immediate stop",
+        pg_ctl.display(),
+        data.display()
+    );
+    if as_root {
+        format!("runuser -u postgres -- {cmd}")
+    } else {
+        cmd
+    }
 }
 
 fn wrap(as_root: bool, program: &Path) -> Command {
@@ -207,7 +228,10 @@ fn is_root() -> bool {
 }
 
 fn chown_postgres(path: &Path) -> Result<()> {
-    run(Command::new("chown").args(["-R", "postgres:"]).arg(path), "chown")
+    run(
+        Command::new("chown").args(["-R", "postgres:"]).arg(path),
+        "chown",
+    )
 }
 
 /// `PG_BIN` if set, else the newest `/usr/lib/postgresql/*/bin`, else whatever `PATH` has.
@@ -229,12 +253,17 @@ fn pg_bin_dir() -> Result<PathBuf> {
     if let Some((_, bin)) = versions.pop() {
         return Ok(bin);
     }
-    let out = Command::new("sh").args(["-c", "command -v initdb"]).output()?;
+    let out = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()?;
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if path.is_empty() {
         bail!("no initdb on PATH and no /usr/lib/postgresql/*/bin");
     }
-    Ok(PathBuf::from(path).parent().map(Path::to_path_buf).unwrap_or_default())
+    Ok(PathBuf::from(path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -243,9 +272,15 @@ mod tests {
 
     #[test]
     fn database_name_replaces_the_path_of_the_admin_url() {
-        assert_eq!(with_database("postgres://p@h:5/postgres", "x"), "postgres://p@h:5/x");
+        assert_eq!(
+            with_database("postgres://p@h:5/postgres", "x"),
+            "postgres://p@h:5/x"
+        );
         assert_eq!(with_database("postgres://p@h:5", "x"), "postgres://p@h:5/x");
-        assert_eq!(with_database("postgres://p@h:5/db?sslmode=disable", "x"), "postgres://p@h:5/x?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://p@h:5/db?sslmode=disable", "x"),
+            "postgres://p@h:5/x?sslmode=disable"
+        );
     }
 
     #[test]

@@ -12,11 +12,11 @@ pub use ids::{RequestId, grant_id_for, shard_of};
 pub use principal::{PersonRef, Principal, same_person};
 pub use request::{
     Approval, EndingCause, Extension, ExtensionState, GrantEntry, GrantPurpose, GrantStatus,
-    Limits, NewRequest, Request, RequestSpec, State, Stamp, TimePatch,
+    Limits, NewRequest, Request, RequestSpec, Stamp, State, TimePatch,
 };
 pub use step::{
-    AuditEntry, Decider, Effect, Event, Guard, Notice, NoticeKind, Refusal, Rules, Transition,
-    create, outstanding_calls, step, timers, TimerKind,
+    AuditEntry, Decider, Effect, Event, Guard, Notice, NoticeKind, Refusal, Rules, TimerKind,
+    Transition, create, outstanding_calls, step, timers,
 };
 
 /// Wall-clock instants. Deadlines are computed by the database clock (see [`Stamp`]).

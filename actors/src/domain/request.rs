@@ -40,7 +40,10 @@ impl State {
     ];
 
     pub fn is_terminal(self) -> bool {
-        !matches!(self, State::Pending | State::Approved | State::Active | State::Ending)
+        !matches!(
+            self,
+            State::Pending | State::Approved | State::Active | State::Ending
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -159,7 +162,10 @@ pub enum GrantPurpose {
     /// The request's own grant: `not_after = grant_deadline + duration`.
     Primary,
     /// The grant of an extension: its `not_after` is fixed at its intent.
-    Extension { extension: u32, not_after: Timestamp },
+    Extension {
+        extension: u32,
+        not_after: Timestamp,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

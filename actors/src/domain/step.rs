@@ -45,23 +45,67 @@ pub struct Decider {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     AutoApprove,
-    Approve { by: Decider, comment: String },
-    Deny { by: Decider, reason: String },
-    Cancel { by: Principal },
-    Revoke { by: Decider, reason: String },
+    Approve {
+        by: Decider,
+        comment: String,
+    },
+    Deny {
+        by: Decider,
+        reason: String,
+    },
+    Cancel {
+        by: Principal,
+    },
+    Revoke {
+        by: Decider,
+        reason: String,
+    },
     /// Timer events carry the deadline they were armed for.
-    ApprovalDeadline { deadline: Timestamp },
-    GrantDeadline { deadline: Timestamp },
-    Expiry { expires_at: Timestamp },
-    GrantSucceeded { grant_id: Uuid, provider_ref: String },
-    GrantFailed { grant_id: Uuid, class: ErrorClass, message: String },
-    RevokeSucceeded { grant_id: Uuid },
-    RevokeFailed { grant_id: Uuid, message: String },
+    ApprovalDeadline {
+        deadline: Timestamp,
+    },
+    GrantDeadline {
+        deadline: Timestamp,
+    },
+    Expiry {
+        expires_at: Timestamp,
+    },
+    GrantSucceeded {
+        grant_id: Uuid,
+        provider_ref: String,
+    },
+    GrantFailed {
+        grant_id: Uuid,
+        class: ErrorClass,
+        message: String,
+    },
+    RevokeSucceeded {
+        grant_id: Uuid,
+    },
+    RevokeFailed {
+        grant_id: Uuid,
+        message: String,
+    },
     /// The provider expired the grant natively and `inspect` confirmed it is gone.
-    GoneAtProvider { grant_id: Uuid, evidence: String },
-    RequestExtension { by: Principal, by_seconds: i64, reason: String },
-    ApproveExtension { number: u32, by: Decider, comment: String },
-    DenyExtension { number: u32, by: Decider, reason: String },
+    GoneAtProvider {
+        grant_id: Uuid,
+        evidence: String,
+    },
+    RequestExtension {
+        by: Principal,
+        by_seconds: i64,
+        reason: String,
+    },
+    ApproveExtension {
+        number: u32,
+        by: Decider,
+        comment: String,
+    },
+    DenyExtension {
+        number: u32,
+        by: Decider,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -124,7 +168,10 @@ pub enum Refusal {
     #[error(
         "the extension would bring the total to {total_seconds}s, above the policy maximum of {max_seconds}s"
     )]
-    ExtensionExceedsMaximum { total_seconds: i64, max_seconds: i64 },
+    ExtensionExceedsMaximum {
+        total_seconds: i64,
+        max_seconds: i64,
+    },
     #[error("extension {number} is still in progress; wait for it to finish")]
     ExtensionInProgress { number: u32 },
     #[error("the request has no extension {number} awaiting a decision")]
@@ -199,11 +246,21 @@ pub struct AuditEntry {
 /// What the actor does after the transition has committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    CallGrant { grant_id: Uuid },
-    CallRevoke { grant_id: Uuid },
+    CallGrant {
+        grant_id: Uuid,
+    },
+    CallRevoke {
+        grant_id: Uuid,
+    },
     /// Back off, then call again (`attempt` failures so far).
-    RetryGrantLater { grant_id: Uuid, attempt: u32 },
-    RetryRevokeLater { grant_id: Uuid, attempt: u32 },
+    RetryGrantLater {
+        grant_id: Uuid,
+        attempt: u32,
+    },
+    RetryRevokeLater {
+        grant_id: Uuid,
+        attempt: u32,
+    },
     /// Feed this event back in once the transition has committed.
     Followup(Event),
 }
@@ -245,7 +302,9 @@ impl TimerKind {
 /// The deadline timers a request in its current state needs.
 pub fn timers(req: &Request) -> Vec<(TimerKind, Timestamp)> {
     let at = match req.state {
-        State::Pending => req.approval_deadline.map(|t| (TimerKind::ApprovalDeadline, t)),
+        State::Pending => req
+            .approval_deadline
+            .map(|t| (TimerKind::ApprovalDeadline, t)),
         State::Approved => req.grant_deadline.map(|t| (TimerKind::GrantDeadline, t)),
         State::Active => req.expires_at.map(|t| (TimerKind::Expiry, t)),
         _ => None,
@@ -259,14 +318,20 @@ pub fn outstanding_calls(req: &Request) -> Vec<Effect> {
     let mut out = Vec::new();
     for g in &req.grants {
         let call = match (req.state, g.status) {
-            (State::Ending, s) if s != GrantStatus::Revoked => {
-                Some(Effect::CallRevoke { grant_id: g.grant_id })
-            }
+            (State::Ending, s) if s != GrantStatus::Revoked => Some(Effect::CallRevoke {
+                grant_id: g.grant_id,
+            }),
             (State::Approved, GrantStatus::Intended) if g.purpose == GrantPurpose::Primary => {
-                Some(Effect::CallGrant { grant_id: g.grant_id })
+                Some(Effect::CallGrant {
+                    grant_id: g.grant_id,
+                })
             }
-            (State::Active, GrantStatus::Intended) => Some(Effect::CallGrant { grant_id: g.grant_id }),
-            (State::Active, GrantStatus::Abandoned) => Some(Effect::CallRevoke { grant_id: g.grant_id }),
+            (State::Active, GrantStatus::Intended) => Some(Effect::CallGrant {
+                grant_id: g.grant_id,
+            }),
+            (State::Active, GrantStatus::Abandoned) => Some(Effect::CallRevoke {
+                grant_id: g.grant_id,
+            }),
             _ => None,
         };
         out.extend(call);
@@ -312,7 +377,10 @@ pub fn create(
         ended_at: None,
     };
     let actor = req.requester.subject.clone();
-    let mut times = TimePatch { created_at: Some(Stamp::now()), ..TimePatch::default() };
+    let mut times = TimePatch {
+        created_at: Some(Stamp::now()),
+        ..TimePatch::default()
+    };
     let mut notices = vec![notice(NoticeKind::Created, &req, json!({}))];
     let mut effects = Vec::new();
     let kind;
@@ -366,7 +434,11 @@ pub fn create(
     Ok(Transition {
         next: req,
         times,
-        audit: AuditEntry { kind: kind.into(), actor, details },
+        audit: AuditEntry {
+            kind: kind.into(),
+            actor,
+            details,
+        },
         notices,
         effects,
         guard: None,
@@ -376,7 +448,10 @@ pub fn create(
 fn validate_spec(spec: &RequestSpec) -> Result<(), Refusal> {
     let text = |field: &'static str, v: &str, max: usize, required: bool| {
         if required && v.trim().is_empty() {
-            return Err(Refusal::Invalid { field, reason: "must not be empty".into() });
+            return Err(Refusal::Invalid {
+                field,
+                reason: "must not be empty".into(),
+            });
         }
         if v.len() > max {
             return Err(Refusal::Invalid {
@@ -385,7 +460,10 @@ fn validate_spec(spec: &RequestSpec) -> Result<(), Refusal> {
             });
         }
         if v.chars().any(char::is_control) {
-            return Err(Refusal::Invalid { field, reason: "must not contain control characters".into() });
+            return Err(Refusal::Invalid {
+                field,
+                reason: "must not contain control characters".into(),
+            });
         }
         Ok(())
     };
@@ -405,13 +483,21 @@ fn validate_spec(spec: &RequestSpec) -> Result<(), Refusal> {
     if spec.duration_seconds > Limits::MAX_DURATION_SECONDS {
         return Err(Refusal::Invalid {
             field: "duration",
-            reason: format!("{}s is above the hard limit of {}s", spec.duration_seconds, Limits::MAX_DURATION_SECONDS),
+            reason: format!(
+                "{}s is above the hard limit of {}s",
+                spec.duration_seconds,
+                Limits::MAX_DURATION_SECONDS
+            ),
         });
     }
     if spec.metadata.len() > Limits::METADATA_ENTRIES {
         return Err(Refusal::Invalid {
             field: "metadata",
-            reason: format!("has {} entries; the limit is {}", spec.metadata.len(), Limits::METADATA_ENTRIES),
+            reason: format!(
+                "has {} entries; the limit is {}",
+                spec.metadata.len(),
+                Limits::METADATA_ENTRIES
+            ),
         });
     }
     for (k, v) in &spec.metadata {
@@ -436,7 +522,12 @@ fn notice(kind: NoticeKind, req: &Request, extra: Value) -> Notice {
 }
 
 /// Commits the grant intent: a fresh grant id and the grant deadline, before any call.
-fn intend_primary_grant(req: &mut Request, times: &mut TimePatch, now: Timestamp, rules: &Rules) -> Effect {
+fn intend_primary_grant(
+    req: &mut Request,
+    times: &mut TimePatch,
+    now: Timestamp,
+    rules: &Rules,
+) -> Effect {
     let grant_id = grant_id_for(req.id, req.grants.len());
     req.grants.push(GrantEntry {
         grant_id,
@@ -481,7 +572,10 @@ impl Tx {
 
     fn detail(mut self, key: &str, value: impl serde::Serialize) -> Tx {
         if let Value::Object(m) = &mut self.details {
-            m.insert(key.into(), serde_json::to_value(value).unwrap_or(Value::Null));
+            m.insert(
+                key.into(),
+                serde_json::to_value(value).unwrap_or(Value::Null),
+            );
         }
         self
     }
@@ -520,7 +614,10 @@ impl Tx {
             self.notify(NoticeKind::StuckCleared, json!({}));
         }
         let detail = self.next.end_detail.clone();
-        self.notify(NoticeKind::Ended, json!({ "state": self.next.state.as_str(), "detail": detail }));
+        self.notify(
+            NoticeKind::Ended,
+            json!({ "state": self.next.state.as_str(), "detail": detail }),
+        );
     }
 
     fn done(self) -> Transition {
@@ -532,7 +629,11 @@ impl Tx {
         Transition {
             next: self.next,
             times: self.times,
-            audit: AuditEntry { kind: self.kind.into(), actor: self.actor, details },
+            audit: AuditEntry {
+                kind: self.kind.into(),
+                actor: self.actor,
+                details,
+            },
             notices: self.notices,
             effects: self.effects,
             guard: self.guard,
@@ -541,12 +642,20 @@ impl Tx {
 }
 
 /// The lifecycle transition function (DESIGN.md §4).
-pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<Transition, Refusal> {
+pub fn step(
+    req: &Request,
+    ev: Event,
+    now: Timestamp,
+    rules: &Rules,
+) -> Result<Transition, Refusal> {
     use State::*;
     if req.state.is_terminal() {
         return Err(Refusal::Terminal { state: req.state });
     }
-    let refuse = |ev: &Event| Refusal::NotAccepted { state: req.state, event: ev.name() };
+    let refuse = |ev: &Event| Refusal::NotAccepted {
+        state: req.state,
+        event: ev.name(),
+    };
     match (req.state, ev) {
         // ---- timers: ignore stale, re-arm early, act on due ----
         (s, Event::ApprovalDeadline { deadline }) => {
@@ -561,7 +670,11 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
         (s, Event::GrantDeadline { deadline }) => {
             check_timer(s == Approved, req.grant_deadline, deadline, now)?;
             let mut tx = Tx::new(req, "request.ending", "system").detail("deadline", deadline);
-            tx.begin_ending(EndingCause::Failed, "the grant did not succeed before its deadline".into(), now);
+            tx.begin_ending(
+                EndingCause::Failed,
+                "the grant did not succeed before its deadline".into(),
+                now,
+            );
             Ok(tx.done())
         }
         (s, Event::Expiry { expires_at }) => {
@@ -581,7 +694,10 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
                 .detail("policy_version", &req.decision.policy_version);
             tx.guard = Some(Guard::BeforeApprovalDeadline);
             tx.next.approvals.push(Approval {
-                by: super::PersonRef { subject: "policy".into(), verified_email: None },
+                by: super::PersonRef {
+                    subject: "policy".into(),
+                    verified_email: None,
+                },
                 kind: "policy".into(),
                 comment: format!("auto-approved by policy {}", req.decision.policy_version),
                 at: now,
@@ -593,8 +709,12 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             check_deadline(req, now)?;
             check_approver(req, &req.approvals, &by)?;
             check_len("comment", &comment, Limits::COMMENT)?;
-            let mut tx = Tx::new(req, "request.approval_recorded", by.principal.subject.clone())
-                .detail("comment", &comment);
+            let mut tx = Tx::new(
+                req,
+                "request.approval_recorded",
+                by.principal.subject.clone(),
+            )
+            .detail("comment", &comment);
             tx.guard = Some(Guard::BeforeApprovalDeadline);
             tx.next.approvals.push(Approval {
                 by: by.principal.person(),
@@ -604,7 +724,9 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             });
             let have = tx.next.approvals.len() as u32;
             let need = req.decision.approvals_required.max(1);
-            tx = tx.detail("approvals", have).detail("approvals_required", need);
+            tx = tx
+                .detail("approvals", have)
+                .detail("approvals_required", need);
             if have >= need {
                 tx.kind = "request.approved";
                 approve_now(&mut tx, now, rules);
@@ -615,13 +737,17 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             check_deadline(req, now)?;
             check_decider(req, &by)?;
             check_len("reason", &reason, Limits::REASON)?;
-            let mut tx = Tx::new(req, "request.denied", by.principal.subject.clone()).detail("reason", &reason);
+            let mut tx = Tx::new(req, "request.denied", by.principal.subject.clone())
+                .detail("reason", &reason);
             tx.guard = Some(Guard::BeforeApprovalDeadline);
             tx.next.state = Rejected;
             tx.next.end_detail = Some(format!("denied by {}: {reason}", by.principal.subject));
             tx.times.ended_at = Some(Stamp::now());
             tx.next.ended_at = Some(now);
-            tx.notify(NoticeKind::Denied, json!({ "by": by.principal.subject, "reason": reason }));
+            tx.notify(
+                NoticeKind::Denied,
+                json!({ "by": by.principal.subject, "reason": reason }),
+            );
             Ok(tx.done())
         }
         (Pending, Event::Cancel { by }) => {
@@ -638,8 +764,16 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
         }
 
         // ---- granting ----
-        (Approved | Active | Ending, Event::GrantSucceeded { grant_id, provider_ref }) => {
-            let g = req.grant(grant_id).ok_or(Refusal::UnknownGrant { grant_id })?;
+        (
+            Approved | Active | Ending,
+            Event::GrantSucceeded {
+                grant_id,
+                provider_ref,
+            },
+        ) => {
+            let g = req
+                .grant(grant_id)
+                .ok_or(Refusal::UnknownGrant { grant_id })?;
             if g.status != GrantStatus::Intended {
                 return Err(Refusal::Duplicate);
             }
@@ -658,18 +792,37 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
                     tx.times.expires_at = Some(Stamp::NowPlus(d));
                     tx.next.granted_at = Some(now);
                     tx.next.expires_at = Some(now + d);
-                    tx.notify(NoticeKind::Active, json!({ "duration_seconds": req.spec.duration_seconds }));
+                    tx.notify(
+                        NoticeKind::Active,
+                        json!({ "duration_seconds": req.spec.duration_seconds }),
+                    );
                 }
-                (Active, GrantPurpose::Extension { extension, not_after }) => {
+                (
+                    Active,
+                    GrantPurpose::Extension {
+                        extension,
+                        not_after,
+                    },
+                ) => {
                     tx.kind = "extension.active";
-                    if let Some(e) = tx.next.extensions.iter_mut().find(|e| e.number == extension) {
+                    if let Some(e) = tx
+                        .next
+                        .extensions
+                        .iter_mut()
+                        .find(|e| e.number == extension)
+                    {
                         e.state = ExtensionState::Active;
                     }
                     // The new window is exactly the one the provider granted.
                     tx.times.expires_at = Some(Stamp::At(not_after));
                     tx.next.expires_at = Some(not_after);
-                    tx = tx.detail("extension", extension).detail("expires_at", not_after);
-                    tx.notify(NoticeKind::Extended, json!({ "extension": extension, "expires_at": not_after }));
+                    tx = tx
+                        .detail("extension", extension)
+                        .detail("expires_at", not_after);
+                    tx.notify(
+                        NoticeKind::Extended,
+                        json!({ "extension": extension, "expires_at": not_after }),
+                    );
                 }
                 _ => {
                     // A late success while ending (or of a grant given up): revoke it too.
@@ -678,15 +831,27 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
                         g.status = GrantStatus::Abandoned;
                     }
                     if req.state != Ending {
-                        return Err(refuse(&Event::GrantSucceeded { grant_id, provider_ref: String::new() }));
+                        return Err(refuse(&Event::GrantSucceeded {
+                            grant_id,
+                            provider_ref: String::new(),
+                        }));
                     }
                     tx.effects.push(Effect::CallRevoke { grant_id });
                 }
             }
             Ok(tx.done())
         }
-        (Approved | Active, Event::GrantFailed { grant_id, class, message }) => {
-            let g = req.grant(grant_id).ok_or(Refusal::UnknownGrant { grant_id })?;
+        (
+            Approved | Active,
+            Event::GrantFailed {
+                grant_id,
+                class,
+                message,
+            },
+        ) => {
+            let g = req
+                .grant(grant_id)
+                .ok_or(Refusal::UnknownGrant { grant_id })?;
             if g.status != GrantStatus::Intended {
                 return Err(Refusal::Duplicate);
             }
@@ -702,21 +867,36 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
                 g.attempts = attempts;
             }
             match (give_up, purpose) {
-                (false, _) => tx.effects.push(Effect::RetryGrantLater { grant_id, attempt: attempts }),
+                (false, _) => tx.effects.push(Effect::RetryGrantLater {
+                    grant_id,
+                    attempt: attempts,
+                }),
                 (true, GrantPurpose::Primary) => {
                     tx.kind = "request.ending";
-                    tx.begin_ending(EndingCause::Failed, format!("the grant failed: {message}"), now);
+                    tx.begin_ending(
+                        EndingCause::Failed,
+                        format!("the grant failed: {message}"),
+                        now,
+                    );
                 }
                 (true, GrantPurpose::Extension { extension, .. }) => {
                     tx.kind = "extension.failed";
                     if let Some(g) = tx.next.grant_mut(grant_id) {
                         g.status = GrantStatus::Abandoned;
                     }
-                    if let Some(e) = tx.next.extensions.iter_mut().find(|e| e.number == extension) {
+                    if let Some(e) = tx
+                        .next
+                        .extensions
+                        .iter_mut()
+                        .find(|e| e.number == extension)
+                    {
                         e.state = ExtensionState::Failed;
                     }
                     tx.effects.push(Effect::CallRevoke { grant_id });
-                    tx.notify(NoticeKind::ExtensionFailed, json!({ "extension": extension, "error": message }));
+                    tx.notify(
+                        NoticeKind::ExtensionFailed,
+                        json!({ "extension": extension, "error": message }),
+                    );
                 }
             }
             Ok(tx.done())
@@ -730,16 +910,26 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
                 return Err(Refusal::NotAllowedToRevoke);
             }
             check_len("reason", &reason, Limits::REASON)?;
-            let mut tx = Tx::new(req, "request.ending", by.principal.subject.clone()).detail("reason", &reason);
-            tx.begin_ending(EndingCause::Revoked, format!("revoked by {}: {reason}", by.principal.subject), now);
+            let mut tx = Tx::new(req, "request.ending", by.principal.subject.clone())
+                .detail("reason", &reason);
+            tx.begin_ending(
+                EndingCause::Revoked,
+                format!("revoked by {}: {reason}", by.principal.subject),
+                now,
+            );
             Ok(tx.done())
         }
         (Approved, Event::Cancel { by }) => {
             if !same_person(&by.person(), &req.requester.person()) {
                 return Err(Refusal::NotRequester);
             }
-            let mut tx = Tx::new(req, "request.ending", by.subject.clone()).detail("cancelled", true);
-            tx.begin_ending(EndingCause::Revoked, "cancelled by the requester while granting".into(), now);
+            let mut tx =
+                Tx::new(req, "request.ending", by.subject.clone()).detail("cancelled", true);
+            tx.begin_ending(
+                EndingCause::Revoked,
+                "cancelled by the requester while granting".into(),
+                now,
+            );
             Ok(tx.done())
         }
         (Ending, Event::Revoke { .. } | Event::Cancel { .. }) => Err(Refusal::AlreadyEnding),
@@ -750,7 +940,9 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             confirm_gone(req, grant_id, evidence, now)
         }
         (Ending | Active, Event::RevokeFailed { grant_id, message }) => {
-            let g = req.grant(grant_id).ok_or(Refusal::UnknownGrant { grant_id })?;
+            let g = req
+                .grant(grant_id)
+                .ok_or(Refusal::UnknownGrant { grant_id })?;
             if g.status == GrantStatus::Revoked {
                 return Err(Refusal::Duplicate);
             }
@@ -763,14 +955,27 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             if failures >= rules.stuck_after_failures.max(1) && !req.stuck {
                 tx.next.stuck = true;
                 tx.kind = "alert.revocation_stuck";
-                tx.notify(NoticeKind::StuckRevocation, json!({ "failures": failures, "error": message }));
+                tx.notify(
+                    NoticeKind::StuckRevocation,
+                    json!({ "failures": failures, "error": message }),
+                );
             }
-            tx.effects.push(Effect::RetryRevokeLater { grant_id, attempt: failures });
+            tx.effects.push(Effect::RetryRevokeLater {
+                grant_id,
+                attempt: failures,
+            });
             Ok(tx.done())
         }
 
         // ---- extensions ----
-        (Active, Event::RequestExtension { by, by_seconds, reason }) => {
+        (
+            Active,
+            Event::RequestExtension {
+                by,
+                by_seconds,
+                reason,
+            },
+        ) => {
             if !same_person(&by.person(), &req.requester.person()) {
                 return Err(Refusal::NotRequester);
             }
@@ -794,7 +999,10 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             let total = req.total_duration_seconds() + by_seconds;
             let max = req.decision.max_total_duration_seconds;
             if total > max {
-                return Err(Refusal::ExtensionExceedsMaximum { total_seconds: total, max_seconds: max });
+                return Err(Refusal::ExtensionExceedsMaximum {
+                    total_seconds: total,
+                    max_seconds: max,
+                });
             }
             let number = req.extensions.len() as u32 + 1;
             let mut tx = Tx::new(req, "extension.requested", by.subject.clone())
@@ -821,17 +1029,33 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             }
             Ok(tx.done())
         }
-        (Active, Event::ApproveExtension { number, by, comment }) => {
+        (
+            Active,
+            Event::ApproveExtension {
+                number,
+                by,
+                comment,
+            },
+        ) => {
             let ext = pending_extension(req, number)?;
             check_approver(req, &ext.approvals, &by)?;
             check_len("comment", &comment, Limits::COMMENT)?;
-            let mut tx = Tx::new(req, "extension.approval_recorded", by.principal.subject.clone())
-                .detail("extension", number)
-                .detail("comment", &comment);
+            let mut tx = Tx::new(
+                req,
+                "extension.approval_recorded",
+                by.principal.subject.clone(),
+            )
+            .detail("extension", number)
+            .detail("comment", &comment);
             let need = req.decision.approvals_required.max(1);
             let mut have = 0;
             if let Some(e) = tx.next.extensions.iter_mut().find(|e| e.number == number) {
-                e.approvals.push(Approval { by: by.principal.person(), kind: "approver".into(), comment, at: now });
+                e.approvals.push(Approval {
+                    by: by.principal.person(),
+                    kind: "approver".into(),
+                    comment,
+                    at: now,
+                });
                 have = e.approvals.len() as u32;
             }
             if have >= need {
@@ -850,7 +1074,10 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
             if let Some(e) = tx.next.extensions.iter_mut().find(|e| e.number == number) {
                 e.state = ExtensionState::Rejected;
             }
-            tx.notify(NoticeKind::ExtensionDenied, json!({ "extension": number, "reason": reason }));
+            tx.notify(
+                NoticeKind::ExtensionDenied,
+                json!({ "extension": number, "reason": reason }),
+            );
             Ok(tx.done())
         }
 
@@ -858,7 +1085,12 @@ pub fn step(req: &Request, ev: Event, now: Timestamp, rules: &Rules) -> Result<T
     }
 }
 
-fn check_timer(right_state: bool, current: Option<Timestamp>, armed: Timestamp, now: Timestamp) -> Result<(), Refusal> {
+fn check_timer(
+    right_state: bool,
+    current: Option<Timestamp>,
+    armed: Timestamp,
+    now: Timestamp,
+) -> Result<(), Refusal> {
     if !right_state || current != Some(armed) {
         return Err(Refusal::StaleTimer);
     }
@@ -877,7 +1109,10 @@ fn check_deadline(req: &Request, now: Timestamp) -> Result<(), Refusal> {
 
 fn check_len(field: &'static str, v: &str, max: usize) -> Result<(), Refusal> {
     if v.len() > max {
-        return Err(Refusal::Invalid { field, reason: format!("is {} bytes long; the limit is {max}", v.len()) });
+        return Err(Refusal::Invalid {
+            field,
+            reason: format!("is {} bytes long; the limit is {max}", v.len()),
+        });
     }
     Ok(())
 }
@@ -920,12 +1155,21 @@ fn pending_extension(req: &Request, number: u32) -> Result<&Extension, Refusal> 
 /// The extension's grant intent: the new window starts where the current one ends.
 fn intend_extension_grant(tx: &mut Tx, number: u32) {
     let grant_id = grant_id_for(tx.next.id, tx.next.grants.len());
-    let by = tx.next.extensions.iter().find(|e| e.number == number).map(|e| e.by_seconds).unwrap_or(0);
+    let by = tx
+        .next
+        .extensions
+        .iter()
+        .find(|e| e.number == number)
+        .map(|e| e.by_seconds)
+        .unwrap_or(0);
     let base = tx.next.expires_at.unwrap_or(tx.next.created_at);
     let not_after = base + Duration::seconds(by);
     tx.next.grants.push(GrantEntry {
         grant_id,
-        purpose: GrantPurpose::Extension { extension: number, not_after },
+        purpose: GrantPurpose::Extension {
+            extension: number,
+            not_after,
+        },
         status: GrantStatus::Intended,
         provider_ref: String::new(),
         attempts: 0,
@@ -938,14 +1182,24 @@ fn intend_extension_grant(tx: &mut Tx, number: u32) {
     tx.effects.push(Effect::CallGrant { grant_id });
 }
 
-fn confirm_gone(req: &Request, grant_id: Uuid, evidence: String, now: Timestamp) -> Result<Transition, Refusal> {
-    let g = req.grant(grant_id).ok_or(Refusal::UnknownGrant { grant_id })?;
+fn confirm_gone(
+    req: &Request,
+    grant_id: Uuid,
+    evidence: String,
+    now: Timestamp,
+) -> Result<Transition, Refusal> {
+    let g = req
+        .grant(grant_id)
+        .ok_or(Refusal::UnknownGrant { grant_id })?;
     if g.status == GrantStatus::Revoked {
         return Err(Refusal::Duplicate);
     }
     // Outside ENDING only an abandoned extension grant is revoked.
     if req.state != State::Ending && g.status != GrantStatus::Abandoned {
-        return Err(Refusal::NotAccepted { state: req.state, event: "revoke_succeeded" });
+        return Err(Refusal::NotAccepted {
+            state: req.state,
+            event: "revoke_succeeded",
+        });
     }
     let mut tx = Tx::new(req, "grant.revoked", "system")
         .detail("grant_id", grant_id)
@@ -955,7 +1209,11 @@ fn confirm_gone(req: &Request, grant_id: Uuid, evidence: String, now: Timestamp)
         g.evidence = Some(evidence);
     }
     tx.next.revoke_failures = 0;
-    let all_gone = tx.next.grants.iter().all(|g| g.status == GrantStatus::Revoked);
+    let all_gone = tx
+        .next
+        .grants
+        .iter()
+        .all(|g| g.status == GrantStatus::Revoked);
     // Progress on one grant does not clear the stuck alert while others still fail.
     if req.state == State::Ending && all_gone {
         tx.finish_ending(now);

@@ -165,7 +165,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Lease>>;
 
     /// Extends the leases this incarnation still owns; returns them.
-    async fn renew_shards(&self, node: &str, incarnation: Uuid, ttl: Duration) -> StoreResult<Vec<Lease>>;
+    async fn renew_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        ttl: Duration,
+    ) -> StoreResult<Vec<Lease>>;
 
     /// Lets this incarnation's leases lapse now, so the next owner need not wait.
     async fn release_shards(&self, node: &str, incarnation: Uuid) -> StoreResult<()>;
@@ -193,7 +198,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a new version of a policy (already compile-checked by the caller) with its
     /// audit event; returns the version.
-    async fn put_policy(&self, name: &str, rego: &str, author: &str, node: &str) -> StoreResult<i64>;
+    async fn put_policy(
+        &self,
+        name: &str,
+        rego: &str,
+        author: &str,
+        node: &str,
+    ) -> StoreResult<i64>;
 
     /// Marks a policy deleted (a new version), with its audit event. `false` if unknown.
     async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool>;

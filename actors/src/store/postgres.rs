@@ -24,7 +24,9 @@ const SESSION_SETTINGS: &str = "SET lock_timeout = '2s'; SET idle_in_transaction
 
 impl PgStore {
     pub async fn connect(url: &str, mode: Mode) -> StoreResult<Self> {
-        let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
@@ -48,7 +50,11 @@ impl PgStore {
     }
 
     async fn check_mode(&self, mode: Mode) -> StoreResult<()> {
-        let want = if mode == Mode::Dev { "dev" } else { "production" };
+        let want = if mode == Mode::Dev {
+            "dev"
+        } else {
+            "production"
+        };
         let stored: String = sqlx::query_scalar(
             "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('mode', $1) ON CONFLICT (key) DO NOTHING RETURNING value)
              SELECT value FROM ins UNION ALL SELECT value FROM cluster_meta WHERE key = 'mode' LIMIT 1",
@@ -58,7 +64,9 @@ impl PgStore {
         .await
         .map_err(db("reading the database mode"))?;
         if stored != want {
-            return Err(StoreError::ModeMismatch { database_is_dev: stored == "dev" });
+            return Err(StoreError::ModeMismatch {
+                database_is_dev: stored == "dev",
+            });
         }
         Ok(())
     }
@@ -93,7 +101,14 @@ impl PgStore {
                 b = 10 + 2 * i
             )
         };
-        let cols = ["created_at", "approval_deadline", "grant_deadline", "granted_at", "expires_at", "ended_at"];
+        let cols = [
+            "created_at",
+            "approval_deadline",
+            "grant_deadline",
+            "granted_at",
+            "expires_at",
+            "ended_at",
+        ];
         let main = if create {
             format!(
                 "INSERT INTO requests (id, shard, version, state, requester, provider, role, scope, break_glass, updated_at, body, {cols})
@@ -184,11 +199,18 @@ impl PgStore {
             .bind(&r.spec.role)
             .bind(&r.spec.scope)
             .bind(r.spec.break_glass);
-        let row = q.fetch_optional(&self.pool).await.map_err(db("committing a transition"))?;
+        let row = q
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("committing a transition"))?;
         if let Some(row) = row {
             return Ok(Write::Updated {
-                version: row.try_get("version").map_err(db("reading the new version"))?,
-                db_now: row.try_get("db_now").map_err(db("reading the database clock"))?,
+                version: row
+                    .try_get("version")
+                    .map_err(db("reading the new version"))?,
+                db_now: row
+                    .try_get("db_now")
+                    .map_err(db("reading the database clock"))?,
             });
         }
         let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM requests WHERE id = $1")
@@ -204,7 +226,10 @@ impl PgStore {
     }
 
     fn decode(row: &PgRow) -> StoreResult<Request> {
-        let get = |c: &'static str| row.try_get::<Option<Timestamp>, _>(c).map_err(db("reading a request time"));
+        let get = |c: &'static str| {
+            row.try_get::<Option<Timestamp>, _>(c)
+                .map_err(db("reading a request time"))
+        };
         let times = Times([
             get("created_at")?,
             get("approval_deadline")?,
@@ -213,15 +238,20 @@ impl PgStore {
             get("expires_at")?,
             get("ended_at")?,
         ]);
-        let body: sqlx::types::Json<serde_json::Value> = row.try_get("body").map_err(db("reading a request body"))?;
-        let version: i64 = row.try_get("version").map_err(db("reading a request version"))?;
+        let body: sqlx::types::Json<serde_json::Value> =
+            row.try_get("body").map_err(db("reading a request body"))?;
+        let version: i64 = row
+            .try_get("version")
+            .map_err(db("reading a request version"))?;
         rows::decode(body.0, version, times)
     }
 
     fn lease(row: &PgRow, owner: &str) -> StoreResult<Lease> {
         Ok(Lease {
             fence: Fence {
-                shard: row.try_get::<i32, _>("shard").map_err(db("reading a lease"))? as u32,
+                shard: row
+                    .try_get::<i32, _>("shard")
+                    .map_err(db("reading a lease"))? as u32,
                 owner: owner.to_owned(),
                 epoch: row.try_get("epoch").map_err(db("reading a lease"))?,
             },
@@ -230,8 +260,7 @@ impl PgStore {
     }
 }
 
-const REQUEST_COLUMNS: &str =
-    "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
+const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
@@ -259,14 +288,25 @@ impl Store for PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db("initialising the shard count"))?;
-        let stored: u32 = stored.parse().map_err(|_| StoreError::Corrupt { what: format!("shard count {stored:?}") })?;
+        let stored: u32 = stored.parse().map_err(|_| StoreError::Corrupt {
+            what: format!("shard count {stored:?}"),
+        })?;
         if stored != shards {
-            return Err(StoreError::ShardCountMismatch { stored, configured: shards });
+            return Err(StoreError::ShardCountMismatch {
+                stored,
+                configured: shards,
+            });
         }
         Ok(stored)
     }
 
-    async fn acquire_shards(&self, node: &str, incarnation: Uuid, shards: &[u32], ttl: Duration) -> StoreResult<Vec<Lease>> {
+    async fn acquire_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        shards: &[u32],
+        ttl: Duration,
+    ) -> StoreResult<Vec<Lease>> {
         let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
         // One conditional statement: a shard is taken only if its lease has lapsed, and
         // taking it bumps the epoch, which fences every write of the previous owner.
@@ -299,7 +339,12 @@ impl Store for PgStore {
         rows.iter().map(|r| Self::lease(r, node)).collect()
     }
 
-    async fn renew_shards(&self, node: &str, incarnation: Uuid, ttl: Duration) -> StoreResult<Vec<Lease>> {
+    async fn renew_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        ttl: Duration,
+    ) -> StoreResult<Vec<Lease>> {
         let rows = sqlx::query(
             "UPDATE shard_renewals r SET expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond'
                FROM shard_owners o
@@ -338,17 +383,23 @@ impl Store for PgStore {
     }
 
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("loading a request"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("loading a request"))?;
         row.as_ref().map(Self::decode).transpose()
     }
 
     async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>> {
         let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
-        let live: Vec<&str> = State::ALL.iter().filter(|s| !s.is_terminal()).map(|s| s.as_str()).collect();
+        let live: Vec<&str> = State::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE shard = ANY($1) AND state = ANY($2) ORDER BY id"
         )))
@@ -376,8 +427,12 @@ impl Store for PgStore {
                     at: r.try_get("at").map_err(db("reading an audit event"))?,
                     kind: r.try_get("kind").map_err(db("reading an audit event"))?,
                     actor: r.try_get("actor").map_err(db("reading an audit event"))?,
-                    request_id: r.try_get("request_id").map_err(db("reading an audit event"))?,
-                    request_version: r.try_get("request_version").map_err(db("reading an audit event"))?,
+                    request_id: r
+                        .try_get("request_id")
+                        .map_err(db("reading an audit event"))?,
+                    request_version: r
+                        .try_get("request_version")
+                        .map_err(db("reading an audit event"))?,
                     node: r.try_get("node").map_err(db("reading an audit event"))?,
                     details: r.try_get("details").map_err(db("reading an audit event"))?,
                 })
@@ -399,7 +454,9 @@ impl Store for PgStore {
                 Ok(OutboxEntry {
                     id: r.try_get("id").map_err(db("reading an outbox row"))?,
                     event_id: r.try_get("event_id").map_err(db("reading an outbox row"))?,
-                    request_id: r.try_get("request_id").map_err(db("reading an outbox row"))?,
+                    request_id: r
+                        .try_get("request_id")
+                        .map_err(db("reading an outbox row"))?,
                     sink: r.try_get("sink").map_err(db("reading an outbox row"))?,
                     kind: r.try_get("kind").map_err(db("reading an outbox row"))?,
                     payload: r.try_get("payload").map_err(db("reading an outbox row"))?,
@@ -419,7 +476,9 @@ impl Store for PgStore {
         .map_err(db("loading policies"))?;
         let mut out = Vec::new();
         for r in rows {
-            if r.try_get::<bool, _>("deleted").map_err(db("reading a policy"))? {
+            if r.try_get::<bool, _>("deleted")
+                .map_err(db("reading a policy"))?
+            {
                 continue;
             }
             out.push(PolicySource {
@@ -432,18 +491,35 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn put_policy(&self, name: &str, rego: &str, author: &str, node: &str) -> StoreResult<i64> {
-        put_policy_pg(&self.pool, name, rego, author, node, false).await.map(|v| v.unwrap_or(0))
+    async fn put_policy(
+        &self,
+        name: &str,
+        rego: &str,
+        author: &str,
+        node: &str,
+    ) -> StoreResult<i64> {
+        put_policy_pg(&self.pool, name, rego, author, node, false)
+            .await
+            .map(|v| v.unwrap_or(0))
     }
 
     async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool> {
-        put_policy_pg(&self.pool, name, "", author, node, true).await.map(|v| v.is_some())
+        put_policy_pg(&self.pool, name, "", author, node, true)
+            .await
+            .map(|v| v.is_some())
     }
 }
 
 /// A new policy version and its audit event in one statement. Deleting an unknown (or
 /// already deleted) policy writes nothing and answers `None`.
-async fn put_policy_pg(pool: &PgPool, name: &str, rego: &str, author: &str, node: &str, delete: bool) -> StoreResult<Option<i64>> {
+async fn put_policy_pg(
+    pool: &PgPool,
+    name: &str,
+    rego: &str,
+    author: &str,
+    node: &str,
+    delete: bool,
+) -> StoreResult<Option<i64>> {
     let version: Option<i64> = sqlx::query_scalar(
         "WITH cur AS (
             SELECT version, deleted FROM policies WHERE name = $1 ORDER BY version DESC LIMIT 1

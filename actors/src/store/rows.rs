@@ -8,12 +8,20 @@ use serde_json::{Value, json};
 use super::{OutboxRow, StoreError, StoreResult};
 use crate::domain::{GrantPurpose, Request, Timestamp};
 
-const TIME_KEYS: [&str; 6] =
-    ["created_at", "approval_deadline", "grant_deadline", "granted_at", "expires_at", "ended_at"];
+const TIME_KEYS: [&str; 6] = [
+    "created_at",
+    "approval_deadline",
+    "grant_deadline",
+    "granted_at",
+    "expires_at",
+    "ended_at",
+];
 
 /// The body of a request row: the record without its version and times.
 pub fn body(req: &Request) -> StoreResult<Value> {
-    let mut v = serde_json::to_value(req).map_err(|e| StoreError::Corrupt { what: format!("encoding request {}: {e}", req.id) })?;
+    let mut v = serde_json::to_value(req).map_err(|e| StoreError::Corrupt {
+        what: format!("encoding request {}: {e}", req.id),
+    })?;
     if let Value::Object(m) = &mut v {
         m.remove("version");
         for k in TIME_KEYS {
@@ -35,7 +43,9 @@ pub fn decode(body: Value, version: i64, times: Times) -> StoreResult<Request> {
             m.insert((*k).into(), serde_json::to_value(t).unwrap_or(Value::Null));
         }
     }
-    serde_json::from_value(body).map_err(|e| StoreError::Corrupt { what: format!("decoding a request row: {e}") })
+    serde_json::from_value(body).map_err(|e| StoreError::Corrupt {
+        what: format!("decoding a request row: {e}"),
+    })
 }
 
 pub fn outbox_json(rows: &[OutboxRow]) -> String {
@@ -65,7 +75,10 @@ pub fn grants_json(req: &Request) -> String {
         .map(|g| {
             let (purpose, not_after) = match g.purpose {
                 GrantPurpose::Primary => ("primary".to_string(), None),
-                GrantPurpose::Extension { extension, not_after } => (format!("extension:{extension}"), Some(not_after)),
+                GrantPurpose::Extension {
+                    extension,
+                    not_after,
+                } => (format!("extension:{extension}"), Some(not_after)),
             };
             json!({
                 "grant_id": g.grant_id,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
@@ -29,17 +31,26 @@ fn micros(t: Timestamp) -> i64 {
 }
 
 fn from_micros(v: i64) -> StoreResult<Timestamp> {
-    DateTime::<Utc>::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt { what: format!("time {v}") })
+    DateTime::<Utc>::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt {
+        what: format!("time {v}"),
+    })
 }
 
 fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
     let s: String = row.try_get(col).map_err(db("reading an id"))?;
-    Uuid::from_str(&s).map_err(|_| StoreError::Corrupt { what: format!("{col} {s:?}") })
+    Uuid::from_str(&s).map_err(|_| StoreError::Corrupt {
+        what: format!("{col} {s:?}"),
+    })
 }
 
 fn opt_uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Option<Uuid>> {
     let s: Option<String> = row.try_get(col).map_err(db("reading an id"))?;
-    s.map(|s| Uuid::from_str(&s).map_err(|_| StoreError::Corrupt { what: format!("{col} {s:?}") })).transpose()
+    s.map(|s| {
+        Uuid::from_str(&s).map_err(|_| StoreError::Corrupt {
+            what: format!("{col} {s:?}"),
+        })
+    })
+    .transpose()
 }
 
 fn ttl_us(ttl: Duration) -> i64 {
@@ -50,7 +61,8 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>, mode: Mode) -> StoreResult<Self> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Config(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Config(format!("creating {}: {e}", dir.display())))?;
         }
         let lock_path = PathBuf::from(format!("{}.lock", path.display()));
         let lock = File::options()
@@ -58,10 +70,17 @@ impl SqliteStore {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| StoreError::Config(format!("opening the lock file {}: {e}", lock_path.display())))?;
+            .map_err(|e| {
+                StoreError::Config(format!(
+                    "opening the lock file {}: {e}",
+                    lock_path.display()
+                ))
+            })?;
         // Two processes must never run actor trees on one file.
         if lock.try_lock().is_err() {
-            return Err(StoreError::Locked { path: path.to_path_buf() });
+            return Err(StoreError::Locked {
+                path: path.to_path_buf(),
+            });
         }
         let opts = SqliteConnectOptions::new()
             .filename(path)
@@ -82,16 +101,26 @@ impl SqliteStore {
     }
 
     async fn check_mode(&self, mode: Mode) -> StoreResult<()> {
-        let want = if mode == Mode::Dev { "dev" } else { "production" };
+        let want = if mode == Mode::Dev {
+            "dev"
+        } else {
+            "production"
+        };
         let stored = self.meta_get_or_insert("mode", want).await?;
         if stored != want {
-            return Err(StoreError::ModeMismatch { database_is_dev: stored == "dev" });
+            return Err(StoreError::ModeMismatch {
+                database_is_dev: stored == "dev",
+            });
         }
         Ok(())
     }
 
     async fn meta_get_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("starting a transaction"))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
         sqlx::query("INSERT INTO cluster_meta (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO NOTHING")
             .bind(key)
             .bind(value)
@@ -104,11 +133,17 @@ impl SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db("reading cluster metadata"))?;
-        tx.commit().await.map_err(db("committing cluster metadata"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing cluster metadata"))?;
         Ok(stored)
     }
 
-    async fn fence_holds(conn: &mut SqliteConnection, fence: &Fence, now: i64) -> StoreResult<bool> {
+    async fn fence_holds(
+        conn: &mut SqliteConnection,
+        fence: &Fence,
+        now: i64,
+    ) -> StoreResult<bool> {
         let ok: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM shard_owners o JOIN shard_renewals r ON r.shard = o.shard AND r.epoch = o.epoch
               WHERE o.shard = ?1 AND o.owner = ?2 AND o.epoch = ?3 AND r.expires_at > ?4",
@@ -125,7 +160,11 @@ impl SqliteStore {
 
     async fn write(&self, fence: &Fence, p: Persist<'_>, create: bool) -> StoreResult<Write> {
         let r = p.request;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("starting a transaction"))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
         let db_now = Utc::now();
         let now = micros(db_now);
         if !Self::fence_holds(&mut tx, fence, now).await? {
@@ -198,12 +237,17 @@ impl SqliteStore {
             .await
             .map_err(db("updating a request"))?;
             if res.rows_affected() == 0 {
-                let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM requests WHERE id = ?1")
-                    .bind(r.id.0.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db("checking a request after a refused write"))?;
-                return Ok(if exists.is_some() { Write::Stale } else { Write::Missing });
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM requests WHERE id = ?1")
+                        .bind(r.id.0.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db("checking a request after a refused write"))?;
+                return Ok(if exists.is_some() {
+                    Write::Stale
+                } else {
+                    Write::Missing
+                });
             }
             version = p.expected_version + 1;
         }
@@ -250,7 +294,8 @@ impl SqliteStore {
         now: i64,
     ) -> StoreResult<()> {
         let id = r.id.0.to_string();
-        let mut approvals: Vec<(u32, &crate::domain::Approval)> = r.approvals.iter().map(|a| (0, a)).collect();
+        let mut approvals: Vec<(u32, &crate::domain::Approval)> =
+            r.approvals.iter().map(|a| (0, a)).collect();
         for e in &r.extensions {
             approvals.extend(e.approvals.iter().map(|a| (e.number, a)));
         }
@@ -272,12 +317,19 @@ impl SqliteStore {
         let grant_deadline = new_grant_deadline.or_else(|| r.grant_deadline.map(micros));
         for g in &r.grants {
             let (purpose, not_after) = match g.purpose {
-                GrantPurpose::Primary => {
-                    ("primary".to_string(), grant_deadline.map(|d| d + r.spec.duration_seconds * 1_000_000))
-                }
-                GrantPurpose::Extension { extension, not_after } => (format!("extension:{extension}"), Some(micros(not_after))),
+                GrantPurpose::Primary => (
+                    "primary".to_string(),
+                    grant_deadline.map(|d| d + r.spec.duration_seconds * 1_000_000),
+                ),
+                GrantPurpose::Extension {
+                    extension,
+                    not_after,
+                } => (format!("extension:{extension}"), Some(micros(not_after))),
             };
-            let status = serde_json::to_value(g.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let status = serde_json::to_value(g.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             sqlx::query(
                 "INSERT INTO grants (grant_id, request_id, provider, purpose, status, provider_ref, not_after, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -297,7 +349,10 @@ impl SqliteStore {
             .map_err(db("recording a grant"))?;
         }
         for e in &r.extensions {
-            let state = serde_json::to_value(e.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let state = serde_json::to_value(e.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             sqlx::query(
                 "INSERT INTO extensions (request_id, number, by_seconds, state, grant_id) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (request_id, number) DO UPDATE SET state = excluded.state, grant_id = excluded.grant_id",
@@ -328,12 +383,21 @@ impl SqliteStore {
             get("ended_at")?,
         ]);
         let body: String = row.try_get("body").map_err(db("reading a request body"))?;
-        let body = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt { what: format!("request body: {e}") })?;
-        let version: i64 = row.try_get("version").map_err(db("reading a request version"))?;
+        let body = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+            what: format!("request body: {e}"),
+        })?;
+        let version: i64 = row
+            .try_get("version")
+            .map_err(db("reading a request version"))?;
         rows::decode(body, version, times)
     }
 
-    async fn leases_of(conn: &mut SqliteConnection, node: &str, incarnation: Uuid, now: i64) -> StoreResult<Vec<Lease>> {
+    async fn leases_of(
+        conn: &mut SqliteConnection,
+        node: &str,
+        incarnation: Uuid,
+        now: i64,
+    ) -> StoreResult<Vec<Lease>> {
         let rows = sqlx::query(
             "SELECT o.shard, o.epoch, r.expires_at FROM shard_owners o JOIN shard_renewals r ON r.shard = o.shard AND r.epoch = o.epoch
               WHERE o.owner = ?1 AND o.incarnation = ?2 AND r.expires_at > ?3 ORDER BY o.shard",
@@ -348,19 +412,22 @@ impl SqliteStore {
             .map(|r| {
                 Ok(Lease {
                     fence: Fence {
-                        shard: r.try_get::<i64, _>("shard").map_err(db("reading a lease"))? as u32,
+                        shard: r
+                            .try_get::<i64, _>("shard")
+                            .map_err(db("reading a lease"))? as u32,
                         owner: node.to_owned(),
                         epoch: r.try_get("epoch").map_err(db("reading a lease"))?,
                     },
-                    expires_at: from_micros(r.try_get("expires_at").map_err(db("reading a lease"))?)?,
+                    expires_at: from_micros(
+                        r.try_get("expires_at").map_err(db("reading a lease"))?,
+                    )?,
                 })
             })
             .collect()
     }
 }
 
-const REQUEST_COLUMNS: &str =
-    "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
+const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -373,16 +440,33 @@ impl Store for SqliteStore {
     }
 
     async fn init_shards(&self, shards: u32) -> StoreResult<u32> {
-        let stored = self.meta_get_or_insert("shards", &shards.to_string()).await?;
-        let stored: u32 = stored.parse().map_err(|_| StoreError::Corrupt { what: format!("shard count {stored:?}") })?;
+        let stored = self
+            .meta_get_or_insert("shards", &shards.to_string())
+            .await?;
+        let stored: u32 = stored.parse().map_err(|_| StoreError::Corrupt {
+            what: format!("shard count {stored:?}"),
+        })?;
         if stored != shards {
-            return Err(StoreError::ShardCountMismatch { stored, configured: shards });
+            return Err(StoreError::ShardCountMismatch {
+                stored,
+                configured: shards,
+            });
         }
         Ok(stored)
     }
 
-    async fn acquire_shards(&self, node: &str, incarnation: Uuid, shards: &[u32], ttl: Duration) -> StoreResult<Vec<Lease>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("starting a transaction"))?;
+    async fn acquire_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        shards: &[u32],
+        ttl: Duration,
+    ) -> StoreResult<Vec<Lease>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
         let now = micros(Utc::now());
         let expires = now.saturating_add(ttl_us(ttl));
         let mut out = Vec::new();
@@ -413,16 +497,31 @@ impl Store for SqliteStore {
             .await
             .map_err(db("acquiring a shard"))?;
             out.push(Lease {
-                fence: Fence { shard, owner: node.to_owned(), epoch },
+                fence: Fence {
+                    shard,
+                    owner: node.to_owned(),
+                    epoch,
+                },
                 expires_at: from_micros(expires)?,
             });
         }
-        tx.commit().await.map_err(db("committing shard acquisition"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing shard acquisition"))?;
         Ok(out)
     }
 
-    async fn renew_shards(&self, node: &str, incarnation: Uuid, ttl: Duration) -> StoreResult<Vec<Lease>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("starting a transaction"))?;
+    async fn renew_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        ttl: Duration,
+    ) -> StoreResult<Vec<Lease>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
         let now = micros(Utc::now());
         sqlx::query(
             "UPDATE shard_renewals SET expires_at = ?3
@@ -464,17 +563,23 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1")))
-            .bind(id.0.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("loading a request"))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"
+        )))
+        .bind(id.0.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("loading a request"))?;
         row.as_ref().map(Self::decode).transpose()
     }
 
     async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>> {
         let shard_list = serde_json::to_string(shards).unwrap_or_else(|_| "[]".into());
-        let live: Vec<&str> = State::ALL.iter().filter(|s| !s.is_terminal()).map(|s| s.as_str()).collect();
+        let live: Vec<&str> = State::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
         let live = serde_json::to_string(&live).unwrap_or_else(|_| "[]".into());
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests
@@ -505,7 +610,9 @@ impl Store for SqliteStore {
                     kind: r.try_get("kind").map_err(db("reading an audit event"))?,
                     actor: r.try_get("actor").map_err(db("reading an audit event"))?,
                     request_id: opt_uuid_col(r, "request_id")?,
-                    request_version: r.try_get("request_version").map_err(db("reading an audit event"))?,
+                    request_version: r
+                        .try_get("request_version")
+                        .map_err(db("reading an audit event"))?,
                     node: r.try_get("node").map_err(db("reading an audit event"))?,
                     details: r.try_get("details").map_err(db("reading an audit event"))?,
                 })
@@ -547,7 +654,9 @@ impl Store for SqliteStore {
         .map_err(db("loading policies"))?;
         let mut out = Vec::new();
         for r in rows {
-            if r.try_get::<bool, _>("deleted").map_err(db("reading a policy"))? {
+            if r.try_get::<bool, _>("deleted")
+                .map_err(db("reading a policy"))?
+            {
                 continue;
             }
             out.push(PolicySource {
@@ -560,25 +669,47 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn put_policy(&self, name: &str, rego: &str, author: &str, node: &str) -> StoreResult<i64> {
-        self.put_policy_version(name, rego, author, node, false).await.map(|v| v.unwrap_or(0))
+    async fn put_policy(
+        &self,
+        name: &str,
+        rego: &str,
+        author: &str,
+        node: &str,
+    ) -> StoreResult<i64> {
+        self.put_policy_version(name, rego, author, node, false)
+            .await
+            .map(|v| v.unwrap_or(0))
     }
 
     async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool> {
-        self.put_policy_version(name, "", author, node, true).await.map(|v| v.is_some())
+        self.put_policy_version(name, "", author, node, true)
+            .await
+            .map(|v| v.is_some())
     }
 }
 
 impl SqliteStore {
-    async fn put_policy_version(&self, name: &str, rego: &str, author: &str, node: &str, delete: bool) -> StoreResult<Option<i64>> {
+    async fn put_policy_version(
+        &self,
+        name: &str,
+        rego: &str,
+        author: &str,
+        node: &str,
+        delete: bool,
+    ) -> StoreResult<Option<i64>> {
         use sha2::{Digest, Sha256};
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db("starting a transaction"))?;
-        let cur: Option<(i64, bool)> =
-            sqlx::query_as("SELECT version, deleted FROM policies WHERE name = ?1 ORDER BY version DESC LIMIT 1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("reading a policy"))?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
+        let cur: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT version, deleted FROM policies WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a policy"))?;
         if delete && !matches!(cur, Some((_, false))) {
             return Ok(None);
         }

@@ -1,0 +1,8 @@
+//! The integration tests of jitsudo-providers: the conformance suite against every provider,
+//! and the http provider's protocol, error mapping and reference server.
+
+mod conformance;
+mod demo;
+mod http;
+mod server;
+mod support;
