@@ -1,6 +1,19 @@
 //! The jitsudo control plane engine: the pure request state machine (`domain`), the store
-//! (`store`), policy evaluation (`policy`), and the actor tree that carries transitions out.
+//! (`store`), policy evaluation (`policy`), and the actor tree that carries transitions out
+//! (`node` → `request` shards and request actors, `policy`, `provider`), started by
+//! [`Engine::start`].
 
+pub mod context;
 pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod node;
 pub mod policy;
+pub mod provider;
+pub mod request;
+pub mod stats;
 pub mod store;
+
+pub use context::EngineConfig;
+pub use engine::Engine;
+pub use error::EngineError;

@@ -2,11 +2,13 @@
 //! `jitsudo.approval`) once and evaluates them, purely and concurrently, into a [`Decision`]
 //! that names the exact policy set it came from. No policy means every request is denied.
 
+mod actor;
 mod decision;
 mod examples;
 mod input;
 mod set;
 
+pub use actor::{PolicyActor, PolicyHandle, PolicyMsg};
 pub use decision::{
     DEFAULT_APPROVAL_TIMEOUT_SECONDS, DEFAULT_APPROVALS_REQUIRED, DEFAULT_MAX_DURATION_SECONDS,
     Decision, NO_POLICY_REASON, PolicyRefusal, PolicyStamp,

@@ -1,0 +1,138 @@
+//! What every actor of a node shares: the store, the policy and provider handles, the
+//! engine's rules, and this node's view of the database clock.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::domain::{Notice, Principal, Rules, Timestamp};
+use crate::policy::PolicyHandle;
+use crate::provider::{Backoff, ProviderHandle, ProviderLimits};
+use crate::stats::ActorRegistry;
+use crate::store::{OutboxRow, SharedStore};
+
+/// Engine configuration (the server maps its config file onto this).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This node's name; unique in a cluster.
+    pub node: String,
+    /// Number of shards; fixed at the database's initialisation.
+    pub shards: u32,
+    /// Shard lease time-to-live; renewed every third of it.
+    pub lease_ttl: Duration,
+    pub rules: Rules,
+    /// Back-off between retries of failed grant and revoke calls.
+    pub backoff: Backoff,
+    pub provider_limits: ProviderLimits,
+    /// Outbox sinks each notice is enqueued for.
+    pub sinks: Vec<String>,
+    /// Members of these groups are admins (may revoke any request).
+    pub admin_groups: Vec<String>,
+    /// A request actor with this many queued messages refuses more (overload).
+    pub max_mailbox: usize,
+    /// How long a caller waits for an actor's answer.
+    pub call_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node: "jitsudod".into(),
+            shards: 64,
+            lease_ttl: Duration::from_secs(5),
+            rules: Rules::default(),
+            backoff: Backoff::default(),
+            provider_limits: ProviderLimits::default(),
+            sinks: vec!["log".into()],
+            admin_groups: vec!["jitsudo-admins".into()],
+            max_mailbox: 1000,
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct NodeContext {
+    pub config: EngineConfig,
+    pub incarnation: Uuid,
+    pub store: SharedStore,
+    pub policy: PolicyHandle,
+    pub providers: BTreeMap<String, ProviderHandle>,
+    pub registry: ActorRegistry,
+    /// Database clock minus this node's clock, learned from every committed write.
+    clock_offset_us: AtomicI64,
+}
+
+impl NodeContext {
+    pub fn new(
+        config: EngineConfig,
+        incarnation: Uuid,
+        store: SharedStore,
+        policy: PolicyHandle,
+        providers: BTreeMap<String, ProviderHandle>,
+        registry: ActorRegistry,
+        db_now: Timestamp,
+    ) -> Self {
+        let ctx = NodeContext {
+            config,
+            incarnation,
+            store,
+            policy,
+            providers,
+            registry,
+            clock_offset_us: AtomicI64::new(0),
+        };
+        ctx.observe_db_clock(db_now);
+        ctx
+    }
+
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.config.rules
+    }
+
+    /// This node's best estimate of the database clock: guards and timers use it; stored
+    /// deadlines are always written by the database itself.
+    pub fn now(&self) -> Timestamp {
+        Utc::now() + chrono::Duration::microseconds(self.clock_offset_us.load(Ordering::Relaxed))
+    }
+
+    pub fn observe_db_clock(&self, db_now: Timestamp) {
+        let offset = (db_now - Utc::now()).num_microseconds().unwrap_or(0);
+        self.clock_offset_us.store(offset, Ordering::Relaxed);
+    }
+
+    pub fn clock_offset(&self) -> chrono::Duration {
+        chrono::Duration::microseconds(self.clock_offset_us.load(Ordering::Relaxed))
+    }
+
+    pub fn is_admin(&self, p: &Principal) -> bool {
+        p.groups
+            .iter()
+            .any(|g| self.config.admin_groups.contains(g))
+    }
+
+    /// One outbox row per notice and configured sink.
+    pub fn outbox_rows(&self, notices: &[Notice]) -> Vec<OutboxRow> {
+        notices
+            .iter()
+            .flat_map(|n| {
+                self.config.sinks.iter().map(move |sink| OutboxRow {
+                    sink: sink.clone(),
+                    kind: n.kind.as_str().to_owned(),
+                    payload: n.details.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Delay until `at` by this node's estimate of the database clock (zero if past).
+    pub fn until(&self, at: Timestamp) -> Duration {
+        (at - self.now()).to_std().unwrap_or(Duration::ZERO)
+    }
+}

@@ -1,0 +1,333 @@
+//! The engine facade: starts a node's actor tree on a store and exposes the operations the
+//! API serves. Every write goes through the owning ShardActor and RequestActor; reads go
+//! to the store.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jitsudo_providers::{GrantSpec, Registry};
+use ractor::{Actor, ActorRef};
+use uuid::Uuid;
+
+use crate::context::{EngineConfig, NodeContext};
+use crate::domain::{self, NewRequest, Principal, Request, RequestId, RequestSpec, grant_id_for};
+use crate::error::EngineError;
+use crate::node::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::policy::{PolicyHandle, PolicyInput};
+use crate::provider::ProviderHandle;
+use crate::request::{Command, ShardHandle};
+use crate::stats::{ActorRegistry, ActorSnapshot};
+use crate::store::{Fence, SharedStore};
+
+pub struct Engine {
+    ctx: Arc<NodeContext>,
+    shards: Arc<RwLock<Vec<Option<ShardHandle>>>>,
+    node: ActorRef<NodeMsg>,
+    node_done: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    /// Takes this node's shard leases (waiting for a previous incarnation's to lapse),
+    /// starts the actor tree and loads every live request: overdue deadlines fire at once.
+    pub async fn start(
+        config: EngineConfig,
+        store: SharedStore,
+        providers: Registry,
+    ) -> Result<Engine, EngineError> {
+        let incarnation = Uuid::now_v7();
+        let n = store.init_shards(config.shards).await?;
+        let fences = acquire_all(&store, &config, incarnation, n).await?;
+        let registry = ActorRegistry::default();
+        let shards: Arc<RwLock<Vec<Option<ShardHandle>>>> =
+            Arc::new(RwLock::new(vec![None; n as usize]));
+        let args = NodeArgs {
+            store: store.clone(),
+            node: config.node.clone(),
+            incarnation,
+            lease_ttl: config.lease_ttl,
+            shards: shards.clone(),
+            registry: registry.clone(),
+        };
+        let (node, node_done) = Actor::spawn(None, NodeSupervisor, args)
+            .await
+            .map_err(|e| {
+                EngineError::unavailable(format!("could not start the node supervisor: {e}"))
+            })?;
+        let cell = node.get_cell();
+        let started = async {
+            let policy = PolicyHandle::spawn(
+                store.clone(),
+                config.node.clone(),
+                registry.clone(),
+                cell.clone(),
+            )
+            .await
+            .map_err(|e| {
+                EngineError::unavailable(format!("could not start the policy actor: {e}"))
+            })?;
+            let mut handles = BTreeMap::new();
+            for (name, p) in providers.iter() {
+                let h = ProviderHandle::spawn(
+                    p.clone(),
+                    config.provider_limits.clone(),
+                    registry.clone(),
+                    cell.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    EngineError::unavailable(format!("could not start provider {name}: {e}"))
+                })?;
+                handles.insert(name.to_owned(), h);
+            }
+            let db_now = store.db_now().await?;
+            let ctx = Arc::new(NodeContext::new(
+                config,
+                incarnation,
+                store,
+                policy,
+                handles,
+                registry,
+                db_now,
+            ));
+            for fence in &fences {
+                let h = ShardHandle::spawn(ctx.clone(), fence.clone(), cell.clone()).await?;
+                if let Ok(mut s) = shards.write() {
+                    s[fence.shard as usize] = Some(h);
+                }
+            }
+            let _ = node.cast(NodeMsg::Adopt {
+                ctx: ctx.clone(),
+                fences,
+            });
+            Ok::<_, EngineError>(ctx)
+        }
+        .await;
+        match started {
+            Ok(ctx) => Ok(Engine {
+                ctx,
+                shards,
+                node,
+                node_done,
+            }),
+            Err(e) => {
+                node.stop(Some("start failed".into()));
+                let _ = node_done.await;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn context(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.ctx.store
+    }
+
+    pub fn policy(&self) -> &PolicyHandle {
+        &self.ctx.policy
+    }
+
+    /// The live actor tree of this node.
+    pub fn actors(&self) -> Vec<ActorSnapshot> {
+        self.ctx.registry.snapshot()
+    }
+
+    fn shard(&self, id: RequestId) -> Result<ShardHandle, EngineError> {
+        let k = id.shard(self.ctx.config.shards) as usize;
+        self.shards
+            .read()
+            .ok()
+            .and_then(|s| s.get(k).cloned().flatten())
+            .ok_or_else(|| {
+                EngineError::unavailable(format!("shard {k} is not served by this node"))
+            })
+    }
+
+    /// Validates, evaluates the policy, checks the provider and creates the request.
+    pub async fn create(
+        &self,
+        requester: Principal,
+        spec: RequestSpec,
+    ) -> Result<Request, EngineError> {
+        let ctx = &self.ctx;
+        let provider =
+            ctx.providers
+                .get(&spec.provider)
+                .ok_or_else(|| EngineError::UnknownProvider {
+                    name: spec.provider.clone(),
+                    known: ctx.providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                })?;
+        let now = ctx.now();
+        let input = PolicyInput::new(requester.policy_input(), spec.policy_input(), now);
+        let decision = ctx.policy.evaluate(&input)?;
+        let id = RequestId::new();
+        let probe = GrantSpec {
+            grant_id: grant_id_for(id, 0),
+            request_id: id.0,
+            subject: requester.subject.clone(),
+            role: spec.role.clone(),
+            scope: spec.scope.clone(),
+            not_after: now
+                + ctx.rules().grant_timeout
+                + chrono::Duration::seconds(spec.duration_seconds.max(0)),
+            metadata: spec.metadata.clone(),
+        };
+        let tr = domain::create(
+            NewRequest {
+                id,
+                requester,
+                spec,
+            },
+            decision,
+            now,
+            ctx.rules(),
+        )?;
+        provider
+            .validate(probe)
+            .await
+            .map_err(EngineError::Provider)?;
+        self.shard(id)?.create(tr, ctx.config.call_timeout).await
+    }
+
+    pub async fn command(&self, id: RequestId, cmd: Command) -> Result<Request, EngineError> {
+        self.shard(id)?
+            .route(id, cmd, self.ctx.config.call_timeout)
+            .await
+    }
+
+    pub async fn approve(
+        &self,
+        id: RequestId,
+        by: Principal,
+        comment: &str,
+    ) -> Result<Request, EngineError> {
+        self.command(
+            id,
+            Command::Approve {
+                by,
+                comment: comment.into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn deny(
+        &self,
+        id: RequestId,
+        by: Principal,
+        reason: &str,
+    ) -> Result<Request, EngineError> {
+        self.command(
+            id,
+            Command::Deny {
+                by,
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn cancel(&self, id: RequestId, by: Principal) -> Result<Request, EngineError> {
+        self.command(id, Command::Cancel { by }).await
+    }
+
+    pub async fn revoke(
+        &self,
+        id: RequestId,
+        by: Principal,
+        reason: &str,
+    ) -> Result<Request, EngineError> {
+        self.command(
+            id,
+            Command::Revoke {
+                by,
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn extend(
+        &self,
+        id: RequestId,
+        by: Principal,
+        by_seconds: i64,
+        reason: &str,
+    ) -> Result<Request, EngineError> {
+        self.command(
+            id,
+            Command::Extend {
+                by,
+                by_seconds,
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    /// The live actor of a request on this node (none for terminal requests).
+    pub async fn request_actor(
+        &self,
+        id: RequestId,
+    ) -> Option<ActorRef<crate::request::RequestMsg>> {
+        self.shard(id).ok()?.lookup(id).await
+    }
+
+    /// Reads go to the store: the database is the truth.
+    pub async fn get(&self, id: RequestId) -> Result<Request, EngineError> {
+        self.ctx
+            .store
+            .get(id)
+            .await?
+            .ok_or(EngineError::NotFound { id })
+    }
+
+    /// Stops the actor tree cleanly and releases this node's leases. Deadlines are safe in
+    /// the store; the next start re-arms them.
+    pub async fn shutdown(self) {
+        self.node.stop(Some("shutdown".into()));
+        let _ = self.node_done.await;
+    }
+}
+
+/// Takes every shard; on a restart the previous incarnation's leases may still be live for
+/// up to one TTL, so wait that long (and a little) before giving up.
+async fn acquire_all(
+    store: &SharedStore,
+    config: &EngineConfig,
+    incarnation: Uuid,
+    n: u32,
+) -> Result<Vec<Fence>, EngineError> {
+    let deadline = Instant::now() + config.lease_ttl * 2 + Duration::from_secs(1);
+    let mut fences: Vec<Fence> = Vec::new();
+    loop {
+        let missing: Vec<u32> = (0..n)
+            .filter(|s| !fences.iter().any(|f| f.shard == *s))
+            .collect();
+        if missing.is_empty() {
+            fences.sort_by_key(|f| f.shard);
+            return Ok(fences);
+        }
+        let got = store
+            .acquire_shards(&config.node, incarnation, &missing, config.lease_ttl)
+            .await?;
+        fences.extend(got.into_iter().map(|l| l.fence));
+        if fences.len() < n as usize {
+            if Instant::now() >= deadline {
+                return Err(EngineError::unavailable(format!(
+                    "{} of {n} shards are still leased by another process; is another jitsudod running on this database?",
+                    n as usize - fences.len()
+                )));
+            }
+            tracing::info!(
+                held = fences.len(),
+                of = n,
+                "waiting for a previous process's shard leases to lapse"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! ProviderActor: one per configured provider. It bounds every call with a timeout and a
+//! concurrency cap, classifies failures and records latency and outcome. Calls run in their
+//! own tasks, so a slow cloud never blocks the actor's mailbox or its callers' actors.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jitsudo_providers::{Credentials, GrantRecord, GrantSpec, GrantState, Provider, ProviderError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::stats::{ActorRegistry, ActorStats, names};
+
+/// Exponential back-off with jitter between retries of a provider call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (1-based): uniformly random in the upper half of
+    /// `base · 2^(attempt-1)`, capped at `max`, so that many failing requests spread out.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let cap = exp.min(self.max);
+        let half = cap / 2;
+        let jitter = rand::rng().random_range(0..=half.as_micros().min(u64::MAX as u128) as u64);
+        half + Duration::from_micros(jitter)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderLimits {
+    /// A call that takes longer is abandoned as outcome-unknown.
+    pub call_timeout: Duration,
+    /// Calls in flight at once to this provider.
+    pub concurrency: usize,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        ProviderLimits {
+            call_timeout: Duration::from_secs(10),
+            concurrency: 64,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Call {
+    Validate(GrantSpec),
+    Grant(GrantSpec),
+    Revoke(GrantRecord),
+    Inspect(GrantRecord),
+    Credentials(GrantRecord),
+}
+
+impl Call {
+    fn op(&self) -> &'static str {
+        match self {
+            Call::Validate(_) => "validate",
+            Call::Grant(_) => "grant",
+            Call::Revoke(_) => "revoke",
+            Call::Inspect(_) => "inspect",
+            Call::Credentials(_) => "credentials",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Answer {
+    Done,
+    Granted(GrantRecord),
+    State(GrantState),
+    Credentials(Credentials),
+}
+
+#[derive(RactorMessage)]
+pub enum ProviderMsg {
+    Call {
+        call: Call,
+        reply: RpcReplyPort<Result<Answer, ProviderError>>,
+    },
+}
+
+pub struct ProviderActor;
+
+pub struct ProviderArgs {
+    pub provider: Arc<dyn Provider>,
+    pub limits: ProviderLimits,
+    pub stats: Arc<ActorStats>,
+    pub registry: ActorRegistry,
+}
+
+pub struct ProviderState {
+    provider: Arc<dyn Provider>,
+    limits: ProviderLimits,
+    permits: Arc<Semaphore>,
+    stats: Arc<ActorStats>,
+    registry: ActorRegistry,
+}
+
+impl Actor for ProviderActor {
+    type Msg = ProviderMsg;
+    type State = ProviderState;
+    type Arguments = ProviderArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        args: ProviderArgs,
+    ) -> Result<ProviderState, ActorProcessingErr> {
+        args.registry.register(&args.stats);
+        args.stats.set_state("ready");
+        Ok(ProviderState {
+            permits: Arc::new(Semaphore::new(args.limits.concurrency.max(1))),
+            provider: args.provider,
+            limits: args.limits,
+            stats: args.stats,
+            registry: args.registry,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        state: &mut ProviderState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.registry.unregister(&state.stats);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        msg: ProviderMsg,
+        state: &mut ProviderState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stats.dequeued();
+        let ProviderMsg::Call { call, reply } = msg;
+        let provider = state.provider.clone();
+        let permits = state.permits.clone();
+        let timeout = state.limits.call_timeout;
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let op = call.op();
+            let name = provider.name().to_owned();
+            let started = Instant::now();
+            let res = match tokio::time::timeout(timeout, run(provider.as_ref(), call)).await {
+                Ok(r) => r,
+                Err(_) => Err(ProviderError::Timeout {
+                    provider: name.clone(),
+                    after: timeout,
+                }),
+            };
+            let outcome = match &res {
+                Ok(_) => "ok",
+                Err(e) => e.class().as_str(),
+            };
+            metrics::histogram!(names::PROVIDER_CALL_SECONDS, "provider" => name.clone(), "op" => op)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(names::PROVIDER_CALLS, "provider" => name, "op" => op, "outcome" => outcome).increment(1);
+            let _ = reply.send(res);
+        });
+        Ok(())
+    }
+}
+
+async fn run(p: &dyn Provider, call: Call) -> Result<Answer, ProviderError> {
+    match call {
+        Call::Validate(spec) => p.validate(&spec).await.map(|_| Answer::Done),
+        Call::Grant(spec) => p.grant(&spec).await.map(Answer::Granted),
+        Call::Revoke(rec) => p.revoke(&rec).await.map(|_| Answer::Done),
+        Call::Inspect(rec) => p.inspect(&rec).await.map(Answer::State),
+        Call::Credentials(rec) => p.credentials(&rec).await.map(Answer::Credentials),
+    }
+}
+
+/// A cloneable handle to one provider's actor.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    pub name: String,
+    actor: ActorRef<ProviderMsg>,
+    stats: Arc<ActorStats>,
+    limits: ProviderLimits,
+}
+
+impl ProviderHandle {
+    pub async fn spawn(
+        provider: Arc<dyn Provider>,
+        limits: ProviderLimits,
+        registry: ActorRegistry,
+        supervisor: ractor::ActorCell,
+    ) -> Result<Self, ractor::SpawnErr> {
+        let name = provider.name().to_owned();
+        let stats = ActorStats::new("provider", name.clone(), 0);
+        let args = ProviderArgs {
+            provider,
+            limits: limits.clone(),
+            stats: stats.clone(),
+            registry,
+        };
+        let (actor, _) = Actor::spawn_linked(None, ProviderActor, args, supervisor).await?;
+        Ok(ProviderHandle {
+            name,
+            actor,
+            stats,
+            limits,
+        })
+    }
+
+    pub fn actor(&self) -> &ActorRef<ProviderMsg> {
+        &self.actor
+    }
+
+    async fn call(&self, call: Call) -> Result<Answer, ProviderError> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.stats.enqueued();
+        if self
+            .actor
+            .cast(ProviderMsg::Call {
+                call,
+                reply: tx.into(),
+            })
+            .is_err()
+        {
+            self.stats.dequeued();
+            return Err(ProviderError::Unavailable {
+                provider: self.name.clone(),
+                reason: "the provider actor is not running".into(),
+            });
+        }
+        // The actor enforces the call timeout; this bound only guards a lost reply.
+        let bound = self.limits.call_timeout * 4 + Duration::from_secs(5);
+        match tokio::time::timeout(bound, rx).await {
+            Ok(Ok(res)) => res,
+            _ => Err(ProviderError::Unknown {
+                provider: self.name.clone(),
+                reason: "no answer from the provider actor".into(),
+            }),
+        }
+    }
+
+    pub async fn validate(&self, spec: GrantSpec) -> Result<(), ProviderError> {
+        self.call(Call::Validate(spec)).await.map(|_| ())
+    }
+
+    pub async fn grant(&self, spec: GrantSpec) -> Result<GrantRecord, ProviderError> {
+        match self.call(Call::Grant(spec)).await? {
+            Answer::Granted(r) => Ok(r),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    pub async fn revoke(&self, rec: GrantRecord) -> Result<(), ProviderError> {
+        self.call(Call::Revoke(rec)).await.map(|_| ())
+    }
+
+    pub async fn inspect(&self, rec: GrantRecord) -> Result<GrantState, ProviderError> {
+        match self.call(Call::Inspect(rec)).await? {
+            Answer::State(s) => Ok(s),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    pub async fn credentials(&self, rec: GrantRecord) -> Result<Credentials, ProviderError> {
+        match self.call(Call::Credentials(rec)).await? {
+            Answer::Credentials(c) => Ok(c),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn unexpected(&self, _got: Answer) -> ProviderError {
+        ProviderError::Unknown {
+            provider: self.name.clone(),
+            reason: "mismatched answer from the provider actor".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_jitter_and_is_capped() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
+            let d3 = b.delay(3);
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
+            let d30 = b.delay(30);
+            assert!(
+                d30 >= Duration::from_millis(500) && d30 <= Duration::from_secs(1),
+                "{d30:?}"
+            );
+        }
+    }
+}

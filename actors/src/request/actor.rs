@@ -1,0 +1,439 @@
+//! RequestActor: one per live request. It runs the pure `step`, commits each transition
+//! through the fenced store, then carries out the effects: provider calls in their own
+//! tasks, deadline timers, retries with back-off. When it cannot tell whether a write
+//! committed it stops, and its ShardActor rebuilds it from the database.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use jitsudo_providers::{GrantState, ProviderError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::Command;
+use crate::context::NodeContext;
+use crate::domain::{
+    Decider, Effect, EndingCause, Event, GrantPurpose, Principal, Refusal, Request, State,
+    outstanding_calls, step, timers,
+};
+use crate::error::EngineError;
+use crate::policy::{ApprovalInput, PolicyInput};
+use crate::stats::{ActorStats, names};
+use crate::store::{Fence, Persist, Write};
+
+/// Why a RequestActor stopped; anything but `PASSIVATED` makes the ShardActor rebuild it.
+pub const PASSIVATED: &str = "passivated";
+
+#[derive(RactorMessage)]
+pub enum RequestMsg {
+    Command {
+        cmd: Command,
+        reply: RpcReplyPort<Result<Request, EngineError>>,
+    },
+    /// Timers, provider outcomes and follow-ups.
+    Internal(Event),
+    /// A back-off elapsed: issue this call again if the request still needs it.
+    Retry(Effect),
+}
+
+pub struct RequestActor;
+
+pub struct RequestArgs {
+    pub ctx: Arc<NodeContext>,
+    pub req: Request,
+    pub fence: Fence,
+    pub stats: Arc<ActorStats>,
+}
+
+pub struct RequestState {
+    ctx: Arc<NodeContext>,
+    req: Request,
+    fence: Fence,
+    stats: Arc<ActorStats>,
+    timers: Vec<JoinHandle<()>>,
+    /// Provider calls in flight, as (is_grant, grant_id).
+    inflight: HashSet<(bool, Uuid)>,
+}
+
+impl Drop for RequestState {
+    fn drop(&mut self) {
+        for t in self.timers.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Sends to a request actor, keeping its mailbox depth.
+pub(crate) fn send(me: &ActorRef<RequestMsg>, stats: &ActorStats, msg: RequestMsg) -> bool {
+    stats.enqueued();
+    if me.cast(msg).is_err() {
+        stats.dequeued();
+        return false;
+    }
+    true
+}
+
+impl Actor for RequestActor {
+    type Msg = RequestMsg;
+    type State = RequestState;
+    type Arguments = RequestArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<RequestMsg>,
+        args: RequestArgs,
+    ) -> Result<RequestState, ActorProcessingErr> {
+        args.ctx.registry.register(&args.stats);
+        args.stats.set_state(args.req.state.as_str());
+        Ok(RequestState {
+            ctx: args.ctx,
+            req: args.req,
+            fence: args.fence,
+            stats: args.stats,
+            timers: Vec::new(),
+            inflight: HashSet::new(),
+        })
+    }
+
+    /// Resume: arm the deadline timers (an overdue one fires at once) and re-issue every
+    /// provider call the committed state still needs (idempotent by grant id).
+    async fn post_start(
+        &self,
+        me: ActorRef<RequestMsg>,
+        st: &mut RequestState,
+    ) -> Result<(), ActorProcessingErr> {
+        arm_timers(&me, st);
+        let mut effects = outstanding_calls(&st.req);
+        if st.req.state == State::Pending
+            && st.req.decision.auto_approve
+            && st.req.approvals.is_empty()
+        {
+            effects.push(Effect::Followup(Event::AutoApprove));
+        }
+        run_effects(&me, st, effects);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<RequestMsg>,
+        st: &mut RequestState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.ctx.registry.unregister(&st.stats);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<RequestMsg>,
+        msg: RequestMsg,
+        st: &mut RequestState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.stats.dequeued();
+        let started = std::time::Instant::now();
+        match msg {
+            RequestMsg::Command { cmd, reply } => {
+                let res = match event_for(st, cmd) {
+                    Ok(ev) => apply(&me, st, ev).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(res);
+            }
+            RequestMsg::Internal(ev) => {
+                if let Some(call) = settles(&ev) {
+                    st.inflight.remove(&call);
+                }
+                if let Err(e) = apply(&me, st, ev).await {
+                    tracing::debug!(request = %st.req.id, error = %e, "internal event not applied");
+                }
+            }
+            RequestMsg::Retry(call) => {
+                if outstanding_calls(&st.req).contains(&call) {
+                    run_effects(&me, st, vec![call]);
+                }
+            }
+        }
+        metrics::histogram!(names::ACTOR_HANDLER_SECONDS, "kind" => "request")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// The provider call whose outcome this event reports, as (is_grant, grant_id).
+fn settles(ev: &Event) -> Option<(bool, Uuid)> {
+    match ev {
+        Event::GrantSucceeded { grant_id, .. } | Event::GrantFailed { grant_id, .. } => {
+            Some((true, *grant_id))
+        }
+        Event::RevokeSucceeded { grant_id }
+        | Event::RevokeFailed { grant_id, .. }
+        | Event::GoneAtProvider { grant_id, .. } => Some((false, *grant_id)),
+        _ => None,
+    }
+}
+
+/// Turns a person's command into a lifecycle event, asking the approval policy whether
+/// this person may decide on this request.
+fn event_for(st: &RequestState, cmd: Command) -> Result<Event, EngineError> {
+    let decider = |by: Principal| -> Result<Decider, EngineError> {
+        let req = &st.req;
+        let approvals = req
+            .approvals
+            .iter()
+            .map(|a| ApprovalInput {
+                subject: a.by.subject.clone(),
+                email: a.by.verified_email.clone(),
+                at: a.at,
+            })
+            .collect();
+        let input = PolicyInput::new(
+            req.requester.policy_input(),
+            req.spec.policy_input(),
+            st.ctx.now(),
+        )
+        .with_approver(by.policy_input())
+        .with_approvals(approvals);
+        let approver_allowed = st.ctx.policy.approver_allowed(&input)?;
+        let is_admin = st.ctx.is_admin(&by);
+        Ok(Decider {
+            principal: by,
+            approver_allowed,
+            is_admin,
+        })
+    };
+    Ok(match cmd {
+        Command::Approve { by, comment } => Event::Approve {
+            by: decider(by)?,
+            comment,
+        },
+        Command::Deny { by, reason } => Event::Deny {
+            by: decider(by)?,
+            reason,
+        },
+        Command::Cancel { by } => Event::Cancel { by },
+        Command::Revoke { by, reason } => Event::Revoke {
+            by: decider(by)?,
+            reason,
+        },
+        Command::Extend {
+            by,
+            by_seconds,
+            reason,
+        } => Event::RequestExtension {
+            by,
+            by_seconds,
+            reason,
+        },
+        Command::ApproveExtension {
+            by,
+            number,
+            comment,
+        } => Event::ApproveExtension {
+            number,
+            by: decider(by)?,
+            comment,
+        },
+        Command::DenyExtension { by, number, reason } => Event::DenyExtension {
+            number,
+            by: decider(by)?,
+            reason,
+        },
+    })
+}
+
+/// Steps, commits, and carries out the effects. A refusal changes nothing.
+async fn apply(
+    me: &ActorRef<RequestMsg>,
+    st: &mut RequestState,
+    ev: Event,
+) -> Result<Request, EngineError> {
+    let ctx = st.ctx.clone();
+    let event = ev.name();
+    let tr = match step(&st.req, ev, ctx.now(), ctx.rules()) {
+        Ok(tr) => tr,
+        Err(Refusal::TimerEarly { .. }) => {
+            arm_timers(me, st);
+            return Ok(st.req.clone());
+        }
+        Err(r) => {
+            metrics::counter!(names::REFUSALS, "event" => event).increment(1);
+            return Err(r.into());
+        }
+    };
+    let outbox = ctx.outbox_rows(&tr.notices);
+    let persist = Persist {
+        request: &tr.next,
+        expected_version: st.req.version,
+        times: &tr.times,
+        audit: &tr.audit,
+        outbox: &outbox,
+        guard: tr.guard,
+        node: ctx.node(),
+    };
+    match ctx.store.transition(&st.fence, persist).await {
+        Ok(Write::Updated { version, db_now }) => {
+            ctx.observe_db_clock(db_now);
+            let prev = std::mem::replace(&mut st.req, tr.next);
+            st.req.version = version;
+            st.req.apply_times(&tr.times, db_now);
+            record_transition(&prev, &st.req, db_now);
+            st.stats.set_state(st.req.state.as_str());
+            arm_timers(me, st);
+            run_effects(me, st, tr.effects);
+            if st.req.state.is_terminal() {
+                me.stop(Some(PASSIVATED.into()));
+            }
+            Ok(st.req.clone())
+        }
+        Ok(Write::Stale) => {
+            metrics::counter!(names::STALE_WRITES).increment(1);
+            me.stop(Some("stale write: rebuilding from the store".into()));
+            Err(EngineError::Conflict)
+        }
+        Ok(Write::Missing) => {
+            me.stop(Some("request missing from the store".into()));
+            Err(EngineError::NotFound { id: st.req.id })
+        }
+        Err(e) => {
+            // The commit may or may not have happened: the database is the truth.
+            tracing::warn!(request = %st.req.id, error = %e, "transition outcome unknown; rebuilding");
+            me.stop(Some("store error: outcome unknown".into()));
+            Err(EngineError::unavailable(format!("the store failed: {e}")))
+        }
+    }
+}
+
+fn record_transition(prev: &Request, next: &Request, db_now: chrono::DateTime<chrono::Utc>) {
+    metrics::counter!(names::TRANSITIONS, "from" => prev.state.as_str(), "to" => next.state.as_str()).increment(1);
+    if !prev.stuck && next.stuck {
+        metrics::gauge!(names::REVOCATIONS_STUCK).increment(1.0);
+    }
+    if prev.stuck && !next.stuck {
+        metrics::gauge!(names::REVOCATIONS_STUCK).decrement(1.0);
+    }
+    if next.state == State::Expired {
+        if let Some(exp) = next.expires_at {
+            let lag = (db_now - exp).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::histogram!(names::EXPIRY_LAG).record(lag);
+        }
+    }
+}
+
+fn arm_timers(me: &ActorRef<RequestMsg>, st: &mut RequestState) {
+    for t in st.timers.drain(..) {
+        t.abort();
+    }
+    for (kind, at) in timers(&st.req) {
+        let delay = st.ctx.until(at);
+        let (me, stats) = (me.clone(), st.stats.clone());
+        st.timers.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            send(&me, &stats, RequestMsg::Internal(kind.event(at)));
+        }));
+    }
+}
+
+fn run_effects(me: &ActorRef<RequestMsg>, st: &mut RequestState, effects: Vec<Effect>) {
+    for effect in effects {
+        match effect {
+            Effect::CallGrant { grant_id } | Effect::CallRevoke { grant_id } => {
+                let grant = matches!(effect, Effect::CallGrant { .. });
+                if st.inflight.insert((grant, grant_id)) {
+                    spawn_call(me, st, grant_id, grant);
+                }
+            }
+            Effect::RetryGrantLater { grant_id, attempt } => {
+                retry_later(me, st, Effect::CallGrant { grant_id }, attempt);
+            }
+            Effect::RetryRevokeLater { grant_id, attempt } => {
+                retry_later(me, st, Effect::CallRevoke { grant_id }, attempt);
+            }
+            Effect::Followup(ev) => {
+                send(me, &st.stats, RequestMsg::Internal(ev));
+            }
+        }
+    }
+}
+
+fn retry_later(me: &ActorRef<RequestMsg>, st: &RequestState, call: Effect, attempt: u32) {
+    let delay = st.ctx.config.backoff.delay(attempt);
+    let (me, stats) = (me.clone(), st.stats.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        send(&me, &stats, RequestMsg::Retry(call));
+    });
+}
+
+/// One provider call in its own task; its outcome comes back as an event.
+fn spawn_call(me: &ActorRef<RequestMsg>, st: &RequestState, grant_id: Uuid, grant: bool) {
+    let req = &st.req;
+    let Some(entry) = req.grant(grant_id) else {
+        return;
+    };
+    let provider = st.ctx.providers.get(&req.spec.provider).cloned();
+    let (Some(spec), Some(record)) = (req.grant_spec(entry), req.grant_record(entry)) else {
+        return;
+    };
+    let not_after = record.not_after;
+    let (me, stats, ctx) = (me.clone(), st.stats.clone(), st.ctx.clone());
+    if !grant && req.ending == Some(EndingCause::Expired) && entry.purpose == GrantPurpose::Primary
+    {
+        if let Some(exp) = req.expires_at {
+            let lag = (ctx.now() - exp).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::histogram!(names::EXPIRY_ISSUE_LAG).record(lag);
+        }
+    }
+    let provider_name = req.spec.provider.clone();
+    tokio::spawn(async move {
+        let missing = || ProviderError::Unavailable {
+            provider: provider_name.clone(),
+            reason: "this provider is not configured on this node".into(),
+        };
+        let event = if grant {
+            let res = match &provider {
+                Some(p) => p.grant(spec).await,
+                None => Err(missing()),
+            };
+            match res {
+                Ok(rec) => Event::GrantSucceeded {
+                    grant_id,
+                    provider_ref: rec.provider_ref,
+                },
+                Err(e) => Event::GrantFailed {
+                    grant_id,
+                    class: e.class(),
+                    message: e.to_string(),
+                },
+            }
+        } else {
+            let res = match &provider {
+                Some(p) => p.revoke(record.clone()).await,
+                None => Err(missing()),
+            };
+            match res {
+                Ok(()) => Event::RevokeSucceeded { grant_id },
+                Err(e) => {
+                    // Past its absolute end the provider may have removed the grant natively.
+                    let gone = match (&provider, ctx.now() >= not_after) {
+                        (Some(p), true) => matches!(p.inspect(record).await, Ok(GrantState::Gone)),
+                        _ => false,
+                    };
+                    if gone {
+                        Event::GoneAtProvider {
+                            grant_id,
+                            evidence: format!("inspect: gone after not_after; revoke failed: {e}"),
+                        }
+                    } else {
+                        Event::RevokeFailed {
+                            grant_id,
+                            message: e.to_string(),
+                        }
+                    }
+                }
+            }
+        };
+        send(&me, &stats, RequestMsg::Internal(event));
+    });
+}

@@ -1,0 +1,149 @@
+//! What every actor exposes about itself (kind, id, state, mailbox depth, restarts, last
+//! activity) for `jitsudo server actors` and the actor-health metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::domain::Timestamp;
+
+/// Metric names, in one place so dashboards and docs can rely on them.
+pub mod names {
+    pub const ACTORS_LIVE: &str = "jitsudo_actors_live";
+    pub const ACTOR_MAILBOX: &str = "jitsudo_actor_mailbox_depth";
+    pub const ACTOR_RESTARTS: &str = "jitsudo_actor_restarts_total";
+    pub const ACTOR_HANDLER_SECONDS: &str = "jitsudo_actor_handler_seconds";
+    pub const TRANSITIONS: &str = "jitsudo_request_transitions_total";
+    pub const REFUSALS: &str = "jitsudo_request_refusals_total";
+    pub const STALE_WRITES: &str = "jitsudo_fenced_stale_writes_total";
+    pub const EXPIRY_ISSUE_LAG: &str = "jitsudo_expiry_issue_lag_seconds";
+    pub const EXPIRY_LAG: &str = "jitsudo_expiry_lag_seconds";
+    pub const REVOCATIONS_STUCK: &str = "jitsudo_revocations_stuck";
+    pub const PROVIDER_CALL_SECONDS: &str = "jitsudo_provider_call_seconds";
+    pub const PROVIDER_CALLS: &str = "jitsudo_provider_calls_total";
+    pub const POLICY_EVAL_SECONDS: &str = "jitsudo_policy_evaluation_seconds";
+    pub const SHARDS_OWNED: &str = "jitsudo_shard_leases_owned";
+}
+
+/// Live statistics of one actor, shared between the actor and its handles.
+#[derive(Debug)]
+pub struct ActorStats {
+    pub kind: &'static str,
+    pub id: String,
+    state: Mutex<String>,
+    mailbox: AtomicUsize,
+    restarts: AtomicU32,
+    last_event_micros: AtomicI64,
+}
+
+impl ActorStats {
+    pub fn new(kind: &'static str, id: impl Into<String>, restarts: u32) -> Arc<Self> {
+        Arc::new(ActorStats {
+            kind,
+            id: id.into(),
+            state: Mutex::new(String::new()),
+            mailbox: AtomicUsize::new(0),
+            restarts: AtomicU32::new(restarts),
+            last_event_micros: AtomicI64::new(Utc::now().timestamp_micros()),
+        })
+    }
+
+    /// A message was sent; returns the depth including it.
+    pub fn enqueued(&self) -> usize {
+        let depth = self.mailbox.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(names::ACTOR_MAILBOX, "kind" => self.kind).increment(1.0);
+        depth
+    }
+
+    /// A message was taken out of the mailbox.
+    pub fn dequeued(&self) {
+        let _ = self
+            .mailbox
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        metrics::gauge!(names::ACTOR_MAILBOX, "kind" => self.kind).decrement(1.0);
+        self.last_event_micros
+            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+    }
+
+    pub fn mailbox(&self) -> usize {
+        self.mailbox.load(Ordering::Relaxed)
+    }
+
+    pub fn set_state(&self, s: impl Into<String>) {
+        if let Ok(mut g) = self.state.lock() {
+            *g = s.into();
+        }
+    }
+
+    pub fn snapshot(&self) -> ActorSnapshot {
+        ActorSnapshot {
+            kind: self.kind.to_owned(),
+            id: self.id.clone(),
+            state: self.state.lock().map(|s| s.clone()).unwrap_or_default(),
+            mailbox: self.mailbox(),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            last_event_at: chrono::DateTime::from_timestamp_micros(
+                self.last_event_micros.load(Ordering::Relaxed),
+            )
+            .unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ActorSnapshot {
+    pub kind: String,
+    pub id: String,
+    pub state: String,
+    pub mailbox: usize,
+    pub restarts: u32,
+    pub last_event_at: Timestamp,
+}
+
+/// The live actors of one node.
+#[derive(Clone, Debug, Default)]
+pub struct ActorRegistry {
+    inner: Arc<Mutex<BTreeMap<(&'static str, String), Arc<ActorStats>>>>,
+}
+
+impl ActorRegistry {
+    pub fn register(&self, stats: &Arc<ActorStats>) {
+        if let Ok(mut m) = self.inner.lock() {
+            if m.insert((stats.kind, stats.id.clone()), stats.clone())
+                .is_none()
+            {
+                metrics::gauge!(names::ACTORS_LIVE, "kind" => stats.kind).increment(1.0);
+            }
+        }
+    }
+
+    pub fn unregister(&self, stats: &ActorStats) {
+        if let Ok(mut m) = self.inner.lock() {
+            let key = (stats.kind, stats.id.clone());
+            // Only remove the entry if it is this very actor (a rebuilt one may have replaced it).
+            if m.get(&key)
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), stats))
+            {
+                m.remove(&key);
+                metrics::gauge!(names::ACTORS_LIVE, "kind" => stats.kind).decrement(1.0);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<ActorSnapshot> {
+        self.inner
+            .lock()
+            .map(|m| m.values().map(|s| s.snapshot()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn count(&self, kind: &str) -> usize {
+        self.inner
+            .lock()
+            .map(|m| m.keys().filter(|(k, _)| *k == kind).count())
+            .unwrap_or(0)
+    }
+}
