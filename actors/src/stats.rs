@@ -103,20 +103,22 @@ pub struct ActorSnapshot {
     pub last_event_at: Timestamp,
 }
 
+/// Actors by (kind, id).
+type ActorMap = BTreeMap<(&'static str, String), Arc<ActorStats>>;
+
 /// The live actors of one node.
 #[derive(Clone, Debug, Default)]
 pub struct ActorRegistry {
-    inner: Arc<Mutex<BTreeMap<(&'static str, String), Arc<ActorStats>>>>,
+    inner: Arc<Mutex<ActorMap>>,
 }
 
 impl ActorRegistry {
     pub fn register(&self, stats: &Arc<ActorStats>) {
-        if let Ok(mut m) = self.inner.lock() {
-            if m.insert((stats.kind, stats.id.clone()), stats.clone())
+        if let Ok(mut m) = self.inner.lock()
+            && m.insert((stats.kind, stats.id.clone()), stats.clone())
                 .is_none()
-            {
-                metrics::gauge!(names::ACTORS_LIVE, "kind" => stats.kind).increment(1.0);
-            }
+        {
+            metrics::gauge!(names::ACTORS_LIVE, "kind" => stats.kind).increment(1.0);
         }
     }
 

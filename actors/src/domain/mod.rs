@@ -8,6 +8,9 @@ mod principal;
 mod request;
 mod step;
 
+#[cfg(test)]
+mod tests;
+
 pub use ids::{RequestId, grant_id_for, shard_of};
 pub use principal::{PersonRef, Principal, same_person};
 pub use request::{

@@ -401,7 +401,12 @@ pub fn create(
         req.state = State::Approved;
     } else {
         kind = "request.created";
-        let timeout = Duration::seconds(req.decision.approval_timeout_seconds.max(1));
+        // Policy accepts any positive number; one beyond chrono's range must not panic here.
+        let timeout = Duration::seconds(
+            req.decision
+                .approval_timeout_seconds
+                .clamp(1, Limits::MAX_DURATION_SECONDS),
+        );
         times.approval_deadline = Some(Stamp::NowPlus(timeout));
         req.approval_deadline = Some(now + timeout);
         if req.decision.auto_approve {
@@ -784,6 +789,21 @@ pub fn step(
                 g.provider_ref = provider_ref;
             }
             match (req.state, purpose) {
+                (Approved, GrantPurpose::Primary)
+                    if req.grant_deadline.is_some_and(|d| now >= d) =>
+                {
+                    // Too late: the grant's window (`not_after`) is already shorter than the
+                    // approved duration. Take it back rather than activate a cut-short grant.
+                    tx.kind = "request.ending";
+                    if let Some(g) = tx.next.grant_mut(grant_id) {
+                        g.status = GrantStatus::Abandoned;
+                    }
+                    tx.begin_ending(
+                        EndingCause::Failed,
+                        "the grant succeeded only after its deadline".into(),
+                        now,
+                    );
+                }
                 (Approved, GrantPurpose::Primary) => {
                     tx.kind = "request.active";
                     tx.next.state = Active;
@@ -946,6 +966,11 @@ pub fn step(
             if g.status == GrantStatus::Revoked {
                 return Err(Refusal::Duplicate);
             }
+            // Outside ENDING only an abandoned extension grant is being revoked: a stray
+            // report for live access must not make the actor revoke it.
+            if req.state != Ending && g.status != GrantStatus::Abandoned {
+                return Err(refuse(&Event::RevokeFailed { grant_id, message }));
+            }
             let failures = req.revoke_failures + 1;
             let mut tx = Tx::new(req, "grant.revoke_failed", "system")
                 .detail("grant_id", grant_id)
@@ -988,6 +1013,15 @@ pub fn step(
                     reason: format!("must be positive, got {by_seconds}s"),
                 });
             }
+            if by_seconds > Limits::MAX_DURATION_SECONDS {
+                return Err(Refusal::Invalid {
+                    field: "extension",
+                    reason: format!(
+                        "{by_seconds}s is above the hard limit of {}s",
+                        Limits::MAX_DURATION_SECONDS
+                    ),
+                });
+            }
             check_len("reason", &reason, Limits::REASON)?;
             if let Some(e) = req
                 .extensions
@@ -996,7 +1030,7 @@ pub fn step(
             {
                 return Err(Refusal::ExtensionInProgress { number: e.number });
             }
-            let total = req.total_duration_seconds() + by_seconds;
+            let total = req.total_duration_seconds().saturating_add(by_seconds);
             let max = req.decision.max_total_duration_seconds;
             if total > max {
                 return Err(Refusal::ExtensionExceedsMaximum {
@@ -1217,6 +1251,17 @@ fn confirm_gone(
     // Progress on one grant does not clear the stuck alert while others still fail.
     if req.state == State::Ending && all_gone {
         tx.finish_ending(now);
+    } else if req.state != State::Ending
+        && req.stuck
+        && !tx
+            .next
+            .grants
+            .iter()
+            .any(|g| g.status == GrantStatus::Abandoned)
+    {
+        // The stuck revoke was of an abandoned extension grant, and none is left.
+        tx.next.stuck = false;
+        tx.notify(NoticeKind::StuckCleared, json!({}));
     }
     Ok(tx.done())
 }

@@ -313,11 +313,11 @@ fn record_transition(prev: &Request, next: &Request, db_now: chrono::DateTime<ch
     if prev.stuck && !next.stuck {
         metrics::gauge!(names::REVOCATIONS_STUCK).decrement(1.0);
     }
-    if next.state == State::Expired {
-        if let Some(exp) = next.expires_at {
-            let lag = (db_now - exp).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            metrics::histogram!(names::EXPIRY_LAG).record(lag);
-        }
+    if next.state == State::Expired
+        && let Some(exp) = next.expires_at
+    {
+        let lag = (db_now - exp).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        metrics::histogram!(names::EXPIRY_LAG).record(lag);
     }
 }
 
@@ -378,12 +378,13 @@ fn spawn_call(me: &ActorRef<RequestMsg>, st: &RequestState, grant_id: Uuid, gran
     };
     let not_after = record.not_after;
     let (me, stats, ctx) = (me.clone(), st.stats.clone(), st.ctx.clone());
-    if !grant && req.ending == Some(EndingCause::Expired) && entry.purpose == GrantPurpose::Primary
+    if !grant
+        && req.ending == Some(EndingCause::Expired)
+        && entry.purpose == GrantPurpose::Primary
+        && let Some(exp) = req.expires_at
     {
-        if let Some(exp) = req.expires_at {
-            let lag = (ctx.now() - exp).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            metrics::histogram!(names::EXPIRY_ISSUE_LAG).record(lag);
-        }
+        let lag = (ctx.now() - exp).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        metrics::histogram!(names::EXPIRY_ISSUE_LAG).record(lag);
     }
     let provider_name = req.spec.provider.clone();
     tokio::spawn(async move {

@@ -184,8 +184,18 @@ async fn full_lifecycle(db: Db) {
         revoked_at >= ended.expires_at.unwrap(),
         "revoked before expiry: {revoked_at}"
     );
-    // Passivated: a terminal request has no actor.
+    // Passivated: a terminal request has no actor, and absorbs every event.
     assert!(rig.engine.request_actor(req.id).await.is_none());
+    let late = rig
+        .engine
+        .revoke(req.id, alice(), "too late")
+        .await
+        .unwrap_err();
+    assert!(
+        late.to_string().contains("EXPIRED, which is final"),
+        "{late}"
+    );
+    assert_eq!(rig.store.request_audit(req.id).await.unwrap().len(), 5);
     rig.engine.shutdown().await;
 }
 
@@ -214,10 +224,10 @@ async fn killed_request_actor_is_rebuilt_from_the_store() {
     first.kill();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let second = loop {
-        if let Some(a) = rig.engine.request_actor(req.id).await {
-            if a.get_id() != first.get_id() {
-                break a;
-            }
+        if let Some(a) = rig.engine.request_actor(req.id).await
+            && a.get_id() != first.get_id()
+        {
+            break a;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
