@@ -4,9 +4,15 @@
 //! shard fence, exactly one audit event, and its outbox rows. Deadlines are computed by the
 //! database clock in the committing statement. Outcomes are `Updated | Stale | Missing`.
 
+mod audit;
+mod outbox;
 mod postgres;
+mod postgres_audit;
+mod postgres_outbox;
 mod rows;
 mod sqlite;
+mod sqlite_audit;
+mod sqlite_outbox;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +25,8 @@ use uuid::Uuid;
 use crate::domain::{AuditEntry, Guard, Request, RequestId, TimePatch, Timestamp};
 use crate::policy::PolicySource;
 
+pub use audit::*;
+pub use outbox::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -143,9 +151,10 @@ pub struct Lease {
     pub expires_at: Timestamp,
 }
 
-/// The persistence contract; both backends pass one contract suite.
+/// The persistence contract; both backends pass one contract suite. The audit chain and
+/// the outbox have their own traits (`AuditStore`, `OutboxStore`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// The database clock.

@@ -16,7 +16,7 @@ use crate::domain::{Stamp, State, TimePatch};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 /// Lock waits and idle transactions stay far below the shard lease margin.

@@ -22,7 +22,7 @@ use crate::domain::{GrantPurpose, Stamp, State};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     _lock: File,
 }
 

@@ -1,0 +1,5 @@
+//! postgres implementation of the audit chain store.
+
+use super::*;
+
+impl AuditStore for PgStore {}

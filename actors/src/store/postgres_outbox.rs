@@ -1,0 +1,5 @@
+//! postgres implementation of the outbox store.
+
+use super::*;
+
+impl OutboxStore for PgStore {}

@@ -1,0 +1,5 @@
+//! sqlite implementation of the audit chain store.
+
+use super::*;
+
+impl AuditStore for SqliteStore {}

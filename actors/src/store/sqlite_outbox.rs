@@ -1,0 +1,5 @@
+//! sqlite implementation of the outbox store.
+
+use super::*;
+
+impl OutboxStore for SqliteStore {}
