@@ -9,6 +9,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::domain::{Notice, Principal, Rules, Timestamp};
+use crate::notify::NotifyConfig;
 use crate::policy::PolicyHandle;
 use crate::provider::{Backoff, ProviderHandle, ProviderLimits};
 use crate::stats::ActorRegistry;
@@ -27,8 +28,11 @@ pub struct EngineConfig {
     /// Back-off between retries of failed grant and revoke calls.
     pub backoff: Backoff,
     pub provider_limits: ProviderLimits,
-    /// Outbox sinks each notice is enqueued for.
-    pub sinks: Vec<String>,
+    /// The outbox sinks each notice is enqueued for, and how the Notifier delivers them.
+    pub notify: NotifyConfig,
+    /// The audit sequencer this node runs (standby unless it holds the `audit` lease);
+    /// `None` runs none on this node.
+    pub audit: Option<crate::audit::AuditConfig>,
     /// Members of these groups are admins (may revoke any request).
     pub admin_groups: Vec<String>,
     /// A request actor with this many queued messages refuses more (overload).
@@ -46,7 +50,8 @@ impl Default for EngineConfig {
             rules: Rules::default(),
             backoff: Backoff::default(),
             provider_limits: ProviderLimits::default(),
-            sinks: vec!["log".into()],
+            notify: NotifyConfig::default(),
+            audit: Some(crate::audit::AuditConfig::default()),
             admin_groups: vec!["jitsudo-admins".into()],
             max_mailbox: 1000,
             call_timeout: Duration::from_secs(30),
@@ -122,8 +127,8 @@ impl NodeContext {
         notices
             .iter()
             .flat_map(|n| {
-                self.config.sinks.iter().map(move |sink| OutboxRow {
-                    sink: sink.clone(),
+                self.config.notify.sinks.iter().map(move |sink| OutboxRow {
+                    sink: sink.name.clone(),
                     kind: n.kind.as_str().to_owned(),
                     payload: n.details.to_string(),
                 })

@@ -10,10 +10,12 @@ use jitsudo_providers::{GrantSpec, Registry};
 use ractor::{Actor, ActorRef};
 use uuid::Uuid;
 
+use crate::audit::{SequencerArgs, SequencerHandle};
 use crate::context::{EngineConfig, NodeContext};
 use crate::domain::{self, NewRequest, Principal, Request, RequestId, RequestSpec, grant_id_for};
 use crate::error::EngineError;
 use crate::node::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::notify::NotifierHandle;
 use crate::policy::{PolicyHandle, PolicyInput};
 use crate::provider::ProviderHandle;
 use crate::request::{Command, ShardHandle};
@@ -25,6 +27,7 @@ pub struct Engine {
     shards: Arc<RwLock<Vec<Option<ShardHandle>>>>,
     node: ActorRef<NodeMsg>,
     node_done: tokio::task::JoinHandle<()>,
+    notifier: NotifierHandle,
 }
 
 impl Engine {
@@ -80,6 +83,32 @@ impl Engine {
                 })?;
                 handles.insert(name.to_owned(), h);
             }
+            let notifier = NotifierHandle::spawn(
+                store.clone(),
+                &config.node,
+                config.notify.clone(),
+                registry.clone(),
+                cell.clone(),
+            )
+            .await?;
+            if let Some(audit) = &config.audit {
+                let args = SequencerArgs {
+                    store: store.clone(),
+                    node: config.node.clone(),
+                    incarnation,
+                    lease_ttl: config.lease_ttl,
+                    config: audit.clone(),
+                    sinks: config.notify.sinks.iter().map(|s| s.name.clone()).collect(),
+                    registry: registry.clone(),
+                };
+                SequencerHandle::spawn(args, Some(cell.clone()))
+                    .await
+                    .map_err(|e| {
+                        EngineError::unavailable(format!(
+                            "could not start the audit sequencer: {e}"
+                        ))
+                    })?;
+            }
             let db_now = store.db_now().await?;
             let ctx = Arc::new(NodeContext::new(
                 config,
@@ -100,15 +129,16 @@ impl Engine {
                 ctx: ctx.clone(),
                 fences,
             });
-            Ok::<_, EngineError>(ctx)
+            Ok::<_, EngineError>((ctx, notifier))
         }
         .await;
         match started {
-            Ok(ctx) => Ok(Engine {
+            Ok((ctx, notifier)) => Ok(Engine {
                 ctx,
                 shards,
                 node,
                 node_done,
+                notifier,
             }),
             Err(e) => {
                 node.stop(Some("start failed".into()));
@@ -128,6 +158,11 @@ impl Engine {
 
     pub fn policy(&self) -> &PolicyHandle {
         &self.ctx.policy
+    }
+
+    /// This node's outbox drainer; `nudge()` it after a re-drive.
+    pub fn notifier(&self) -> &NotifierHandle {
+        &self.notifier
     }
 
     /// The live actor tree of this node.

@@ -29,6 +29,12 @@ pub enum EngineError {
     Overloaded { what: String },
     #[error("store failure")]
     Store(#[from] StoreError),
+    /// A notification sink did not take a notice; `reason` never carries a secret or the
+    /// receiver's response body (it is stored as the outbox row's `last_error`).
+    #[error("delivery to sink {sink:?} failed: {reason}")]
+    Delivery { sink: String, reason: String },
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig { reason: String },
 }
 
 impl EngineError {

@@ -3,11 +3,13 @@
 //! (`node` → `request` shards and request actors, `policy`, `provider`), started by
 //! [`Engine::start`].
 
+pub mod audit;
 pub mod context;
 pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod node;
+pub mod notify;
 pub mod policy;
 pub mod provider;
 pub mod request;

@@ -26,6 +26,16 @@ pub mod names {
     pub const PROVIDER_CALLS: &str = "jitsudo_provider_calls_total";
     pub const POLICY_EVAL_SECONDS: &str = "jitsudo_policy_evaluation_seconds";
     pub const SHARDS_OWNED: &str = "jitsudo_shard_leases_owned";
+    pub const OUTBOX_DEPTH: &str = "jitsudo_outbox_depth";
+    pub const OUTBOX_OLDEST_AGE: &str = "jitsudo_outbox_oldest_age_seconds";
+    pub const OUTBOX_DEAD_LETTERS: &str = "jitsudo_outbox_dead_letters";
+    pub const OUTBOX_DELIVERED: &str = "jitsudo_outbox_delivered_total";
+    pub const OUTBOX_FAILURES: &str = "jitsudo_outbox_failures_total";
+    pub const AUDIT_CHAIN_LENGTH: &str = "jitsudo_audit_chain_length";
+    pub const AUDIT_CHAINED: &str = "jitsudo_audit_chained_total";
+    pub const AUDIT_UNCHAINED: &str = "jitsudo_audit_unchained";
+    pub const AUDIT_UNCHAINED_AGE: &str = "jitsudo_audit_unchained_oldest_age_seconds";
+    pub const AUDIT_CHECKPOINTS: &str = "jitsudo_audit_checkpoints_total";
 }
 
 /// Live statistics of one actor, shared between the actor and its handles.

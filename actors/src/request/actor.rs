@@ -262,6 +262,17 @@ async fn apply(
             return Err(r.into());
         }
     };
+    // Revocation is always safe to repeat: an expiry's revokes go out before its commit, so
+    // the access ends on time even while the database is slow or unreachable.
+    if st.req.state == State::Active && tr.next.ending == Some(EndingCause::Expired) {
+        for e in &tr.effects {
+            if let Effect::CallRevoke { grant_id } = *e
+                && st.inflight.insert((false, grant_id))
+            {
+                spawn_call(me, &st.ctx, &st.stats, &tr.next, grant_id, false);
+            }
+        }
+    }
     let outbox = ctx.outbox_rows(&tr.notices);
     let persist = Persist {
         request: &tr.next,
@@ -341,7 +352,7 @@ fn run_effects(me: &ActorRef<RequestMsg>, st: &mut RequestState, effects: Vec<Ef
             Effect::CallGrant { grant_id } | Effect::CallRevoke { grant_id } => {
                 let grant = matches!(effect, Effect::CallGrant { .. });
                 if st.inflight.insert((grant, grant_id)) {
-                    spawn_call(me, st, grant_id, grant);
+                    spawn_call(me, &st.ctx, &st.stats, &st.req, grant_id, grant);
                 }
             }
             Effect::RetryGrantLater { grant_id, attempt } => {
@@ -367,17 +378,23 @@ fn retry_later(me: &ActorRef<RequestMsg>, st: &RequestState, call: Effect, attem
 }
 
 /// One provider call in its own task; its outcome comes back as an event.
-fn spawn_call(me: &ActorRef<RequestMsg>, st: &RequestState, grant_id: Uuid, grant: bool) {
-    let req = &st.req;
+fn spawn_call(
+    me: &ActorRef<RequestMsg>,
+    ctx: &Arc<NodeContext>,
+    stats: &Arc<ActorStats>,
+    req: &Request,
+    grant_id: Uuid,
+    grant: bool,
+) {
     let Some(entry) = req.grant(grant_id) else {
         return;
     };
-    let provider = st.ctx.providers.get(&req.spec.provider).cloned();
+    let provider = ctx.providers.get(&req.spec.provider).cloned();
     let (Some(spec), Some(record)) = (req.grant_spec(entry), req.grant_record(entry)) else {
         return;
     };
     let not_after = record.not_after;
-    let (me, stats, ctx) = (me.clone(), st.stats.clone(), st.ctx.clone());
+    let (me, stats, ctx) = (me.clone(), stats.clone(), ctx.clone());
     if !grant
         && req.ending == Some(EndingCause::Expired)
         && entry.purpose == GrantPurpose::Primary

@@ -132,6 +132,8 @@ pub struct AuditEvent {
     pub details: String,
 }
 
+/// An outbox row as stored. `event_id` is the id of the audit event committed with it: the
+/// notices of one commit share it, so a delivery is identified by `(event_id, kind)`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     pub id: i64,
@@ -140,8 +142,13 @@ pub struct OutboxEntry {
     pub sink: String,
     pub kind: String,
     pub payload: String,
+    /// `pending`, `delivered` or `dead`.
     pub state: String,
+    /// Failed attempts so far.
     pub attempts: i32,
+    pub created_at: Timestamp,
+    pub next_attempt_at: Timestamp,
+    pub last_error: Option<String>,
 }
 
 /// A shard lease as acquired or renewed.

@@ -129,13 +129,7 @@ impl PgStore {
             )
         };
         format!(
-            "WITH fence AS (
-                SELECT 1 FROM shard_owners o
-                 WHERE o.shard = $3 AND o.owner = $4 AND o.epoch = $5
-                   AND EXISTS (SELECT 1 FROM shard_renewals r
-                                WHERE r.shard = o.shard AND r.epoch = o.epoch AND r.expires_at > statement_timestamp())
-                 FOR SHARE OF o
-             ), w AS ({main}),
+            "WITH fence AS ({fence}), w AS ({main}),
              aud AS (
                 INSERT INTO audit_events (id, at, kind, actor, request_id, request_version, node, details)
                 SELECT $21, statement_timestamp(), $22, $23, w.id, w.version, $24, $25 FROM w
@@ -163,7 +157,8 @@ impl PgStore {
                   FROM w, jsonb_to_recordset($29::jsonb) AS e(number int, by_seconds bigint, state text, grant_id uuid)
                 ON CONFLICT (request_id, number) DO UPDATE SET state = EXCLUDED.state, grant_id = EXCLUDED.grant_id
              )
-             SELECT w.version, statement_timestamp() AS db_now FROM w"
+             SELECT w.version, statement_timestamp() AS db_now FROM w",
+            fence = fence_sql(3, 4, 5),
         )
     }
 
@@ -258,6 +253,18 @@ impl PgStore {
             expires_at: row.try_get("expires_at").map_err(db("reading a lease"))?,
         })
     }
+}
+
+/// The fence of DESIGN.md §5: this owner at this epoch, with an unexpired lease. Reading the
+/// owner row `FOR SHARE` makes a takeover (an UPDATE of that row) wait for this write.
+pub(super) fn fence_sql(shard: u8, owner: u8, epoch: u8) -> String {
+    format!(
+        "SELECT 1 FROM shard_owners o
+          WHERE o.shard = ${shard} AND o.owner = ${owner} AND o.epoch = ${epoch}
+            AND EXISTS (SELECT 1 FROM shard_renewals r
+                         WHERE r.shard = o.shard AND r.epoch = o.epoch AND r.expires_at > statement_timestamp())
+          FOR SHARE OF o"
+    )
 }
 
 const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
@@ -441,29 +448,16 @@ impl Store for PgStore {
     }
 
     async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, event_id, request_id, sink, kind, payload, state, attempts FROM outbox WHERE request_id = $1 ORDER BY id",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM outbox WHERE request_id = $1 ORDER BY id",
+            super::postgres_outbox::OUTBOX_COLUMNS
+        )))
         .bind(id.0)
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading outbox rows"))?;
         rows.iter()
-            .map(|r| {
-                let e = db("reading an outbox row");
-                Ok(OutboxEntry {
-                    id: r.try_get("id").map_err(db("reading an outbox row"))?,
-                    event_id: r.try_get("event_id").map_err(db("reading an outbox row"))?,
-                    request_id: r
-                        .try_get("request_id")
-                        .map_err(db("reading an outbox row"))?,
-                    sink: r.try_get("sink").map_err(db("reading an outbox row"))?,
-                    kind: r.try_get("kind").map_err(db("reading an outbox row"))?,
-                    payload: r.try_get("payload").map_err(db("reading an outbox row"))?,
-                    state: r.try_get("state").map_err(db("reading an outbox row"))?,
-                    attempts: r.try_get("attempts").map_err(e)?,
-                })
-            })
+            .map(super::postgres_outbox::decode_outbox)
             .collect()
     }
 

@@ -26,24 +26,24 @@ pub struct SqliteStore {
     _lock: File,
 }
 
-fn micros(t: Timestamp) -> i64 {
+pub(super) fn micros(t: Timestamp) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(v: i64) -> StoreResult<Timestamp> {
+pub(super) fn from_micros(v: i64) -> StoreResult<Timestamp> {
     DateTime::<Utc>::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt {
         what: format!("time {v}"),
     })
 }
 
-fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
+pub(super) fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
     let s: String = row.try_get(col).map_err(db("reading an id"))?;
     Uuid::from_str(&s).map_err(|_| StoreError::Corrupt {
         what: format!("{col} {s:?}"),
     })
 }
 
-fn opt_uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Option<Uuid>> {
+pub(super) fn opt_uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Option<Uuid>> {
     let s: Option<String> = row.try_get(col).map_err(db("reading an id"))?;
     s.map(|s| {
         Uuid::from_str(&s).map_err(|_| StoreError::Corrupt {
@@ -139,7 +139,7 @@ impl SqliteStore {
         Ok(stored)
     }
 
-    async fn fence_holds(
+    pub(super) async fn fence_holds(
         conn: &mut SqliteConnection,
         fence: &Fence,
         now: i64,
@@ -621,26 +621,16 @@ impl Store for SqliteStore {
     }
 
     async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
-        let rows = sqlx::query(
-            "SELECT id, event_id, request_id, sink, kind, payload, state, attempts FROM outbox WHERE request_id = ?1 ORDER BY id",
-        )
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM outbox WHERE request_id = ?1 ORDER BY id",
+            super::sqlite_outbox::OUTBOX_COLUMNS
+        )))
         .bind(id.0.to_string())
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading outbox rows"))?;
         rows.iter()
-            .map(|r| {
-                Ok(OutboxEntry {
-                    id: r.try_get("id").map_err(db("reading an outbox row"))?,
-                    event_id: uuid_col(r, "event_id")?,
-                    request_id: opt_uuid_col(r, "request_id")?,
-                    sink: r.try_get("sink").map_err(db("reading an outbox row"))?,
-                    kind: r.try_get("kind").map_err(db("reading an outbox row"))?,
-                    payload: r.try_get("payload").map_err(db("reading an outbox row"))?,
-                    state: r.try_get("state").map_err(db("reading an outbox row"))?,
-                    attempts: r.try_get("attempts").map_err(db("reading an outbox row"))?,
-                })
-            })
+            .map(super::sqlite_outbox::decode_outbox)
             .collect()
     }
 

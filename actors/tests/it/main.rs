@@ -1,6 +1,8 @@
 //! Integration tests of the engine: the store contract on both backends and the actor tree
 //! against the http provider's reference server. One binary for the crate (link time).
 
+mod audit;
 mod engine;
 mod fixtures;
+mod outbox;
 mod store_contract;

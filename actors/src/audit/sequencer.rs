@@ -1,0 +1,377 @@
+//! AuditSequencer: the cluster's one chainer. It holds the `audit` lease, picks up committed
+//! events in batches, links them (`hash = SHA-256(prev ‖ canonical(event))`) and appends
+//! the links with writes fenced by the lease epoch, so two sequencers can never fork the
+//! chain. It signs checkpoints every N events or T seconds and enqueues them for the sinks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use jitsudo_proto::audit::{GENESIS, chain_hash, key_id, sign_checkpoint};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::record;
+use crate::stats::{ActorRegistry, ActorStats, names};
+use crate::store::{AUDIT_LEASE, ChainRow, Checkpoint, Fence, OutboxRow, SharedStore, Write};
+
+#[derive(Clone)]
+pub struct AuditConfig {
+    /// Checkpoints are signed with this key; without one, none are made.
+    pub signing_key: Option<Arc<SigningKey>>,
+    pub checkpoint_every: i64,
+    pub checkpoint_interval: Duration,
+    pub batch: u32,
+    pub poll: Duration,
+    /// Events are looked for from this long before the chain tip's event: a bound on how
+    /// much later than its timestamp an event can commit (statements time out after 10 s).
+    pub lookback: Duration,
+    /// Every so often, look for unchained events of any age (stragglers).
+    pub full_sweep_every: Duration,
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field(
+                "signing_key",
+                &self
+                    .signing_key
+                    .as_ref()
+                    .map(|k| key_id(&k.verifying_key())),
+            )
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            signing_key: None,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+            batch: 1000,
+            poll: Duration::from_millis(200),
+            lookback: Duration::from_secs(60),
+            full_sweep_every: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(RactorMessage)]
+pub enum SequencerMsg {
+    Tick,
+}
+
+pub struct AuditSequencer;
+
+pub struct SequencerArgs {
+    pub store: SharedStore,
+    pub node: String,
+    pub incarnation: Uuid,
+    pub lease_ttl: Duration,
+    pub config: AuditConfig,
+    pub sinks: Vec<String>,
+    pub registry: ActorRegistry,
+}
+
+pub struct SequencerState {
+    args: SequencerArgs,
+    stats: Arc<ActorStats>,
+    fence: Option<Fence>,
+    renewed_at: Instant,
+    /// (seq, hash) of the chain's last link as this sequencer knows it.
+    tip: Option<(i64, [u8; 32], chrono::DateTime<chrono::Utc>)>,
+    last_checkpoint: Option<(i64, Instant)>,
+    last_sweep: Instant,
+    last_stats: Instant,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SequencerState {
+    /// Takes (or keeps, by renewing) the `audit` lease.
+    async fn hold_lease(&mut self) -> Result<bool, crate::store::StoreError> {
+        let a = &self.args;
+        if self.fence.is_some() && self.renewed_at.elapsed() < a.lease_ttl / 3 {
+            return Ok(true);
+        }
+        if let Some(f) = &self.fence {
+            let leases = a
+                .store
+                .renew_shards(&a.node, a.incarnation, a.lease_ttl)
+                .await?;
+            if leases.iter().any(|l| l.fence == *f) {
+                self.renewed_at = Instant::now();
+                return Ok(true);
+            }
+            tracing::warn!(epoch = f.epoch, "the audit lease was lost");
+            self.fence = None;
+        }
+        let got = a
+            .store
+            .acquire_shards(&a.node, a.incarnation, &[AUDIT_LEASE], a.lease_ttl)
+            .await?;
+        if let Some(l) = got.into_iter().next() {
+            tracing::info!(
+                epoch = l.fence.epoch,
+                "holding the audit lease: this node sequences the audit chain"
+            );
+            self.fence = Some(l.fence);
+            self.renewed_at = Instant::now();
+            self.load_tip().await?;
+            return Ok(true);
+        }
+        self.stats.set_state("standby (another node sequences)");
+        Ok(false)
+    }
+
+    async fn load_tip(&mut self) -> Result<(), crate::store::StoreError> {
+        self.tip = self.args.store.chain_tip().await?.map(|t| {
+            let mut h = [0u8; 32];
+            if t.hash.len() == 32 {
+                h.copy_from_slice(&t.hash);
+            }
+            (t.seq, h, t.event_at)
+        });
+        let cps = self.args.store.checkpoints().await?;
+        self.last_checkpoint = cps.last().map(|c| (c.seq, Instant::now()));
+        Ok(())
+    }
+
+    /// Chains one batch; returns how many events it linked.
+    async fn chain_batch(&mut self) -> Result<usize, crate::store::StoreError> {
+        let Some(fence) = self.fence.clone() else {
+            return Ok(0);
+        };
+        let cfg = &self.args.config;
+        let sweep = self.last_sweep.elapsed() >= cfg.full_sweep_every;
+        let since = match (&self.tip, sweep) {
+            (Some((_, _, at)), false) => Some(
+                *at - chrono::Duration::from_std(cfg.lookback)
+                    .unwrap_or(chrono::Duration::minutes(1)),
+            ),
+            _ => None,
+        };
+        let events = self.args.store.unchained_events(since, cfg.batch).await?;
+        if sweep && events.len() < cfg.batch as usize {
+            self.last_sweep = Instant::now();
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let (mut seq, mut prev) = self.tip.map(|(s, h, _)| (s, h)).unwrap_or((0, GENESIS));
+        let mut links = Vec::with_capacity(events.len());
+        for e in &events {
+            let h = chain_hash(&prev, &record(e));
+            seq += 1;
+            links.push(ChainRow {
+                seq,
+                event_id: e.id,
+                prev_hash: prev.to_vec(),
+                hash: h.to_vec(),
+            });
+            prev = h;
+        }
+        match self.args.store.append_chain(&fence, &links).await? {
+            Write::Updated { .. } => {
+                let last_at = events
+                    .iter()
+                    .map(|e| e.at)
+                    .max()
+                    .unwrap_or_else(chrono::Utc::now);
+                let at = self.tip.map(|(_, _, t)| t.max(last_at)).unwrap_or(last_at);
+                self.tip = Some((seq, prev, at));
+                metrics::gauge!(names::AUDIT_CHAIN_LENGTH).set(seq as f64);
+                metrics::counter!(names::AUDIT_CHAINED).increment(links.len() as u64);
+                self.stats.set_state(format!("sequencing · chain at {seq}"));
+                Ok(links.len())
+            }
+            _ => {
+                // Fenced out or raced: another sequencer holds the lease. Start over.
+                tracing::warn!("audit chain append refused; re-reading the lease and the tip");
+                self.fence = None;
+                Ok(0)
+            }
+        }
+    }
+
+    async fn checkpoint_if_due(&mut self) -> Result<(), crate::store::StoreError> {
+        let (Some(key), Some(fence), Some((seq, hash, _))) = (
+            self.args.config.signing_key.clone(),
+            self.fence.clone(),
+            self.tip,
+        ) else {
+            return Ok(());
+        };
+        let cfg = &self.args.config;
+        let due = match self.last_checkpoint {
+            None => true,
+            Some((cp_seq, at)) => {
+                seq > cp_seq
+                    && (seq - cp_seq >= cfg.checkpoint_every
+                        || at.elapsed() >= cfg.checkpoint_interval)
+            }
+        };
+        if !due {
+            return Ok(());
+        }
+        let at = self.args.store.db_now().await?;
+        // Stored times have microsecond precision: sign exactly what is stored.
+        let at = chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at);
+        let signature = sign_checkpoint(&key, seq, &hash, at.timestamp_micros());
+        let cp = Checkpoint {
+            seq,
+            hash: hash.to_vec(),
+            at,
+            key_id: key_id(&key.verifying_key()),
+            signature: signature.to_vec(),
+        };
+        let payload = json!({
+            "seq": seq, "hash": hex::encode(hash), "at": at, "key_id": cp.key_id, "signature": hex::encode(signature),
+        })
+        .to_string();
+        let outbox: Vec<OutboxRow> = self
+            .args
+            .sinks
+            .iter()
+            .map(|s| OutboxRow {
+                sink: s.clone(),
+                kind: "audit.checkpoint".into(),
+                payload: payload.clone(),
+            })
+            .collect();
+        match self.args.store.add_checkpoint(&fence, &cp, &outbox).await? {
+            Write::Updated { .. } => {
+                metrics::counter!(names::AUDIT_CHECKPOINTS).increment(1);
+                self.last_checkpoint = Some((seq, Instant::now()));
+            }
+            _ => self.fence = None,
+        }
+        Ok(())
+    }
+
+    async fn publish_stats(&mut self) -> Result<(), crate::store::StoreError> {
+        if self.last_stats.elapsed() < Duration::from_secs(5) {
+            return Ok(());
+        }
+        self.last_stats = Instant::now();
+        let s = self.args.store.audit_stats().await?;
+        metrics::gauge!(names::AUDIT_CHAIN_LENGTH).set(s.chain_length as f64);
+        metrics::gauge!(names::AUDIT_UNCHAINED).set(s.unchained as f64);
+        let age = s
+            .oldest_unchained_at
+            .map(|t| (s.db_now - t).num_milliseconds() as f64 / 1000.0)
+            .unwrap_or(0.0);
+        metrics::gauge!(names::AUDIT_UNCHAINED_AGE).set(age.max(0.0));
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), crate::store::StoreError> {
+        if !self.hold_lease().await? {
+            return Ok(());
+        }
+        // Drain what is there now, a bounded number of batches per tick.
+        for _ in 0..50 {
+            if self.chain_batch().await? < self.args.config.batch as usize {
+                break;
+            }
+        }
+        self.checkpoint_if_due().await?;
+        self.publish_stats().await
+    }
+}
+
+impl Actor for AuditSequencer {
+    type Msg = SequencerMsg;
+    type State = SequencerState;
+    type Arguments = SequencerArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<SequencerMsg>,
+        args: SequencerArgs,
+    ) -> Result<SequencerState, ActorProcessingErr> {
+        let stats = ActorStats::new("audit_sequencer", args.node.clone(), 0);
+        args.registry.register(&stats);
+        let poll = args.config.poll;
+        let stats2 = stats.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(poll);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                // One tick in the mailbox at a time: a slow database must not pile them up.
+                if stats2.mailbox() == 0 {
+                    stats2.enqueued();
+                    if me.cast(SequencerMsg::Tick).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(SequencerState {
+            args,
+            stats,
+            fence: None,
+            renewed_at: Instant::now(),
+            tip: None,
+            last_checkpoint: None,
+            last_sweep: Instant::now() - Duration::from_secs(3600),
+            last_stats: Instant::now() - Duration::from_secs(3600),
+            ticker: Some(ticker),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<SequencerMsg>,
+        st: &mut SequencerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = st.ticker.take() {
+            t.abort();
+        }
+        st.args.registry.unregister(&st.stats);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<SequencerMsg>,
+        msg: SequencerMsg,
+        st: &mut SequencerState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.stats.dequeued();
+        match msg {
+            SequencerMsg::Tick => {
+                if let Err(e) = st.tick().await {
+                    tracing::warn!(error = %e, "audit sequencing failed; retrying");
+                    st.stats.set_state(format!("retrying: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Handle to a running sequencer.
+pub struct SequencerHandle {
+    pub actor: ActorRef<SequencerMsg>,
+}
+
+impl SequencerHandle {
+    pub async fn spawn(
+        args: SequencerArgs,
+        supervisor: Option<ractor::ActorCell>,
+    ) -> Result<Self, ractor::SpawnErr> {
+        let (actor, _) = match supervisor {
+            Some(s) => Actor::spawn_linked(None, AuditSequencer, args, s).await?,
+            None => Actor::spawn(None, AuditSequencer, args).await?,
+        };
+        Ok(SequencerHandle { actor })
+    }
+}
