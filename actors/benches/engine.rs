@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,7 @@ use jitsudo_actors::policy::{
 use jitsudo_proto::audit::{
     AuditRecord, ChainLink, ChainVerifier, GENESIS, canonical_bytes, chain_hash,
 };
+use regorus::utils::limits::ExecutionTimerConfig;
 use uuid::Uuid;
 
 /// Events in the in-memory chain benchmark.
@@ -122,6 +124,65 @@ fn policy_benches(c: &mut Criterion) {
             (d, ok)
         })
     });
+    g.finish();
+    policy_breakdown(c, &editor);
+}
+
+/// A regorus engine prepared the way `PolicySet::compile` prepares it (prints gathered, the
+/// 1 s execution timer checked every `check_interval` work units).
+fn prepared_engine(check_interval: u32) -> regorus::Engine {
+    let mut engine = regorus::Engine::new();
+    engine.set_gather_prints(true);
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit: Duration::from_secs(1),
+        check_interval: NonZeroU32::new(check_interval).unwrap_or(NonZeroU32::MIN),
+    });
+    for p in dev_example_policies() {
+        engine.add_policy(p.name, p.rego).unwrap();
+    }
+    engine.eval_query("true".into(), false).unwrap();
+    engine
+}
+
+/// Where the time of one `PolicySet::evaluate` goes: the input conversion, the clone of the
+/// prepared engine, one rule, the execution timer's clock reads, and the alternative of one
+/// query for the whole `jitsudo` tree instead of one `eval_rule` per rule.
+fn policy_breakdown(c: &mut Criterion, input: &PolicyInput) {
+    let every_unit = prepared_engine(1);
+    let every_1024 = prepared_engine(1024);
+    let value = regorus::Value::from(serde_json::to_value(input).unwrap());
+    let mut g = c.benchmark_group("policy_breakdown");
+    g.bench_function("input_to_regorus_value", |b| {
+        b.iter(|| regorus::Value::from(serde_json::to_value(black_box(input)).unwrap()))
+    });
+    g.bench_function("engine_clone", |b| {
+        b.iter(|| black_box(&every_unit).clone())
+    });
+    for (name, prepared) in [
+        ("one_rule_timer_every_unit", &every_unit),
+        ("one_rule_timer_every_1024", &every_1024),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut e = prepared.clone();
+                e.set_input(value.clone());
+                e.eval_rule("data.jitsudo.approval.max_duration_seconds".into())
+                    .unwrap()
+            })
+        });
+    }
+    for (name, prepared) in [
+        ("whole_tree_query_timer_every_unit", &every_unit),
+        ("whole_tree_query_timer_every_1024", &every_1024),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut e = prepared.clone();
+                e.set_input(value.clone());
+                e.eval_query("data.jitsudo".into(), false).unwrap()
+            })
+        });
+    }
     g.finish();
 }
 
@@ -426,6 +487,12 @@ fn summary(home: &Path, since: SystemTime) {
         ("policy/evaluate_admin", "≤ 50 µs"),
         ("policy/approver_allowed_editor", "≤ 50 µs"),
         ("policy/evaluate_plus_approver_allowed_editor", "≤ 50 µs"),
+        ("policy_breakdown/input_to_regorus_value", ""),
+        ("policy_breakdown/engine_clone", ""),
+        ("policy_breakdown/one_rule_timer_every_unit", ""),
+        ("policy_breakdown/one_rule_timer_every_1024", ""),
+        ("policy_breakdown/whole_tree_query_timer_every_unit", ""),
+        ("policy_breakdown/whole_tree_query_timer_every_1024", ""),
         ("domain/create", ""),
         ("domain/step_approve", ""),
         ("domain/step_grant_succeeded", ""),

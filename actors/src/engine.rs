@@ -1,18 +1,22 @@
 //! The engine facade: starts a node's actor tree on a store and exposes the operations the
-//! API serves. Every write goes through the owning ShardActor and RequestActor; reads go
-//! to the store.
+//! API serves. Every request write goes through the owning ShardActor and RequestActor;
+//! reads, trust tiers and audit events that are not transitions go to the store.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use jitsudo_providers::{GrantSpec, Registry};
+use jitsudo_providers::{Credentials, GrantSpec, Registry};
 use ractor::{Actor, ActorRef};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::audit::{SequencerArgs, SequencerHandle};
 use crate::context::{EngineConfig, NodeContext};
-use crate::domain::{self, NewRequest, Principal, Request, RequestId, RequestSpec, grant_id_for};
+use crate::domain::{
+    self, GrantStatus, Idempotency, Limits, NewRequest, PersonRef, Principal, Refusal, Request,
+    RequestId, RequestSpec, State, Timestamp, check_text, grant_id_for, same_person,
+};
 use crate::error::EngineError;
 use crate::node::{NodeArgs, NodeMsg, NodeSupervisor};
 use crate::notify::NotifierHandle;
@@ -20,7 +24,7 @@ use crate::policy::{PolicyHandle, PolicyInput};
 use crate::provider::ProviderHandle;
 use crate::request::{Command, ShardHandle};
 use crate::stats::{ActorRegistry, ActorSnapshot};
-use crate::store::{Fence, SharedStore};
+use crate::store::{Fence, ListFilter, PrincipalRecord, SharedStore, StoreError};
 
 pub struct Engine {
     ctx: Arc<NodeContext>,
@@ -28,6 +32,7 @@ pub struct Engine {
     node: ActorRef<NodeMsg>,
     node_done: tokio::task::JoinHandle<()>,
     notifier: NotifierHandle,
+    started_at: Timestamp,
 }
 
 impl Engine {
@@ -129,16 +134,17 @@ impl Engine {
                 ctx: ctx.clone(),
                 fences,
             });
-            Ok::<_, EngineError>((ctx, notifier))
+            Ok::<_, EngineError>((ctx, notifier, db_now))
         }
         .await;
         match started {
-            Ok((ctx, notifier)) => Ok(Engine {
+            Ok((ctx, notifier, started_at)) => Ok(Engine {
                 ctx,
                 shards,
                 node,
                 node_done,
                 notifier,
+                started_at,
             }),
             Err(e) => {
                 node.stop(Some("start failed".into()));
@@ -170,6 +176,24 @@ impl Engine {
         self.ctx.registry.snapshot()
     }
 
+    /// Live (non-terminal) requests served by this node: one request actor each.
+    pub fn live_request_count(&self) -> usize {
+        self.ctx.registry.count("request")
+    }
+
+    /// The shards this node runs a ShardActor for, in order.
+    pub fn shards_owned(&self) -> Vec<u32> {
+        self.shards
+            .read()
+            .map(|s| s.iter().flatten().map(|h| h.shard).collect())
+            .unwrap_or_default()
+    }
+
+    /// When this engine started, by the database clock.
+    pub fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
+
     fn shard(&self, id: RequestId) -> Result<ShardHandle, EngineError> {
         let k = id.shard(self.ctx.config.shards) as usize;
         self.shards
@@ -187,7 +211,30 @@ impl Engine {
         requester: Principal,
         spec: RequestSpec,
     ) -> Result<Request, EngineError> {
+        self.create_idempotent(requester, spec, None)
+            .await
+            .map(|(req, _)| req)
+    }
+
+    /// [`Engine::create`] with an optional idempotency key; answers the request and whether
+    /// this call created it. A key this requester already used returns that request as it
+    /// is now (no second request, no audit event) if the content is the same, and is refused
+    /// with `IdempotencyConflict` otherwise. Of concurrent creates with one key, one creates
+    /// and the others return its request.
+    pub async fn create_idempotent(
+        &self,
+        requester: Principal,
+        spec: RequestSpec,
+        key: Option<&str>,
+    ) -> Result<(Request, bool), EngineError> {
         let ctx = &self.ctx;
+        let idem = key.map(|k| Idempotency::new(k, &spec)).transpose()?;
+        let subject = requester.subject.clone();
+        if let Some(i) = &idem
+            && let Some(existing) = self.replay(&subject, i).await?
+        {
+            return Ok((existing, false));
+        }
         let provider =
             ctx.providers
                 .get(&spec.provider)
@@ -210,7 +257,7 @@ impl Engine {
                 + chrono::Duration::seconds(spec.duration_seconds.max(0)),
             metadata: spec.metadata.clone(),
         };
-        let tr = domain::create(
+        let mut tr = domain::create(
             NewRequest {
                 id,
                 requester,
@@ -224,7 +271,136 @@ impl Engine {
             .validate(probe)
             .await
             .map_err(EngineError::Provider)?;
-        self.shard(id)?.create(tr, ctx.config.call_timeout).await
+        if let Some(i) = &idem {
+            if let serde_json::Value::Object(m) = &mut tr.audit.details {
+                m.insert("idempotency_key".into(), json!(i.key));
+            }
+            tr.idempotency = Some(i.clone());
+        }
+        match (
+            self.shard(id)?.create(tr, ctx.config.call_timeout).await,
+            &idem,
+        ) {
+            (Ok(req), _) => Ok((req, true)),
+            // Lost a race with a create using the same key: that one committed first.
+            (Err(EngineError::Store(StoreError::IdempotencyKeyTaken { .. })), Some(i)) => {
+                let winner = self.replay(&subject, i).await?;
+                winner.map(|r| (r, false)).ok_or(EngineError::Conflict)
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// The request created earlier with this key, if its content is the same.
+    async fn replay(
+        &self,
+        requester: &str,
+        i: &Idempotency,
+    ) -> Result<Option<Request>, EngineError> {
+        match self
+            .ctx
+            .store
+            .get_by_idempotency_key(requester, &i.key)
+            .await?
+        {
+            None => Ok(None),
+            Some((req, hash)) if hash == i.content_hash => Ok(Some(req)),
+            Some(_) => Err(EngineError::IdempotencyConflict { key: i.key.clone() }),
+        }
+    }
+
+    /// A page of requests, read from the store; see [`ListFilter`].
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Request>, EngineError> {
+        Ok(self.ctx.store.list_requests(filter).await?)
+    }
+
+    /// Mints credentials of an ACTIVE request for its requester, from the provider through
+    /// this node's provider actor, and audits the fetch (`credentials.issued`: request,
+    /// grant and expiry). The credentials are returned only; they are never stored or
+    /// logged, and none are returned if the fetch could not be audited.
+    pub async fn credentials(
+        &self,
+        id: RequestId,
+        by: &Principal,
+    ) -> Result<Credentials, EngineError> {
+        let ctx = &self.ctx;
+        let req = self.get(id).await?;
+        if !same_person(&by.person(), &req.requester.person()) {
+            return Err(Refusal::NotRequester.into());
+        }
+        // Past its expiry a request is over even if its timer has not fired yet.
+        let state = match req.state {
+            State::Active if req.expires_at.is_some_and(|t| t <= ctx.now()) => State::Expired,
+            s => s,
+        };
+        let not_active = || Refusal::NotAccepted {
+            state,
+            event: "credential fetches",
+        };
+        if state != State::Active {
+            return Err(not_active().into());
+        }
+        // After an extension the newest grant covers the rest of the window.
+        let (grant, record) = req
+            .grants
+            .iter()
+            .filter(|g| g.status == GrantStatus::Active)
+            .filter_map(|g| Some((g, req.not_after(g)?, req.grant_record(g)?)))
+            .max_by_key(|(_, not_after, _)| *not_after)
+            .map(|(g, _, rec)| (g, rec))
+            .ok_or_else(not_active)?;
+        let provider =
+            ctx.providers
+                .get(&req.spec.provider)
+                .ok_or_else(|| EngineError::UnknownProvider {
+                    name: req.spec.provider.clone(),
+                    known: ctx.providers.keys().cloned().collect::<Vec<_>>().join(", "),
+                })?;
+        let creds = provider
+            .credentials(record)
+            .await
+            .map_err(EngineError::Provider)?;
+        let details = json!({
+            "request_id": req.id,
+            "grant_id": grant.grant_id,
+            "provider": req.spec.provider,
+            "expires_at": creds.expires_at,
+        });
+        ctx.store
+            .append_audit(
+                "credentials.issued",
+                &by.subject,
+                Some(req.id.0),
+                &details,
+                ctx.node(),
+            )
+            .await?;
+        Ok(creds)
+    }
+
+    /// Sets a principal's trust tier, audited with `by` as the actor. Nobody changes their
+    /// own tier; whether `by` may manage principals at all is the caller's check.
+    pub async fn set_trust_tier(
+        &self,
+        by: &Principal,
+        subject: &str,
+        tier: i64,
+        reason: &str,
+    ) -> Result<PrincipalRecord, EngineError> {
+        check_text("subject", subject, Limits::SUBJECT, true)?;
+        check_text("reason", reason, Limits::REASON, false)?;
+        let target = PersonRef {
+            subject: subject.to_owned(),
+            verified_email: None,
+        };
+        if same_person(&by.person(), &target) {
+            return Err(EngineError::SelfBenefit { what: "trust tier" });
+        }
+        let ctx = &self.ctx;
+        Ok(ctx
+            .store
+            .set_trust_tier(subject, tier, &by.subject, reason, ctx.node())
+            .await?)
     }
 
     pub async fn command(&self, id: RequestId, cmd: Command) -> Result<Request, EngineError> {

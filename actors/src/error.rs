@@ -35,6 +35,15 @@ pub enum EngineError {
     Delivery { sink: String, reason: String },
     #[error("invalid configuration: {reason}")]
     InvalidConfig { reason: String },
+    /// The idempotency key was already used by this requester for a request with other
+    /// content; nothing was created.
+    #[error(
+        "idempotency key {key:?} was already used for a different request; send a new key for a new request, or resend exactly the same request to get the one already created"
+    )]
+    IdempotencyConflict { key: String },
+    /// The caller would grant something to themselves.
+    #[error("nobody may change their own {what}; ask another admin to do it")]
+    SelfBenefit { what: &'static str },
 }
 
 impl EngineError {

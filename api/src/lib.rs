@@ -3,3 +3,14 @@
 //! health, readiness and metrics.
 
 pub mod auth;
+pub mod certs;
+pub mod config;
+pub mod convert;
+pub mod dev;
+pub mod error;
+pub mod grpc;
+pub mod rest;
+pub mod rpc;
+pub mod server;
+pub mod state;
+pub mod tls;

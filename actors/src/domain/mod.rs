@@ -3,6 +3,7 @@
 //! Nothing here performs I/O or reads a clock: `step` and `create` are functions of their
 //! inputs, so the lifecycle of DESIGN.md §4 can be tested exhaustively without a database.
 
+mod idempotency;
 mod ids;
 mod principal;
 mod request;
@@ -11,6 +12,7 @@ mod step;
 #[cfg(test)]
 mod tests;
 
+pub use idempotency::{Idempotency, content_hash};
 pub use ids::{RequestId, grant_id_for, shard_of};
 pub use principal::{PersonRef, Principal, same_person};
 pub use request::{
@@ -19,7 +21,7 @@ pub use request::{
 };
 pub use step::{
     AuditEntry, Decider, Effect, Event, Guard, Notice, NoticeKind, Refusal, Rules, TimerKind,
-    Transition, create, outstanding_calls, step, timers,
+    Transition, check_text, create, outstanding_calls, step, timers,
 };
 
 /// Wall-clock instants. Deadlines are computed by the database clock (see [`Stamp`]).

@@ -104,6 +104,9 @@ impl Limits {
     pub const METADATA_KEY: usize = 64;
     pub const METADATA_VALUE: usize = 256;
     pub const COMMENT: usize = 1024;
+    pub const IDEMPOTENCY_KEY: usize = 128;
+    /// A principal's subject (OIDC allows 255 ASCII characters).
+    pub const SUBJECT: usize = 256;
     /// One year: longer is never "just in time".
     pub const MAX_DURATION_SECONDS: i64 = 366 * 24 * 3600;
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use jitsudo_providers::ErrorClass;
 
 use super::request::*;
-use super::{Principal, Timestamp, grant_id_for, same_person};
+use super::{Idempotency, Principal, Timestamp, grant_id_for, same_person};
 use crate::policy::{Decision, PolicyRefusal};
 
 /// Engine-wide knobs that the lifecycle depends on.
@@ -280,6 +280,8 @@ pub struct Transition {
     pub notices: Vec<Notice>,
     pub effects: Vec<Effect>,
     pub guard: Option<Guard>,
+    /// A create's idempotency key, committed with the new request; `None` otherwise.
+    pub idempotency: Option<Idempotency>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,31 +449,36 @@ pub fn create(
         notices,
         effects,
         guard: None,
+        idempotency: None,
     })
 }
 
+/// The input rule for free text: at most `max` bytes, no control characters, and not blank
+/// when `required`.
+pub fn check_text(field: &'static str, v: &str, max: usize, required: bool) -> Result<(), Refusal> {
+    if required && v.trim().is_empty() {
+        return Err(Refusal::Invalid {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    if v.len() > max {
+        return Err(Refusal::Invalid {
+            field,
+            reason: format!("is {} bytes long; the limit is {max}", v.len()),
+        });
+    }
+    if v.chars().any(char::is_control) {
+        return Err(Refusal::Invalid {
+            field,
+            reason: "must not contain control characters".into(),
+        });
+    }
+    Ok(())
+}
+
 fn validate_spec(spec: &RequestSpec) -> Result<(), Refusal> {
-    let text = |field: &'static str, v: &str, max: usize, required: bool| {
-        if required && v.trim().is_empty() {
-            return Err(Refusal::Invalid {
-                field,
-                reason: "must not be empty".into(),
-            });
-        }
-        if v.len() > max {
-            return Err(Refusal::Invalid {
-                field,
-                reason: format!("is {} bytes long; the limit is {max}", v.len()),
-            });
-        }
-        if v.chars().any(char::is_control) {
-            return Err(Refusal::Invalid {
-                field,
-                reason: "must not contain control characters".into(),
-            });
-        }
-        Ok(())
-    };
+    let text = check_text;
     text("provider", &spec.provider, Limits::PROVIDER, true)?;
     text("role", &spec.role, Limits::ROLE, true)?;
     text("scope", &spec.scope, Limits::SCOPE, true)?;
@@ -642,6 +649,7 @@ impl Tx {
             notices: self.notices,
             effects: self.effects,
             guard: self.guard,
+            idempotency: None,
         }
     }
 }

@@ -282,6 +282,7 @@ async fn apply(
         outbox: &outbox,
         guard: tr.guard,
         node: ctx.node(),
+        idempotency: None,
     };
     match ctx.store.transition(&st.fence, persist).await {
         Ok(Write::Updated { version, db_now }) => {

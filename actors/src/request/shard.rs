@@ -293,6 +293,7 @@ async fn create(
         outbox: &outbox,
         guard: None,
         node: ctx.node(),
+        idempotency: tr.idempotency.as_ref(),
     };
     match ctx.store.create(&st.fence, persist).await? {
         Write::Updated { version, db_now } => {

@@ -90,6 +90,37 @@ pub trait AuditStore: Send + Sync {
     async fn version_gaps(&self, limit: u32) -> StoreResult<Vec<VersionGap>>;
 }
 
+/// Which audit events `query_audit` returns: every given condition holds. Events are
+/// ordered by `(at, id)`, newest first unless `oldest_first`; page on with `after` set to
+/// the last event's `(at, id)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub request_id: Option<Uuid>,
+    pub actor: Option<String>,
+    pub kind: Option<String>,
+    /// Inclusive.
+    pub since: Option<Timestamp>,
+    /// Exclusive.
+    pub until: Option<Timestamp>,
+    pub oldest_first: bool,
+    /// Keyset cursor: only events strictly after this `(at, id)` in the chosen order.
+    pub after: Option<(Timestamp, Uuid)>,
+    /// Page size: 0 means [`AuditQuery::DEFAULT_LIMIT`]; at most [`AuditQuery::MAX_LIMIT`].
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    pub const DEFAULT_LIMIT: u32 = 100;
+    pub const MAX_LIMIT: u32 = 1000;
+
+    pub fn effective_limit(&self) -> i64 {
+        i64::from(match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        })
+    }
+}
+
 /// Missing versions of `1..=version` given the versions present (sorted).
 pub(crate) fn missing_versions(version: i64, present: &[i64]) -> Vec<i64> {
     (1..=version)

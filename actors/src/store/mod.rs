@@ -7,12 +7,16 @@
 mod audit;
 mod outbox;
 mod postgres;
+mod postgres_admin;
 mod postgres_audit;
 mod postgres_outbox;
+mod postgres_requests;
 mod rows;
 mod sqlite;
+mod sqlite_admin;
 mod sqlite_audit;
 mod sqlite_outbox;
+mod sqlite_requests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +26,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{AuditEntry, Guard, Request, RequestId, TimePatch, Timestamp};
+use crate::domain::{
+    AuditEntry, Guard, Idempotency, PersonRef, Request, RequestId, State, TimePatch, Timestamp,
+};
 use crate::policy::PolicySource;
 
 pub use audit::*;
@@ -58,8 +64,21 @@ pub enum StoreError {
     ShardCountMismatch { stored: u32, configured: u32 },
     #[error("request {id} already exists")]
     Duplicate { id: RequestId },
+    /// Another create of this requester committed with the same idempotency key first.
+    #[error("requester {requester:?} already used idempotency key {key:?}")]
+    IdempotencyKeyTaken { requester: String, key: String },
+    /// A write kept racing concurrent writers of the same row; nothing was written.
+    #[error("the database stayed contended while {op}; retry")]
+    Contended { op: &'static str },
     #[error("cannot open the store: {0}")]
     Config(String),
+}
+
+pub(crate) fn idempotency_taken(r: &Request, i: Option<&Idempotency>) -> StoreError {
+    StoreError::IdempotencyKeyTaken {
+        requester: r.requester.subject.clone(),
+        key: i.map(|i| i.key.clone()).unwrap_or_default(),
+    }
 }
 
 pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -116,6 +135,52 @@ pub struct Persist<'a> {
     pub guard: Option<Guard>,
     /// The node committing (recorded with the audit event).
     pub node: &'a str,
+    /// A create's idempotency key and content hash, stored with the new request (a create
+    /// whose key this requester already used fails with `IdempotencyKeyTaken`); ignored by
+    /// transitions.
+    pub idempotency: Option<&'a Idempotency>,
+}
+
+/// Which requests `list_requests` returns: every given condition holds. Newest first by
+/// `(created_at, id)`; page on with `before` set to the last request's `(created_at, id)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only requests of this requester (subject).
+    pub requester: Option<String>,
+    /// "Awaiting my approval": PENDING requests whose stored `decision.approver_groups`
+    /// intersect these groups. A hint for listing; the approval check stays authoritative.
+    pub awaiting_groups: Option<Vec<String>>,
+    /// With `awaiting_groups`: the caller. Their own requests (the same person: subject or
+    /// verified email) and requests they have already approved are left out.
+    pub caller: Option<PersonRef>,
+    /// Only requests in these states; empty means every state.
+    pub states: Vec<State>,
+    pub provider: Option<String>,
+    /// Keyset cursor: only requests strictly older than this `(created_at, id)`.
+    pub before: Option<(Timestamp, Uuid)>,
+    /// Page size: 0 means [`ListFilter::DEFAULT_LIMIT`]; at most [`ListFilter::MAX_LIMIT`].
+    pub limit: u32,
+}
+
+impl ListFilter {
+    pub const DEFAULT_LIMIT: u32 = 100;
+    pub const MAX_LIMIT: u32 = 1000;
+
+    pub fn effective_limit(&self) -> i64 {
+        i64::from(match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        })
+    }
+}
+
+/// A principal's stored record (the trust tier policies see).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalRecord {
+    pub subject: String,
+    pub trust_tier: i64,
+    pub updated_by: String,
+    pub updated_at: Timestamp,
 }
 
 /// An audit event as stored.
@@ -203,14 +268,71 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
     /// Non-terminal requests of the given shards, oldest first.
     async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>>;
 
-    /// Audit events of one request, by version.
+    /// Audit events of one request: its versions in order, then the events not tied to a
+    /// version (such as `credentials.issued`) in time order.
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>>;
+
+    /// The audit events of one request's versions after `after_version`, in version order:
+    /// a watch resumes from the last version it saw, on any node, without gaps or repeats.
+    async fn request_events(
+        &self,
+        id: RequestId,
+        after_version: i64,
+    ) -> StoreResult<Vec<AuditEvent>>;
+
+    /// A page of requests; see [`ListFilter`].
+    async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>>;
+
+    /// The request `requester` created with idempotency key `key`, with the content hash
+    /// stored at its create.
+    async fn get_by_idempotency_key(
+        &self,
+        requester: &str,
+        key: &str,
+    ) -> StoreResult<Option<(Request, String)>>;
+
+    async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>>;
+
+    /// Sets a principal's trust tier and writes the audit event
+    /// `principal.trust_tier_changed` (details: subject, from, to, reason; `from` is null
+    /// when the principal had no record) atomically.
+    async fn set_trust_tier(
+        &self,
+        subject: &str,
+        tier: i64,
+        by: &str,
+        reason: &str,
+        node: &str,
+    ) -> StoreResult<PrincipalRecord>;
+
+    /// Appends an audit event that is not a request transition (`request_version` is null):
+    /// credential fetches, authorization refusals. Returns its id.
+    async fn append_audit(
+        &self,
+        kind: &str,
+        actor: &str,
+        request_id: Option<Uuid>,
+        details: &serde_json::Value,
+        node: &str,
+    ) -> StoreResult<Uuid>;
+
+    /// A page of audit events with their chain links (`None` while unchained); see
+    /// [`AuditQuery`].
+    async fn query_audit(&self, q: &AuditQuery)
+    -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>>;
 
     /// Outbox rows enqueued for one request, in insertion order.
     async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>>;
 
     /// The latest version of every policy that is not deleted.
     async fn policies(&self) -> StoreResult<Vec<PolicySource>>;
+
+    /// The latest version of a policy with the time it was stored; `None` if the policy is
+    /// unknown or its latest version deletes it.
+    async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>>;
+
+    /// [`Store::policies`] with the time each version was stored, by name.
+    async fn list_policies(&self) -> StoreResult<Vec<(PolicySource, Timestamp)>>;
 
     /// Stores a new version of a policy (already compile-checked by the caller) with its
     /// audit event; returns the version.

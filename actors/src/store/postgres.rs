@@ -91,7 +91,7 @@ impl PgStore {
         ]
     }
 
-    /// The statement shared by create and transition; `$1..$31` as bound by `bind_write`.
+    /// The statement shared by create and transition; `$1..$37` as bound by `write`.
     fn write_sql(create: bool) -> String {
         let t = |col: &str, i: usize, keep: bool| {
             let old = if keep { col } else { "NULL" };
@@ -111,8 +111,9 @@ impl PgStore {
         ];
         let main = if create {
             format!(
-                "INSERT INTO requests (id, shard, version, state, requester, provider, role, scope, break_glass, updated_at, body, {cols})
-                 SELECT $1, $3, 1, $6, $32, $31, $33, $34, $35, statement_timestamp(), $7, {vals}
+                "INSERT INTO requests (id, shard, version, state, requester, provider, role, scope, break_glass, updated_at, body,
+                                       idempotency_key, content_hash, {cols})
+                 SELECT $1, $3, 1, $6, $32, $31, $33, $34, $35, statement_timestamp(), $7, $36, $37, {vals}
                  WHERE EXISTS (SELECT 1 FROM fence)
                  ON CONFLICT (id) DO NOTHING
                  RETURNING id, version, grant_deadline",
@@ -193,11 +194,20 @@ impl PgStore {
             .bind(&r.requester.subject)
             .bind(&r.spec.role)
             .bind(&r.spec.scope)
-            .bind(r.spec.break_glass);
-        let row = q
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("committing a transition"))?;
+            .bind(r.spec.break_glass)
+            .bind(p.idempotency.map(|i| &i.key))
+            .bind(p.idempotency.map(|i| &i.content_hash));
+        let row = match q.fetch_optional(&self.pool).await {
+            Ok(row) => row,
+            // A concurrent create with this key committed first: its statement held the
+            // key's index entry, so this one waited for it and then failed as a whole.
+            Err(sqlx::Error::Database(d))
+                if create && d.constraint() == Some(IDEMPOTENCY_INDEX) =>
+            {
+                return Err(idempotency_taken(r, p.idempotency));
+            }
+            Err(e) => return Err(db("committing a transition")(e)),
+        };
         if let Some(row) = row {
             return Ok(Write::Updated {
                 version: row
@@ -220,7 +230,7 @@ impl PgStore {
         })
     }
 
-    fn decode(row: &PgRow) -> StoreResult<Request> {
+    pub(super) fn decode(row: &PgRow) -> StoreResult<Request> {
         let get = |c: &'static str| {
             row.try_get::<Option<Timestamp>, _>(c)
                 .map_err(db("reading a request time"))
@@ -267,7 +277,9 @@ pub(super) fn fence_sql(shard: u8, owner: u8, epoch: u8) -> String {
     )
 }
 
-const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
+pub(super) const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
+
+const IDEMPOTENCY_INDEX: &str = "requests_by_idempotency_key";
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
@@ -421,7 +433,8 @@ impl Store for PgStore {
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, kind, actor, request_id, request_version, node, details
-               FROM audit_events WHERE request_id = $1 ORDER BY request_version",
+               FROM audit_events WHERE request_id = $1
+              ORDER BY request_version IS NULL, request_version, at, id",
         )
         .bind(id.0)
         .fetch_all(&self.pool)
@@ -501,6 +514,67 @@ impl Store for PgStore {
         put_policy_pg(&self.pool, name, "", author, node, true)
             .await
             .map(|v| v.is_some())
+    }
+
+    async fn request_events(
+        &self,
+        id: RequestId,
+        after_version: i64,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        super::postgres_requests::events(&self.pool, id, after_version).await
+    }
+
+    async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>> {
+        super::postgres_requests::list(&self.pool, filter).await
+    }
+
+    async fn get_by_idempotency_key(
+        &self,
+        requester: &str,
+        key: &str,
+    ) -> StoreResult<Option<(Request, String)>> {
+        super::postgres_requests::by_idempotency_key(&self.pool, requester, key).await
+    }
+
+    async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>> {
+        super::postgres_admin::get_principal(&self.pool, subject).await
+    }
+
+    async fn set_trust_tier(
+        &self,
+        subject: &str,
+        tier: i64,
+        by: &str,
+        reason: &str,
+        node: &str,
+    ) -> StoreResult<PrincipalRecord> {
+        super::postgres_admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
+    }
+
+    async fn append_audit(
+        &self,
+        kind: &str,
+        actor: &str,
+        request_id: Option<Uuid>,
+        details: &serde_json::Value,
+        node: &str,
+    ) -> StoreResult<Uuid> {
+        super::postgres_audit::append(&self.pool, kind, actor, request_id, details, node).await
+    }
+
+    async fn query_audit(
+        &self,
+        q: &AuditQuery,
+    ) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
+        super::postgres_audit::query(&self.pool, q).await
+    }
+
+    async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>> {
+        super::postgres_admin::get_policy(&self.pool, name).await
+    }
+
+    async fn list_policies(&self) -> StoreResult<Vec<(PolicySource, Timestamp)>> {
+        super::postgres_admin::list_policies(&self.pool).await
     }
 }
 

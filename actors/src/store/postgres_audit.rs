@@ -253,3 +253,89 @@ impl AuditStore for PgStore {
 fn res_row(r: Result<Option<PgRow>, sqlx::Error>) -> StoreResult<Option<PgRow>> {
     r.map_err(db("storing a checkpoint"))
 }
+
+pub(super) async fn append(
+    pool: &sqlx::PgPool,
+    kind: &str,
+    actor: &str,
+    request_id: Option<Uuid>,
+    details: &serde_json::Value,
+    node: &str,
+) -> StoreResult<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+         VALUES ($1, statement_timestamp(), $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(kind)
+    .bind(actor)
+    .bind(request_id)
+    .bind(node)
+    .bind(details.to_string())
+    .execute(pool)
+    .await
+    .map_err(db("appending an audit event"))?;
+    Ok(id)
+}
+
+pub(super) async fn query(
+    pool: &sqlx::PgPool,
+    q: &AuditQuery,
+) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
+    let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
+        "SELECT {EVENT_COLUMNS}, c.seq, c.prev_hash, c.hash
+           FROM audit_events e LEFT JOIN audit_chain c ON c.event_id = e.id WHERE true"
+    ));
+    if let Some(id) = q.request_id {
+        b.push(" AND e.request_id = ").push_bind(id);
+    }
+    if let Some(actor) = &q.actor {
+        b.push(" AND e.actor = ").push_bind(actor);
+    }
+    if let Some(kind) = &q.kind {
+        b.push(" AND e.kind = ").push_bind(kind);
+    }
+    if let Some(since) = q.since {
+        b.push(" AND e.at >= ").push_bind(since);
+    }
+    if let Some(until) = q.until {
+        b.push(" AND e.at < ").push_bind(until);
+    }
+    let (cmp, dir) = if q.oldest_first {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
+    if let Some((at, id)) = q.after {
+        b.push(format_args!(" AND (e.at, e.id) {cmp} ("))
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    b.push(format_args!(" ORDER BY e.at {dir}, e.id {dir} LIMIT "))
+        .push_bind(q.effective_limit());
+    let rows = b
+        .build()
+        .fetch_all(pool)
+        .await
+        .map_err(db("querying audit events"))?;
+    rows.iter()
+        .map(|r| {
+            let event = audit_event(r)?;
+            let e = || db("reading an audit chain link");
+            let seq: Option<i64> = r.try_get("seq").map_err(e())?;
+            let link = match seq {
+                None => None,
+                Some(seq) => Some(ChainRow {
+                    seq,
+                    event_id: event.id,
+                    prev_hash: r.try_get("prev_hash").map_err(e())?,
+                    hash: r.try_get("hash").map_err(e())?,
+                }),
+            };
+            Ok((event, link))
+        })
+        .collect()
+}

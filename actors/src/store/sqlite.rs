@@ -185,8 +185,9 @@ impl SqliteStore {
         if create {
             let res = sqlx::query(
                 "INSERT INTO requests (id, shard, version, state, requester, provider, role, scope, break_glass, updated_at, body,
-                                       created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                                       created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at,
+                                       idempotency_key, content_hash)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(r.id.0.to_string())
@@ -205,9 +206,19 @@ impl SqliteStore {
             .bind(times[3])
             .bind(times[4])
             .bind(times[5])
+            .bind(p.idempotency.map(|i| &i.key))
+            .bind(p.idempotency.map(|i| &i.content_hash))
             .execute(&mut *tx)
-            .await
-            .map_err(db("inserting a request"))?;
+            .await;
+            let res = match res {
+                Ok(res) => res,
+                Err(sqlx::Error::Database(d))
+                    if d.is_unique_violation() && d.message().contains("idempotency_key") =>
+                {
+                    return Err(idempotency_taken(r, p.idempotency));
+                }
+                Err(e) => return Err(db("inserting a request")(e)),
+            };
             if res.rows_affected() == 0 {
                 return Err(StoreError::Duplicate { id: r.id });
             }
@@ -369,7 +380,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn decode(row: &SqliteRow) -> StoreResult<Request> {
+    pub(super) fn decode(row: &SqliteRow) -> StoreResult<Request> {
         let get = |c: &'static str| -> StoreResult<Option<Timestamp>> {
             let v: Option<i64> = row.try_get(c).map_err(db("reading a request time"))?;
             v.map(from_micros).transpose()
@@ -427,7 +438,7 @@ impl SqliteStore {
     }
 }
 
-const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
+pub(super) const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -596,7 +607,8 @@ impl Store for SqliteStore {
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, kind, actor, request_id, request_version, node, details
-               FROM audit_events WHERE request_id = ?1 ORDER BY request_version",
+               FROM audit_events WHERE request_id = ?1
+              ORDER BY request_version IS NULL, request_version, at, id",
         )
         .bind(id.0.to_string())
         .fetch_all(&self.pool)
@@ -675,6 +687,67 @@ impl Store for SqliteStore {
         self.put_policy_version(name, "", author, node, true)
             .await
             .map(|v| v.is_some())
+    }
+
+    async fn request_events(
+        &self,
+        id: RequestId,
+        after_version: i64,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        super::sqlite_requests::events(&self.pool, id, after_version).await
+    }
+
+    async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>> {
+        super::sqlite_requests::list(&self.pool, filter).await
+    }
+
+    async fn get_by_idempotency_key(
+        &self,
+        requester: &str,
+        key: &str,
+    ) -> StoreResult<Option<(Request, String)>> {
+        super::sqlite_requests::by_idempotency_key(&self.pool, requester, key).await
+    }
+
+    async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>> {
+        super::sqlite_admin::get_principal(&self.pool, subject).await
+    }
+
+    async fn set_trust_tier(
+        &self,
+        subject: &str,
+        tier: i64,
+        by: &str,
+        reason: &str,
+        node: &str,
+    ) -> StoreResult<PrincipalRecord> {
+        super::sqlite_admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
+    }
+
+    async fn append_audit(
+        &self,
+        kind: &str,
+        actor: &str,
+        request_id: Option<Uuid>,
+        details: &serde_json::Value,
+        node: &str,
+    ) -> StoreResult<Uuid> {
+        super::sqlite_audit::append(&self.pool, kind, actor, request_id, details, node).await
+    }
+
+    async fn query_audit(
+        &self,
+        q: &AuditQuery,
+    ) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
+        super::sqlite_audit::query(&self.pool, q).await
+    }
+
+    async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>> {
+        super::sqlite_admin::get_policy(&self.pool, name).await
+    }
+
+    async fn list_policies(&self) -> StoreResult<Vec<(PolicySource, Timestamp)>> {
+        super::sqlite_admin::list_policies(&self.pool).await
     }
 }
 

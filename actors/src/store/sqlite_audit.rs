@@ -261,3 +261,90 @@ impl AuditStore for SqliteStore {
             .collect()
     }
 }
+
+pub(super) async fn append(
+    pool: &sqlx::SqlitePool,
+    kind: &str,
+    actor: &str,
+    request_id: Option<Uuid>,
+    details: &serde_json::Value,
+    node: &str,
+) -> StoreResult<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(id.to_string())
+    .bind(micros(Utc::now()))
+    .bind(kind)
+    .bind(actor)
+    .bind(request_id.map(|r| r.to_string()))
+    .bind(node)
+    .bind(details.to_string())
+    .execute(pool)
+    .await
+    .map_err(db("appending an audit event"))?;
+    Ok(id)
+}
+
+pub(super) async fn query(
+    pool: &sqlx::SqlitePool,
+    q: &AuditQuery,
+) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
+    let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+        "SELECT {EVENT_COLUMNS}, c.seq, c.prev_hash, c.hash
+           FROM audit_events e LEFT JOIN audit_chain c ON c.event_id = e.id WHERE 1"
+    ));
+    if let Some(id) = q.request_id {
+        b.push(" AND e.request_id = ").push_bind(id.to_string());
+    }
+    if let Some(actor) = &q.actor {
+        b.push(" AND e.actor = ").push_bind(actor);
+    }
+    if let Some(kind) = &q.kind {
+        b.push(" AND e.kind = ").push_bind(kind);
+    }
+    if let Some(since) = q.since {
+        b.push(" AND e.at >= ").push_bind(micros(since));
+    }
+    if let Some(until) = q.until {
+        b.push(" AND e.at < ").push_bind(micros(until));
+    }
+    let (cmp, dir) = if q.oldest_first {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
+    if let Some((at, id)) = q.after {
+        b.push(format_args!(" AND (e.at, e.id) {cmp} ("))
+            .push_bind(micros(at))
+            .push(", ")
+            .push_bind(id.to_string())
+            .push(")");
+    }
+    b.push(format_args!(" ORDER BY e.at {dir}, e.id {dir} LIMIT "))
+        .push_bind(q.effective_limit());
+    let rows = b
+        .build()
+        .fetch_all(pool)
+        .await
+        .map_err(db("querying audit events"))?;
+    rows.iter()
+        .map(|r| {
+            let event = audit_event(r)?;
+            let e = || db("reading an audit chain link");
+            let seq: Option<i64> = r.try_get("seq").map_err(e())?;
+            let link = match seq {
+                None => None,
+                Some(seq) => Some(ChainRow {
+                    seq,
+                    event_id: event.id,
+                    prev_hash: r.try_get("prev_hash").map_err(e())?,
+                    hash: r.try_get("hash").map_err(e())?,
+                }),
+            };
+            Ok((event, link))
+        })
+        .collect()
+}

@@ -163,5 +163,6 @@ pub fn persist<'a>(
         outbox,
         guard: tr.guard,
         node: "node-a",
+        idempotency: tr.idempotency.as_ref(),
     }
 }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod engine;
+mod engine_api;
 mod fixtures;
 mod outbox;
 mod store_contract;

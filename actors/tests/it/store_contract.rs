@@ -8,6 +8,9 @@ use jitsudo_actors::store::{Fence, Mode, StoreError, Write};
 
 use crate::fixtures::*;
 
+mod queries;
+use queries::*;
+
 macro_rules! store_contract {
     ($backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
         mod $backend {
@@ -41,6 +44,17 @@ store_contract!(
         live_requests_excludes_terminal_ones,
         policies_are_versioned_and_deletable,
         dev_database_is_refused_in_production_mode,
+        requests_page_newest_first_with_a_keyset_cursor,
+        requests_filter_by_requester_state_and_provider,
+        awaiting_approval_lists_pending_requests_of_my_groups_but_not_my_own,
+        idempotency_key_is_stored_with_the_create_and_used_once_per_requester,
+        concurrent_creates_with_one_key_make_one_request,
+        request_events_resume_after_a_version,
+        trust_tier_changes_are_stored_with_their_audit_event,
+        concurrent_trust_tier_changes_each_record_what_they_replaced,
+        free_audit_events_carry_no_version,
+        audit_queries_page_both_ways_and_filter,
+        policies_read_back_with_their_creation_time,
     ]
 );
 
@@ -64,6 +78,17 @@ store_contract!(
         live_requests_excludes_terminal_ones,
         policies_are_versioned_and_deletable,
         dev_database_is_refused_in_production_mode,
+        requests_page_newest_first_with_a_keyset_cursor,
+        requests_filter_by_requester_state_and_provider,
+        awaiting_approval_lists_pending_requests_of_my_groups_but_not_my_own,
+        idempotency_key_is_stored_with_the_create_and_used_once_per_requester,
+        concurrent_creates_with_one_key_make_one_request,
+        request_events_resume_after_a_version,
+        trust_tier_changes_are_stored_with_their_audit_event,
+        concurrent_trust_tier_changes_each_record_what_they_replaced,
+        free_audit_events_carry_no_version,
+        audit_queries_page_both_ways_and_filter,
+        policies_read_back_with_their_creation_time,
     ]
 );
 

@@ -1,0 +1,340 @@
+//! jitsudod's configuration: one TOML file (documented key by key in docs/configuration.md),
+//! every key overridable by a `JITSUDOD_<SECTION>_<KEY>` environment variable, the main
+//! ones by flags. Unknown keys are an error that names the key. Secrets come from files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("{0}")]
+    Rule(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub node: NodeConfig,
+    pub auth: AuthSection,
+    pub authz: AuthzConfig,
+    pub audit: AuditSection,
+    pub limits: LimitsConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub sinks: Vec<SinkSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the one listener serving gRPC, REST, health and metrics.
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle for client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// `off`, `optional` or `require`.
+    pub client_auth: String,
+    /// Serve without TLS (refused unless set; warned about at every start).
+    pub insecure_plaintext: bool,
+    /// How long in-flight calls may finish after SIGTERM.
+    pub shutdown_grace_seconds: u64,
+    /// HMAC key for page tokens (a file); generated per process when unset.
+    pub page_token_key_file: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            client_auth: "off".into(),
+            insecure_plaintext: false,
+            shutdown_grace_seconds: 10,
+            page_token_key_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://PATH`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://jitsudo.db".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub name: String,
+    pub shards: u32,
+    pub lease_ttl_seconds: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "jitsudod".into(),
+            shards: 64,
+            lease_ttl_seconds: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_uri: Option<String>,
+    pub algorithms: Vec<String>,
+    pub leeway_seconds: u64,
+    pub groups_claim: String,
+    /// Accept ID tokens whose `aud` is this client id (identity providers with opaque
+    /// access tokens only).
+    pub id_token_client_id: Option<String>,
+    /// PEM bundle to trust the issuer's TLS certificate.
+    pub issuer_ca: Option<PathBuf>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            issuer: String::new(),
+            audience: "jitsudo".into(),
+            jwks_uri: None,
+            algorithms: Vec::new(),
+            leeway_seconds: 30,
+            groups_claim: "groups".into(),
+            id_token_client_id: None,
+            issuer_ca: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    pub admin_groups: Vec<String>,
+    pub auditor_groups: Vec<String>,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            admin_groups: vec!["jitsudo-admins".into()],
+            auditor_groups: vec!["auditors".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Ed25519 PKCS#8 PEM file signing checkpoints (never stored in the database).
+    pub signing_key: Option<PathBuf>,
+    pub checkpoint_every: i64,
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            signing_key: None,
+            checkpoint_every: 1000,
+            checkpoint_interval_seconds: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted gRPC message or REST body.
+    pub max_message_bytes: usize,
+    /// Largest page a list call returns.
+    pub max_page_size: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 1 << 20,
+            max_page_size: 500,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// `demo` or `http`.
+    pub kind: String,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// File holding the HMAC secret of the http provider.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    pub name: String,
+    /// `log` or `webhook`.
+    pub kind: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads the file (if any), applies `JITSUDOD_*` overrides from `env`, and checks it.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid {
+                        origin: p.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("JITSUDOD_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(ConfigError::Invalid {
+                    origin: k.clone(),
+                    message: "expected JITSUDOD_<SECTION>_<KEY>".into(),
+                });
+            };
+            if matches!(section, "providers" | "sinks") {
+                return Err(ConfigError::Invalid {
+                    origin: k,
+                    message: "providers and sinks are lists: configure them in the file".into(),
+                });
+            }
+            let parsed: toml::Value = format!("v = {v}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(v));
+            let table = value
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match table {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_owned(), parsed);
+                }
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        origin: k,
+                        message: format!("[{section}] is not a section"),
+                    });
+                }
+            }
+        }
+        let origin = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the environment".into());
+        let config: Config =
+            toml::Value::Table(value)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin,
+                    message: e.to_string(),
+                })?;
+        Ok(config)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.node.lease_ttl_seconds.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).into(), (*b).into()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_every_key_and_parses_types() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("JITSUDOD_SERVER_LISTEN", "0.0.0.0:9443"),
+                ("JITSUDOD_NODE_SHARDS", "16"),
+                ("JITSUDOD_SERVER_INSECURE_PLAINTEXT", "true"),
+                ("JITSUDOD_AUTHZ_ADMIN_GROUPS", r#"["ops", "sec"]"#),
+                ("JITSUDOD_AUTH_ISSUER", "https://id.example.com"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9443);
+        assert_eq!(c.node.shards, 16);
+        assert!(c.server.insecure_plaintext);
+        assert_eq!(c.authz.admin_groups, ["ops", "sec"]);
+        assert_eq!(c.auth.issuer, "https://id.example.com");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nlisten = \"127.0.0.1:1\"\nlisen_typo = 1\n").unwrap();
+        let e = Config::load(Some(&p), []).unwrap_err().to_string();
+        assert!(e.contains("lisen_typo"), "{e}");
+        let e = Config::load(None, env(&[("JITSUDOD_NODE_NAEM", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("naem"), "{e}");
+        let e = Config::load(None, env(&[("JITSUDOD_NOPE_X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+}

@@ -1,0 +1,144 @@
+//! The one mapping from engine, store, policy, provider and authentication errors to gRPC
+//! codes and HTTP statuses. Clients see a stable code and a sentence saying what was wrong
+//! and what to do — never a wire dump, a token or a credential.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jitsudo_actors::EngineError;
+use jitsudo_actors::domain::Refusal;
+use jitsudo_providers::ErrorClass;
+use tonic::Code;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, message)
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.code, e.message)
+    }
+}
+
+/// HTTP status for a gRPC code (the mapping of google.rpc.Code to HTTP).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The stable name of a code in REST error bodies (`"PERMISSION_DENIED"`).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": code_name(self.code), "message": self.message } });
+        (http_status(self.code), Json(body)).into_response()
+    }
+}
+
+fn refusal_code(r: &Refusal) -> Code {
+    match r {
+        Refusal::Invalid { .. } | Refusal::Policy(_) => Code::InvalidArgument,
+        Refusal::SelfApproval
+        | Refusal::NotAnApprover
+        | Refusal::NotRequester
+        | Refusal::NotAllowedToRevoke => Code::PermissionDenied,
+        Refusal::AlreadyApproved | Refusal::Duplicate => Code::AlreadyExists,
+        _ => Code::FailedPrecondition,
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let (code, message) = match &e {
+            EngineError::Refused(r) => (refusal_code(r), r.to_string()),
+            EngineError::NotFound { .. } => (Code::NotFound, e.to_string()),
+            EngineError::UnknownProvider { .. } => (Code::InvalidArgument, e.to_string()),
+            EngineError::Policy(p) => (
+                Code::FailedPrecondition,
+                format!("policy evaluation failed: {p}"),
+            ),
+            EngineError::Provider(p) => {
+                let code = match p.class() {
+                    ErrorClass::Permanent => Code::InvalidArgument,
+                    _ => Code::Unavailable,
+                };
+                (code, p.to_string())
+            }
+            EngineError::Conflict => (Code::Aborted, e.to_string()),
+            EngineError::Unavailable { .. } => (Code::Unavailable, e.to_string()),
+            EngineError::Overloaded { .. } => (Code::ResourceExhausted, e.to_string()),
+            EngineError::Store(s) => {
+                tracing::error!(error = %s, "store failure");
+                (
+                    Code::Unavailable,
+                    "the store is unavailable; retry".to_string(),
+                )
+            }
+            EngineError::IdempotencyConflict { .. } => (Code::InvalidArgument, e.to_string()),
+            EngineError::SelfBenefit { .. } => (Code::PermissionDenied, e.to_string()),
+            EngineError::Delivery { .. } | EngineError::InvalidConfig { .. } => {
+                (Code::FailedPrecondition, e.to_string())
+            }
+        };
+        ApiError { code, message }
+    }
+}

@@ -1,0 +1,489 @@
+//! Builds and runs jitsudod: the store and the engine first (migrations run before anything
+//! serves), then one listener (TLS unless explicitly disabled) carrying gRPC, REST/JSON,
+//! health, readiness and metrics. SIGTERM/SIGINT stop accepting, let in-flight calls finish
+//! (bounded) and stop the actors cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use jitsudo_actors::audit::{AuditConfig, load_signing_key};
+use jitsudo_actors::notify::{NotifyConfig, SinkConfig};
+use jitsudo_actors::store::{self, Mode};
+use jitsudo_actors::{Engine, EngineConfig};
+use jitsudo_proto::v1;
+use jitsudo_providers::demo::DemoProvider;
+use jitsudo_providers::http::{HttpProvider, HttpProviderConfig};
+use jitsudo_providers::{Provider, Registry};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{AuthConfig, Authenticator, DevIssuer};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::grpc::Api;
+use crate::state::AppState;
+
+/// Dev-mode extras: the built-in OpenID issuer.
+pub struct DevExtras {
+    pub issuer: Arc<DevIssuer>,
+}
+
+pub struct Server {
+    pub state: Arc<AppState>,
+    router: Router,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    grace: Duration,
+}
+
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|_| handle)
+        })
+        .clone()
+}
+
+fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let s = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!("cannot read the {what} secret file {}: {e}", path.display())
+    })?;
+    let trimmed = String::from_utf8_lossy(&s).trim().as_bytes().to_vec();
+    anyhow::ensure!(
+        !trimmed.is_empty(),
+        "the {what} secret file {} is empty",
+        path.display()
+    );
+    Ok(trimmed)
+}
+
+impl Server {
+    /// Opens the store (running migrations), starts the engine and binds the listener.
+    pub async fn build(config: Config, dev: Option<DevExtras>) -> anyhow::Result<Server> {
+        let dev_mode = dev.is_some();
+        let tls = match (
+            &config.server.tls_cert,
+            &config.server.tls_key,
+            config.server.insecure_plaintext,
+        ) {
+            (Some(c), Some(k), _) => Some(TlsAcceptor::from(crate::tls::server_config(
+                c,
+                k,
+                config.server.client_ca.as_deref(),
+                &config.server.client_auth,
+            )?)),
+            (_, _, true) => None,
+            _ => anyhow::bail!(
+                "no TLS certificate: set server.tls_cert and server.tls_key (`jitsudod certs` makes test certificates), \
+                 or pass --insecure-plaintext to serve without TLS (never in production)"
+            ),
+        };
+        if tls.is_none() && !dev_mode {
+            tracing::warn!(
+                "serving WITHOUT TLS (--insecure-plaintext): tokens and credentials cross the network in clear text"
+            );
+        }
+        let mode = if dev_mode {
+            Mode::Dev
+        } else {
+            Mode::Production
+        };
+        let store = store::open(&config.database.url, mode).await?;
+
+        let mut registry = Registry::new();
+        for p in &config.providers {
+            let provider: Arc<dyn Provider> = match p.kind.as_str() {
+                "demo" => Arc::new(DemoProvider::with_name(&p.name)),
+                "http" => {
+                    let url = p.base_url.clone().ok_or_else(|| {
+                        anyhow::anyhow!("provider {}: base_url is required", p.name)
+                    })?;
+                    let secret_file = p.secret_file.as_ref().ok_or_else(|| {
+                        anyhow::anyhow!("provider {}: secret_file is required", p.name)
+                    })?;
+                    let mut cfg = HttpProviderConfig::new(
+                        p.name.clone(),
+                        url,
+                        read_secret(secret_file, "provider")?,
+                    );
+                    if let Some(t) = p.timeout_seconds {
+                        cfg = cfg.with_timeout(Duration::from_secs(t));
+                    }
+                    Arc::new(HttpProvider::new(cfg)?)
+                }
+                other => {
+                    anyhow::bail!("provider {}: unknown kind {other:?} (demo or http)", p.name)
+                }
+            };
+            registry = registry.with(provider);
+        }
+        let mut sinks = Vec::new();
+        for s in &config.sinks {
+            sinks.push(match s.kind.as_str() {
+                "log" => SinkConfig::log(&s.name),
+                "webhook" => {
+                    let url = s
+                        .url
+                        .clone()
+                        .ok_or_else(|| anyhow::anyhow!("sink {}: url is required", s.name))?;
+                    let secret = s.secret_file.as_ref().ok_or_else(|| {
+                        anyhow::anyhow!("sink {}: secret_file is required", s.name)
+                    })?;
+                    SinkConfig::webhook(&s.name, url, read_secret(secret, "webhook")?)
+                }
+                other => anyhow::bail!("sink {}: unknown kind {other:?} (log or webhook)", s.name),
+            });
+        }
+        let mut notify = NotifyConfig::default();
+        if !sinks.is_empty() {
+            notify.sinks = sinks;
+        }
+        let signing_key = match &config.audit.signing_key {
+            Some(p) => Some(Arc::new(load_signing_key(p)?)),
+            None => {
+                tracing::warn!(
+                    "no audit.signing_key: the audit chain is kept but no checkpoints are signed"
+                );
+                None
+            }
+        };
+        let verifying_key = signing_key.as_ref().map(|k| k.verifying_key());
+        let engine_config = EngineConfig {
+            node: config.node.name.clone(),
+            shards: config.node.shards,
+            lease_ttl: config.lease_ttl(),
+            notify,
+            audit: Some(AuditConfig {
+                signing_key,
+                checkpoint_every: config.audit.checkpoint_every,
+                checkpoint_interval: Duration::from_secs(
+                    config.audit.checkpoint_interval_seconds.max(1),
+                ),
+                ..AuditConfig::default()
+            }),
+            admin_groups: config.authz.admin_groups.clone(),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(engine_config, store, registry).await?;
+
+        let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (is another jitsudod running?)",
+                config.server.listen
+            )
+        })?;
+        let local = listener.local_addr()?;
+        let auth_cfg = auth_config(&config, dev.as_ref(), local, tls.is_some())?;
+        let auth = Authenticator::new(auth_cfg)?;
+        let page_key = match &config.server.page_token_key_file {
+            Some(p) => {
+                use sha2::Digest;
+                sha2::Sha256::digest(read_secret(p, "page token")?).into()
+            }
+            None => rand::random(),
+        };
+        let state = Arc::new(AppState {
+            engine,
+            config: config.clone(),
+            auth,
+            dev: dev_mode,
+            started_at: chrono::Utc::now(),
+            page_key,
+            verifying_key,
+            metrics: metrics_handle(),
+            ready: AtomicBool::new(false),
+            denials: Mutex::new(Default::default()),
+        });
+        let router = router(state.clone(), dev.map(|d| d.issuer)).await?;
+        state.ready.store(true, Ordering::Relaxed);
+        Ok(Server {
+            state,
+            router,
+            listener,
+            tls,
+            grace: Duration::from_secs(config.server.shutdown_grace_seconds),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight calls (bounded) and stops
+    /// the engine.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Server {
+            state,
+            router,
+            listener,
+            tls,
+            grace,
+        } = self;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, _peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let svc = TowerToHyperService::new(router.clone());
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let builder = auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    Some(acceptor) => {
+                        let Ok(Ok(stream)) =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                                .await
+                        else {
+                            return;
+                        };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
+            });
+        }
+        state.ready.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: draining in-flight calls");
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?grace, "in-flight calls did not finish in time; closing them");
+        }
+        match Arc::try_unwrap(state) {
+            Ok(s) => s.engine.shutdown().await,
+            Err(_) => tracing::warn!(
+                "server state still shared at shutdown; actors stop with the process"
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn auth_config(
+    config: &Config,
+    dev: Option<&DevExtras>,
+    local: SocketAddr,
+    tls: bool,
+) -> anyhow::Result<AuthConfig> {
+    let mut cfg = AuthConfig::default();
+    match dev {
+        Some(d) => {
+            cfg.issuer = d.issuer.issuer_url().to_owned();
+            cfg.audience = d.issuer.audience().to_owned();
+        }
+        None => {
+            anyhow::ensure!(
+                !config.auth.issuer.is_empty(),
+                "auth.issuer is required: the URL of your OpenID provider (jitsudod --dev brings its own)"
+            );
+            cfg.issuer = config.auth.issuer.clone();
+            cfg.audience = config.auth.audience.clone();
+        }
+    }
+    let _ = (local, tls);
+    cfg.jwks_uri = config.auth.jwks_uri.clone();
+    cfg.leeway = Duration::from_secs(config.auth.leeway_seconds);
+    cfg.groups_claim = config.auth.groups_claim.clone();
+    cfg.id_token_client_id = config.auth.id_token_client_id.clone();
+    if !config.auth.algorithms.is_empty() {
+        cfg.algorithms = config
+            .auth
+            .algorithms
+            .iter()
+            .map(|a| {
+                a.parse::<jsonwebtoken::Algorithm>()
+                    .map_err(|_| anyhow::anyhow!("auth.algorithms: unknown algorithm {a:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(ca) = &config.auth.issuer_ca {
+        cfg.extra_ca_pem = Some(
+            std::fs::read_to_string(ca)
+                .map_err(|e| anyhow::anyhow!("auth.issuer_ca {}: {e}", ca.display()))?,
+        );
+    }
+    Ok(cfg)
+}
+
+const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path)
+        || path.starts_with("/dev/oidc/")
+        || path.starts_with("/grpc.health.v1.")
+        || path.starts_with("/grpc.reflection.")
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Authenticates every call except health, readiness, metrics, reflection and the dev
+/// issuer; the caller travels to the handlers in the request's extensions.
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let grpc = is_grpc(req.headers());
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match state.caller(header.as_deref()).await {
+        Ok(c) => {
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        Err(e) => {
+            metrics::counter!("jitsudo_authentication_failures_total").increment(1);
+            if grpc {
+                tonic::Status::from(e).into_http::<axum::body::Body>()
+            } else {
+                e.into_response()
+            }
+        }
+    }
+}
+
+async fn router(
+    state: Arc<AppState>,
+    dev_issuer: Option<Arc<DevIssuer>>,
+) -> anyhow::Result<Router> {
+    let max = state.config.limits.max_message_bytes;
+    let api = Api(state.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<v1::request_service_server::RequestServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<v1::policy_service_server::PolicyServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<v1::audit_service_server::AuditServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<v1::principal_service_server::PrincipalServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<v1::admin_service_server::AdminServiceServer<Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jitsudo_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let grpc = tonic::service::Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(
+            v1::request_service_server::RequestServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            v1::policy_service_server::PolicyServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            v1::audit_service_server::AuditServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            v1::principal_service_server::PrincipalServiceServer::new(api.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            v1::admin_service_server::AdminServiceServer::new(api).max_decoding_message_size(max),
+        )
+        .into_axum_router();
+    let rest = crate::rest::routes(state.clone())
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .with_state(state.clone());
+    let mut app = Router::new()
+        .merge(grpc)
+        .merge(rest)
+        .route("/healthz", get(|| async { "ok\n" }));
+    if let Some(issuer) = dev_issuer {
+        app = app.nest("/dev/oidc", issuer.router());
+    }
+    Ok(app
+        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+        .layer(axum::extract::DefaultBodyLimit::max(max)))
+}
+
+/// Ready when the store answers, migrations ran (the engine started) and the actor tree is up.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if !state.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response();
+    }
+    if let Err(e) = state.engine.store().db_now().await {
+        return ApiError::unavailable(format!("the store is unreachable: {e}")).into_response();
+    }
+    if state.engine.shards_owned().is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no shard leases held\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
+    match &state.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed in this process\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Where dev mode keeps its database, keys and issuer key.
+pub fn dev_data_dir(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| PathBuf::from(".jitsudo-dev"))
+}

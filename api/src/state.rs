@@ -1,0 +1,124 @@
+//! Shared server state, the authenticated caller, and signed page tokens.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use hmac::{Hmac, Mac};
+use jitsudo_actors::Engine;
+use jitsudo_actors::domain::Principal;
+use sha2::Sha256;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// Who is calling, as established by authentication (and the store's trust tier).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    pub admin: bool,
+    pub auditor: bool,
+}
+
+impl Caller {
+    pub fn subject(&self) -> &str {
+        &self.principal.subject
+    }
+
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(ApiError::denied(format!(
+            "{what} needs membership of an admin group"
+        )))
+    }
+
+    pub fn require_admin_or_auditor(&self, what: &str) -> Result<(), ApiError> {
+        if self.admin || self.auditor {
+            return Ok(());
+        }
+        Err(ApiError::denied(format!(
+            "{what} needs membership of an admin or auditor group"
+        )))
+    }
+}
+
+pub struct AppState {
+    pub engine: Engine,
+    pub config: Config,
+    pub auth: Authenticator,
+    pub dev: bool,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub page_key: [u8; 32],
+    pub verifying_key: Option<ed25519_dalek::VerifyingKey>,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub ready: AtomicBool,
+    /// Authorization refusals audited per actor in the current minute (flood control).
+    pub denials: Mutex<HashMap<String, (i64, u32)>>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// An opaque, tamper-evident cursor: `base64url(payload).hex(HMAC(key, scope ‖ payload))`,
+/// where the scope binds it to the query and the caller that received it.
+pub fn sign_token(key: &[u8; 32], scope: &str, payload: &str) -> String {
+    use base64::Engine as _;
+    let mut mac = HmacSha256::new_from_slice(key)
+        .unwrap_or_else(|_| HmacSha256::new_from_slice(&[0; 32]).expect("key"));
+    mac.update(scope.as_bytes());
+    mac.update(b"\0");
+    mac.update(payload.as_bytes());
+    let tag = hex::encode(mac.finalize().into_bytes());
+    format!(
+        "{}.{tag}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload)
+    )
+}
+
+pub fn open_token(key: &[u8; 32], scope: &str, token: &str) -> Result<String, ApiError> {
+    use base64::Engine as _;
+    let bad = || {
+        ApiError::invalid(
+            "the page token is malformed, was tampered with, or belongs to another query or caller; start again without it",
+        )
+    };
+    if token.len() > 512 {
+        return Err(bad());
+    }
+    let (b64, tag) = token.split_once('.').ok_or_else(bad)?;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64)
+        .map_err(|_| bad())?;
+    let payload = String::from_utf8(payload).map_err(|_| bad())?;
+    let tag = hex::decode(tag).map_err(|_| bad())?;
+    let mut mac = HmacSha256::new_from_slice(key).map_err(|_| bad())?;
+    mac.update(scope.as_bytes());
+    mac.update(b"\0");
+    mac.update(payload.as_bytes());
+    mac.verify_slice(&tag).map_err(|_| bad())?;
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_are_bound_to_scope_and_tamper_evident() {
+        let key = [7u8; 32];
+        let t = sign_token(&key, "alice|mine", "123:abc");
+        assert_eq!(open_token(&key, "alice|mine", &t).unwrap(), "123:abc");
+        assert!(open_token(&key, "bob|mine", &t).is_err(), "another caller");
+        assert!(open_token(&key, "alice|all", &t).is_err(), "another filter");
+        assert!(
+            open_token(&[8u8; 32], "alice|mine", &t).is_err(),
+            "another server key"
+        );
+        let mut forged = t.clone();
+        forged.replace_range(0..1, if t.starts_with('A') { "B" } else { "A" });
+        assert!(open_token(&key, "alice|mine", &forged).is_err());
+        assert!(open_token(&key, "alice|mine", "garbage").is_err());
+    }
+}
