@@ -51,7 +51,11 @@ impl AppState {
             .auth
             .authenticate(header)
             .await
-            .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
+            .map_err(|e| match e {
+                // The identity provider being down is not the caller's fault: retryable.
+                crate::auth::AuthError::KeysUnavailable { .. } => ApiError::unavailable(e.to_string()),
+                e => ApiError::unauthenticated(e.to_string()),
+            })?;
         let trust_tier = match self.engine.store().get_principal(&id.subject).await {
             Ok(p) => p.map(|p| p.trust_tier).unwrap_or(0),
             Err(e) => return Err(EngineError::from(e).into()),

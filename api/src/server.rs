@@ -381,7 +381,6 @@ async fn authenticate(
             next.run(req).await
         }
         Err(e) => {
-            metrics::counter!("jitsudo_authentication_failures_total").increment(1);
             if grpc {
                 tonic::Status::from(e).into_http::<axum::body::Body>()
             } else {
