@@ -68,6 +68,9 @@ pub struct NodeContext {
     pub registry: ActorRegistry,
     /// Database clock minus this node's clock, learned from every committed write.
     clock_offset_us: AtomicI64,
+    /// Every version committed on this node, as (request, version): watchers wake on it
+    /// instead of polling (a watcher still polls now and then for other nodes' commits).
+    pub commits: tokio::sync::broadcast::Sender<(crate::domain::RequestId, i64)>,
 }
 
 impl NodeContext {
@@ -88,6 +91,7 @@ impl NodeContext {
             providers,
             registry,
             clock_offset_us: AtomicI64::new(0),
+            commits: tokio::sync::broadcast::channel(4096).0,
         };
         ctx.observe_db_clock(db_now);
         ctx

@@ -102,6 +102,8 @@ impl RequestService for Api {
             )
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut commits = state.engine.context().commits.subscribe();
+        let rid = crate::rpc::parse_id(&m.id)?;
         tokio::spawn(async move {
             let mut after = m.after_version;
             let mut batch = first;
@@ -116,9 +118,21 @@ impl RequestService for Api {
                 if done {
                     return;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = tx.closed() => return,
+                // Woken by this node's commits of this request; the periodic poll covers
+                // commits made by other nodes of a cluster.
+                let poll = tokio::time::sleep(Duration::from_millis(500));
+                tokio::pin!(poll);
+                loop {
+                    tokio::select! {
+                        _ = &mut poll => break,
+                        _ = tx.closed() => return,
+                        c = commits.recv() => match c {
+                            Ok((id, v)) if id == rid && v > after => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                    }
                 }
                 match state.request_events(&c, &m.id, after).await {
                     Ok((b, d)) => {

@@ -47,15 +47,11 @@ impl AppState {
         let header = authorization.ok_or_else(|| {
             ApiError::unauthenticated("missing Authorization header: send `Authorization: Bearer <access token>` (jitsudo login)")
         })?;
-        let id = self
-            .auth
-            .authenticate(header)
-            .await
-            .map_err(|e| match e {
-                // The identity provider being down is not the caller's fault: retryable.
-                crate::auth::AuthError::KeysUnavailable { .. } => ApiError::unavailable(e.to_string()),
-                e => ApiError::unauthenticated(e.to_string()),
-            })?;
+        let id = self.auth.authenticate(header).await.map_err(|e| match e {
+            // The identity provider being down is not the caller's fault: retryable.
+            crate::auth::AuthError::KeysUnavailable { .. } => ApiError::unavailable(e.to_string()),
+            e => ApiError::unauthenticated(e.to_string()),
+        })?;
         let trust_tier = match self.engine.store().get_principal(&id.subject).await {
             Ok(p) => p.map(|p| p.trust_tier).unwrap_or(0),
             Err(e) => return Err(EngineError::from(e).into()),

@@ -291,6 +291,7 @@ async fn apply(
             st.req.version = version;
             st.req.apply_times(&tr.times, db_now);
             record_transition(&prev, &st.req, db_now);
+            let _ = ctx.commits.send((st.req.id, version));
             st.stats.set_state(st.req.state.as_str());
             arm_timers(me, st);
             run_effects(me, st, tr.effects);

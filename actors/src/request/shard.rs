@@ -303,6 +303,7 @@ async fn create(
             req.apply_times(&tr.times, db_now);
             metrics::counter!(names::TRANSITIONS, "from" => "NONE", "to" => req.state.as_str())
                 .increment(1);
+            let _ = ctx.commits.send((req.id, version));
             st.spawn_request(me, req.clone(), 0).await?;
             Ok(req)
         }
