@@ -172,7 +172,12 @@ pub struct Rest {
 
 impl Rest {
     /// Calls `path` and answers the status and the JSON body (`Value::String` for text).
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(a) = &self.authorization {
             req = req.header("authorization", a);
@@ -216,7 +221,10 @@ impl Rest {
         let resp = req.send().await.expect("the REST call reaches the server");
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 
@@ -236,7 +244,10 @@ pub fn rest_error(resp: &(StatusCode, Value), status: StatusCode, code: &str) ->
 #[track_caller]
 pub fn refused<T: std::fmt::Debug>(res: Result<tonic::Response<T>, Status>, code: Code) -> String {
     match res {
-        Ok(r) => panic!("expected {code:?}, the call succeeded: {:?}", r.into_inner()),
+        Ok(r) => panic!(
+            "expected {code:?}, the call succeeded: {:?}",
+            r.into_inner()
+        ),
         Err(s) => {
             assert_eq!(s.code(), code, "{}", s.message());
             assert!(!s.message().is_empty(), "a refusal says what was wrong");
@@ -316,7 +327,9 @@ impl Jitsudo {
         let issuer_dir = dir.path().join("issuer");
         std::fs::create_dir_all(&issuer_dir).expect("issuer dir");
         let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-        let pem = signing.to_pkcs8_pem(LineEnding::LF).expect("issuer key PEM");
+        let pem = signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("issuer key PEM");
         write_private(&issuer_dir.join(ISSUER_KEY_FILE), pem.as_bytes());
         let issuer = Arc::new(
             DevIssuer::load_or_create(&issuer_dir, &issuer_url, AUDIENCE).expect("dev issuer"),
@@ -416,7 +429,13 @@ impl Jitsudo {
     }
 
     /// A token for anyone: the issuer's key, any claims.
-    pub fn token_for(&self, sub: &str, email: Option<&str>, verified: bool, groups: &[&str]) -> String {
+    pub fn token_for(
+        &self,
+        sub: &str,
+        email: Option<&str>,
+        verified: bool,
+        groups: &[&str],
+    ) -> String {
         self.tokens.sign(sub, email, verified, groups)
     }
 
@@ -477,7 +496,11 @@ impl Jitsudo {
 
     pub async fn stored(&self, id: &str) -> jitsudo_actors::domain::Request {
         let id: RequestId = id.parse().expect("a request id");
-        self.state.engine.get(id).await.expect("the request is stored")
+        self.state
+            .engine
+            .get(id)
+            .await
+            .expect("the request is stored")
     }
 
     /// Polls the store until the request is in `state` (30 s at most).
@@ -547,7 +570,13 @@ impl Jitsudo {
     // ---- requests ----
 
     /// A request as `user`; answers it as created.
-    pub async fn create(&self, user: &str, provider: &str, role: &str, seconds: i64) -> v1::Request {
+    pub async fn create(
+        &self,
+        user: &str,
+        provider: &str,
+        role: &str,
+        seconds: i64,
+    ) -> v1::Request {
         ok(self
             .grpc(user)
             .requests
@@ -636,5 +665,6 @@ pub fn new_request(provider: &str, role: &str, seconds: i64) -> v1::CreateReques
 /// A parsed REST body of a proto3-JSON message.
 #[track_caller]
 pub fn from_json<T: serde::de::DeserializeOwned>(v: &Value) -> T {
-    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not the expected message ({e}): {v}"))
+    serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("not the expected message ({e}): {v}"))
 }

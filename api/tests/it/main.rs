@@ -1,1 +1,4 @@
 mod auth;
+
+mod admin;
+mod harness;

@@ -1,0 +1,270 @@
+//! The node as an operator sees it: AdminService, health, reflection, readiness and metrics,
+//! size limits, authentication refusals, and a clean stop.
+
+use std::time::{Duration, Instant};
+
+use jitsudo_api::server::Server;
+use jitsudo_proto::v1;
+use reqwest::{Method, StatusCode};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_answer_without_a_token() {
+    let j = Jitsudo::start().await;
+    let mut health = HealthClient::new(j.bare_channel());
+    for service in ["", "jitsudo.v1.RequestService", "jitsudo.v1.AuditService"] {
+        let status = ok(health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await)
+        .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(j.bare_channel());
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ok(reflection
+        .server_reflection_info(tokio_stream::iter([ask]))
+        .await);
+    let answer = answers
+        .message()
+        .await
+        .expect("a reflection answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for wanted in [
+        "jitsudo.v1.RequestService",
+        "jitsudo.v1.PolicyService",
+        "jitsudo.v1.AuditService",
+        "jitsudo.v1.PrincipalService",
+        "jitsudo.v1.AdminService",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_readyz_and_metrics_are_public_and_metrics_count_rpcs() {
+    let j = Jitsudo::start().await;
+    let anon = j.rest_with(None);
+    let (status, body) = anon.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = anon.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // One counted call, then the page shows it by RPC and code.
+    ok(j.grpc("alice")
+        .admin
+        .get_version(v1::GetVersionRequest {})
+        .await);
+    let (status, body) = anon.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let page = body.as_str().expect("metrics are text");
+    assert!(
+        page.lines().any(|l| l.starts_with("jitsudo_rpc_total")
+            && l.contains(r#"rpc="GetVersion""#)
+            && l.contains(r#"code="OK""#)),
+        "jitsudo_rpc_total for GetVersion is missing:\n{page}"
+    );
+    assert!(page.contains("jitsudo_rpc_seconds"), "{page}");
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_service_reports_version_node_actors_and_reloads_policies() {
+    let j = Jitsudo::start().await;
+    let pending = j.create("alice", "demo", "operator", 600).await;
+    let carol = j.grpc("carol");
+    let mut admin = carol.admin.clone();
+
+    let version = ok(admin.get_version(v1::GetVersionRequest {}).await);
+    assert_eq!(version.api, "jitsudo.v1");
+    assert_eq!(version.version, env!("CARGO_PKG_VERSION"));
+
+    let node = ok(admin.get_node_status(v1::GetNodeStatusRequest {}).await);
+    assert_eq!(node.node, "api-it");
+    assert_eq!((node.shards_owned, node.shards_total), (4, 4));
+    assert!(!node.dev_mode);
+    assert!(node.policy_version.starts_with("sha256:"), "{node:?}");
+    assert!(node.live_requests >= 1, "{node:?}");
+    assert!(node.started_at.is_some());
+
+    let actors = ok(admin.list_actors(v1::ListActorsRequest {}).await);
+    assert_eq!(actors.node, "api-it");
+    let live = actors
+        .actors
+        .iter()
+        .find(|a| a.kind == "request" && a.id == pending.id)
+        .unwrap_or_else(|| panic!("no actor for the pending request: {:?}", actors.actors));
+    assert_eq!(live.state, "PENDING");
+
+    let listed = ok(carol
+        .policies
+        .clone()
+        .list_policies(v1::ListPoliciesRequest {})
+        .await);
+    let reloaded = ok(admin.reload_policies(v1::ReloadPoliciesRequest {}).await);
+    assert_eq!(reloaded.policy_version, listed.policy_version);
+    assert_eq!(reloaded.policy_version, node.policy_version);
+
+    let letters = ok(admin
+        .list_dead_letters(v1::ListDeadLettersRequest {
+            sink: String::new(),
+            limit: 10,
+        })
+        .await);
+    assert!(letters.dead_letters.is_empty(), "{letters:?}");
+    let msg = refused(
+        admin
+            .redrive_dead_letter(v1::RedriveDeadLetterRequest { id: 424242 })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(msg.contains("not a dead letter"), "{msg}");
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_valid_token_are_unauthenticated_on_both_front_ends() {
+    let j = Jitsudo::start().await;
+    let garbage = "Bearer not.a.jwt";
+    for authorization in [
+        None,
+        Some(""),
+        Some("Bearer "),
+        Some(garbage),
+        Some("Basic YWxpY2U6eA=="),
+    ] {
+        let mut g = j.grpc_with(authorization);
+        let msg = refused(
+            g.requests
+                .create_request(new_request("demo", "viewer", 60))
+                .await,
+            Code::Unauthenticated,
+        );
+        assert!(
+            !msg.contains("not.a.jwt"),
+            "the token is never echoed: {msg}"
+        );
+        refused(
+            g.principals.who_am_i(v1::WhoAmIRequest {}).await,
+            Code::Unauthenticated,
+        );
+        refused(
+            g.admin.get_version(v1::GetVersionRequest {}).await,
+            Code::Unauthenticated,
+        );
+        let rest = j.rest_with(authorization);
+        let resp = rest.get("/api/v1/whoami").await;
+        rest_error(&resp, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+        let resp = rest
+            .post("/api/v1/requests", serde_json::json!({"provider": "demo"}))
+            .await;
+        let msg = rest_error(&resp, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+        assert!(!msg.contains("not.a.jwt"), "{msg}");
+    }
+    // A token of another issuer's key (same claims, foreign signature) is refused too.
+    let foreign = {
+        let other = Jitsudo::start().await;
+        let t = other.token("alice");
+        other.stop().await.expect("clean stop");
+        t
+    };
+    refused(
+        j.grpc_with(Some(&format!("Bearer {foreign}")))
+            .principals
+            .who_am_i(v1::WhoAmIRequest {})
+            .await,
+        Code::Unauthenticated,
+    );
+    // Nothing was created or audited by any of it.
+    assert!(j.audit_log().await.is_empty(), "{:?}", j.audit_log().await);
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_above_the_size_limit_are_refused_cleanly() {
+    let j = Jitsudo::start_with(|c| c.limits.max_message_bytes = 16 * 1024).await;
+    let mut alice = j.grpc("alice");
+    let mut big = new_request("demo", "viewer", 60);
+    big.reason = "x".repeat(64 * 1024);
+    let status = alice
+        .requests
+        .create_request(big.clone())
+        .await
+        .expect_err("an oversized message is refused");
+    assert!(
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{:?}: {}",
+        status.code(),
+        status.message()
+    );
+    // The connection is still good for the next call.
+    let fine = ok(alice
+        .requests
+        .create_request(new_request("demo", "viewer", 60))
+        .await);
+    assert_eq!(fine.requester, "alice");
+
+    let body = serde_json::to_vec(&big).expect("JSON");
+    let (status, _) = j
+        .rest("alice")
+        .send_raw(Method::POST, "/api/v1/requests", body)
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Only the one small request exists.
+    let all = ok(j
+        .grpc("erin")
+        .requests
+        .list_requests(v1::ListRequestsRequest::default())
+        .await);
+    assert_eq!(all.requests.len(), 1, "{:?}", all.requests);
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_releases_its_shards_so_a_successor_starts_at_once() {
+    let j = Jitsudo::start().await;
+    let pending = j.create("alice", "demo", "operator", 600).await;
+    let (served, left) = j.stop_keeping_data().await;
+    served.expect("serve returns cleanly");
+
+    // A successor on the same database takes every shard without waiting for leases to lapse.
+    let ttl = left.config.lease_ttl();
+    let started = Instant::now();
+    let successor = tokio::time::timeout(ttl, Server::build(left.config.clone(), None))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the successor waited {ttl:?} for shard leases: the first server kept them")
+        })
+        .expect("the successor builds");
+    assert!(started.elapsed() < ttl);
+    let kept = successor
+        .state
+        .engine
+        .get(pending.id.parse().expect("id"))
+        .await
+        .expect("the request survived the restart");
+    assert_eq!(kept.state, jitsudo_actors::domain::State::Pending);
+    tokio::time::timeout(Duration::from_secs(20), successor.serve(async {}))
+        .await
+        .expect("the successor stops")
+        .expect("clean stop");
+    drop(left);
+}
