@@ -96,7 +96,9 @@ impl IntoResponse for ApiError {
 
 fn refusal_code(r: &Refusal) -> Code {
     match r {
-        Refusal::Invalid { .. } | Refusal::Policy(_) => Code::InvalidArgument,
+        Refusal::Invalid { .. } | Refusal::Policy(_) | Refusal::ExtensionExceedsMaximum { .. } => {
+            Code::InvalidArgument
+        }
         Refusal::SelfApproval
         | Refusal::NotAnApprover
         | Refusal::NotRequester

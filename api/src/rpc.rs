@@ -31,6 +31,13 @@ pub fn parse_id(id: &str) -> Result<RequestId, ApiError> {
         .map_err(|_| ApiError::invalid(format!("id {id:?} is not a request id (a UUID)")))
 }
 
+fn required(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.is_empty() {
+        return Err(ApiError::invalid(format!("{field} is required")));
+    }
+    Ok(())
+}
+
 fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
     if v.len() > max {
         return Err(ApiError::invalid(format!(
@@ -356,10 +363,13 @@ impl AppState {
         self.decide(
             c,
             id,
+            // The same caller, not merely the same person: another identity of someone who
+            // already approved is told so (ALREADY_EXISTS) instead of being answered as if
+            // its approval had counted.
             |r, c| {
                 r.approvals
                     .iter()
-                    .any(|a| a.kind == "approver" && same_person(&a.by, &c.principal.person()))
+                    .any(|a| a.kind == "approver" && a.by.subject == c.subject())
             },
             async move |rid| self.engine.approve(rid, by, &comment).await,
         )
@@ -508,6 +518,7 @@ impl AppState {
 
     pub async fn get_policy(&self, c: &Caller, name: &str) -> Result<v1::Policy, ApiError> {
         c.require_admin_or_auditor("reading policies")?;
+        required("name", name)?;
         check_text("name", name, 128)?;
         match self
             .engine
@@ -558,6 +569,7 @@ impl AppState {
         name: &str,
     ) -> Result<v1::DeletePolicyResponse, ApiError> {
         c.require_admin("changing policies")?;
+        required("name", name)?;
         check_text("name", name, 128)?;
         let deleted = self.engine.policy().delete(name, c.subject()).await?;
         if !deleted {
@@ -809,6 +821,7 @@ impl AppState {
         if subject != c.subject() {
             c.require_admin_or_auditor("reading another principal")?;
         }
+        required("subject", subject)?;
         check_text("subject", subject, 256)?;
         let rec = self
             .engine

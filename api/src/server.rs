@@ -280,6 +280,9 @@ impl Server {
             });
         }
         state.ready.store(false, Ordering::Relaxed);
+        // The router holds the state too: without dropping it the engine could never stop.
+        drop(listener);
+        drop(router);
         tracing::info!("shutting down: draining in-flight calls");
         if tokio::time::timeout(grace, graceful.shutdown())
             .await
@@ -450,7 +453,17 @@ async fn router(
     }
     Ok(app
         .layer(axum::middleware::from_fn_with_state(state, authenticate))
+        .layer(axum::middleware::map_response(json_payload_too_large))
         .layer(axum::extract::DefaultBodyLimit::max(max)))
+}
+
+/// The body limit answers 413 in plain text; REST clients get the documented JSON error.
+async fn json_payload_too_large(res: Response) -> Response {
+    if res.status() != StatusCode::PAYLOAD_TOO_LARGE || is_grpc(res.headers()) {
+        return res;
+    }
+    let body = serde_json::json!({ "error": { "code": "RESOURCE_EXHAUSTED", "message": "the request body is larger than the server accepts (limits.max_message_bytes)" } });
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
 }
 
 /// Ready when the store answers, migrations ran (the engine started) and the actor tree is up.

@@ -143,6 +143,7 @@ async fn admin_service_reports_version_node_actors_and_reloads_policies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_valid_token_are_unauthenticated_on_both_front_ends() {
     let j = Jitsudo::start().await;
+    let audit_before = j.audit_log().await;
     let garbage = "Bearer not.a.jwt";
     for authorization in [
         None,
@@ -194,7 +195,7 @@ async fn calls_without_a_valid_token_are_unauthenticated_on_both_front_ends() {
         Code::Unauthenticated,
     );
     // Nothing was created or audited by any of it.
-    assert!(j.audit_log().await.is_empty(), "{:?}", j.audit_log().await);
+    assert_eq!(j.audit_log().await, audit_before);
     j.stop().await.expect("clean stop");
 }
 
@@ -223,11 +224,15 @@ async fn messages_above_the_size_limit_are_refused_cleanly() {
     assert_eq!(fine.requester, "alice");
 
     let body = serde_json::to_vec(&big).expect("JSON");
-    let (status, _) = j
+    let (status, answer) = j
         .rest("alice")
         .send_raw(Method::POST, "/api/v1/requests", body)
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        format!("{answer:?}").contains("RESOURCE_EXHAUSTED"),
+        "a JSON error body: {answer:?}"
+    );
     // Only the one small request exists.
     let all = ok(j
         .grpc("erin")

@@ -4,7 +4,7 @@
 //! Clients are the generated gRPC clients and reqwest, each carrying one user's token.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,9 +280,10 @@ pub struct Jitsudo {
 
 /// What a stopped server leaves behind: its database, its files and its configuration.
 pub struct Leftovers {
-    pub db: jitsudo_testkit::TestDatabase,
-    pub dir: tempfile::TempDir,
     pub config: Config,
+    /// Held until dropped: the database and the files the configuration names.
+    _db: jitsudo_testkit::TestDatabase,
+    _dir: tempfile::TempDir,
 }
 
 /// Writes `data` to `path` owner-only (secrets).
@@ -341,7 +342,7 @@ impl Jitsudo {
             kid: kid_of(&signing),
             iss: issuer_url.clone(),
         };
-        let dev_kid = jsonwebtoken::decode_header(&tokens.mint("alice"))
+        let dev_kid = jsonwebtoken::decode_header(tokens.mint("alice"))
             .expect("a dev token has a header")
             .kid;
         assert_eq!(
@@ -613,8 +614,8 @@ impl Jitsudo {
     pub async fn stop_keeping_data(mut self) -> (anyhow::Result<()>, Leftovers) {
         let served = self.served.take().expect("serving");
         let left = Leftovers {
-            db: self.db.take().expect("the database"),
-            dir: self.dir.take().expect("the data dir"),
+            _db: self.db.take().expect("the database"),
+            _dir: self.dir.take().expect("the data dir"),
             config: self.config.clone(),
         };
         // The server stops its engine only once nothing else holds its state: dropping the
@@ -625,10 +626,6 @@ impl Jitsudo {
             .expect("jitsudod stops within its grace period")
             .expect("the serve task did not panic");
         (res, left)
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.as_ref().expect("the data dir").path().to_owned()
     }
 }
 

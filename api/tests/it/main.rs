@@ -1,4 +1,9 @@
 mod auth;
 
 mod admin;
+mod authz;
 mod harness;
+mod policy_audit;
+mod refusals;
+mod requests;
+mod watch;

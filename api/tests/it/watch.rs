@@ -1,0 +1,183 @@
+//! WatchRequest: every stored version in order until a terminal state, and resuming from a
+//! version without missing or repeating any.
+
+use jitsudo_proto::v1;
+use reqwest::StatusCode;
+use tonic::Code;
+
+use crate::harness::*;
+
+/// Reads a watch stream to its end.
+async fn drain(stream: &mut tonic::Streaming<v1::RequestEvent>) -> Vec<v1::RequestEvent> {
+    let mut out = Vec::new();
+    while let Some(ev) = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
+        .await
+        .expect("the watch ends within 30 s")
+        .expect("the stream does not fail")
+    {
+        out.push(ev);
+    }
+    out
+}
+
+fn watch(id: &str, after_version: i64) -> v1::WatchRequestRequest {
+    v1::WatchRequestRequest {
+        id: id.into(),
+        after_version,
+    }
+}
+
+const LIFE: [St; 5] = [
+    St::Pending,
+    St::Approved,
+    St::Active,
+    St::Ending,
+    St::Expired,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_an_auto_approved_request_to_its_end() {
+    let j = Jitsudo::start().await;
+    let mut alice = j.grpc("alice").requests;
+    let r = j.create("alice", "cloud", "viewer", 2).await;
+    let mut stream = ok(alice.watch_request(watch(&r.id, 0)).await);
+    let events = drain(&mut stream).await;
+
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5], "{events:?}");
+    let states: Vec<i32> = events.iter().map(|e| e.state).collect();
+    assert_eq!(states, LIFE.map(|s| s as i32), "{events:?}");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds[0], "request.created");
+    assert_eq!(kinds[1], "request.approved");
+    assert_eq!(
+        events[1].actor, "policy",
+        "auto-approval is recorded as the policy's"
+    );
+    assert!(events.iter().all(|e| e.at.is_some()));
+    // The request rides on the last event of a batch, and the last of all is the final one.
+    let last = events
+        .last()
+        .and_then(|e| e.request.as_ref())
+        .expect("the request");
+    assert_eq!(last.state, St::Expired as i32);
+    assert_eq!(last.version, 5);
+    assert_eq!(*last, jitsudo_api::convert::request(&j.stored(&r.id).await));
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumed_from_a_version_misses_and_repeats_nothing() {
+    let j = Jitsudo::start().await;
+    let mut alice = j.grpc("alice").requests;
+    // Three seconds: long enough to hang up and come back before the end.
+    let r = j.create("alice", "cloud", "viewer", 3).await;
+
+    // Read the first two versions, hang up, and come back while the request is still live.
+    let mut stream = ok(alice.watch_request(watch(&r.id, 0)).await);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = stream
+            .message()
+            .await
+            .expect("the stream does not fail")
+            .expect("the request is not over yet");
+        seen.push(ev);
+    }
+    drop(stream);
+    assert_eq!(seen.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
+    let live = j.stored(&r.id).await;
+    assert!(
+        !live.state.is_terminal(),
+        "resumed before the end: {}",
+        live.state
+    );
+
+    let mut resumed = ok(alice.watch_request(watch(&r.id, 2)).await);
+    let rest = drain(&mut resumed).await;
+    assert_eq!(
+        rest.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    seen.extend(rest);
+    let states: Vec<i32> = seen.iter().map(|e| e.state).collect();
+    assert_eq!(states, LIFE.map(|s| s as i32));
+
+    // After the end: resuming from the last version ends at once; from 2, the same three.
+    let mut at_end = ok(alice.watch_request(watch(&r.id, 5)).await);
+    assert!(drain(&mut at_end).await.is_empty());
+    let mut again = ok(alice.watch_request(watch(&r.id, 2)).await);
+    assert_eq!(
+        drain(&mut again)
+            .await
+            .iter()
+            .map(|e| e.version)
+            .collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    // The REST poll agrees.
+    let (status, body) = j
+        .rest("alice")
+        .get(&format!("/api/v1/requests/{}/events?afterVersion=2", r.id))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["terminal"], true);
+    let polled: Vec<v1::RequestEvent> = from_json(&body["events"]);
+    assert_eq!(
+        polled.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_is_refused_with_a_code_before_any_event() {
+    let j = Jitsudo::start().await;
+    let r = j.create("alice", "demo", "operator", 600).await;
+    let mut alice = j.grpc("alice").requests;
+    refused(
+        j.grpc("mallory")
+            .requests
+            .watch_request(watch(&r.id, 0))
+            .await,
+        Code::PermissionDenied,
+    );
+    refused(
+        alice.watch_request(watch(&r.id, -1)).await,
+        Code::InvalidArgument,
+    );
+    refused(
+        alice.watch_request(watch("not-an-id", 0)).await,
+        Code::InvalidArgument,
+    );
+    refused(
+        alice.watch_request(watch("", 0)).await,
+        Code::InvalidArgument,
+    );
+    refused(
+        alice
+            .watch_request(watch(
+                &jitsudo_actors::domain::RequestId::new().to_string(),
+                0,
+            ))
+            .await,
+        Code::NotFound,
+    );
+    let rest = j.rest("mallory");
+    let resp = rest.get(&format!("/api/v1/requests/{}/events", r.id)).await;
+    rest_error(&resp, StatusCode::FORBIDDEN, "PERMISSION_DENIED");
+    let resp = j
+        .rest("alice")
+        .get(&format!("/api/v1/requests/{}/events?afterVersion=-3", r.id))
+        .await;
+    rest_error(&resp, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    let resp = j
+        .rest("alice")
+        .get(&format!(
+            "/api/v1/requests/{}/events?afterVersion=two",
+            r.id
+        ))
+        .await;
+    rest_error(&resp, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
+    j.stop().await.expect("clean stop");
+}
