@@ -92,6 +92,9 @@ impl RequestService for Api {
         let c = caller(&req)?;
         let m = req.into_inner();
         let state = self.0.clone();
+        // Subscribe before the first read: a commit between the read and the wait is then
+        // still seen.
+        let mut commits = state.engine.context().commits.subscribe();
         // Check access and read the first batch before answering, so refusals are codes.
         let (first, done) = state
             .run(
@@ -102,7 +105,6 @@ impl RequestService for Api {
             )
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let mut commits = state.engine.context().commits.subscribe();
         let rid = crate::rpc::parse_id(&m.id)?;
         tokio::spawn(async move {
             let mut after = m.after_version;
