@@ -584,6 +584,9 @@ impl ExpiryResult {
     }
 }
 
+/// id, expires_at, ended_at, state.
+type RequestTimes = (Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>, String);
+
 /// The fake cloud on a runtime and thread of its own: a real cloud does not run on the
 /// engine's worker threads (it still shares the machine's two cores).
 fn start_cloud() -> Result<(TestServer, tokio::runtime::Runtime)> {
@@ -759,7 +762,7 @@ async fn expiry(s: &Settings, db: &BenchDb) -> Result<ExpiryResult> {
     let (busy1, total1) = machine_cpu_secs();
     let burst_machine_busy = (busy1 - busy0) / (total1 - total0).max(1e-9);
     // Issue lag from the fake cloud's own log; confirmed lag and commits from the store.
-    let rows: Vec<(Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>, String)> =
+    let rows: Vec<RequestTimes> =
         sqlx::query_as("SELECT id, expires_at, ended_at, state FROM requests WHERE id = ANY($1)")
             .bind(&id_list)
             .fetch_all(&mut c)
@@ -1233,7 +1236,6 @@ async fn pgbench(s: &Settings, db: &BenchDb) -> Result<Baselines> {
 // ---------------------------------------------------------------------------------------
 // Report
 
-#[derive(Default)]
 struct Results {
     memory: Option<MemoryResult>,
     expiry: Option<ExpiryResult>,
@@ -1505,12 +1507,17 @@ async fn main() -> Result<()> {
         "settings: parts {:?}; memory N={} ({:?}); expiry N={}; chain {} events; {} creates in flight; server {}",
         s.parts, s.memory_n, s.memory_state, s.expiry_n, s.chain_events, s.concurrency, s.admin_url
     );
-    let mut results = Results::default();
     // Memory first, while the heap is fresh.
-    results.memory = part(&s, "memory", |s, db| async move { memory(&s, &db).await }).await;
-    results.expiry = part(&s, "expiry", |s, db| async move { expiry(&s, &db).await }).await;
-    results.chain = part(&s, "chain", |s, db| async move { chain(&s, &db).await }).await;
-    results.baselines = part(&s, "pgbench", |s, db| async move { pgbench(&s, &db).await }).await;
+    let memory = part(&s, "memory", |s, db| async move { memory(&s, &db).await }).await;
+    let expiry = part(&s, "expiry", |s, db| async move { expiry(&s, &db).await }).await;
+    let chain = part(&s, "chain", |s, db| async move { chain(&s, &db).await }).await;
+    let baselines = part(&s, "pgbench", |s, db| async move { pgbench(&s, &db).await }).await;
+    let results = Results {
+        memory,
+        expiry,
+        chain,
+        baselines,
+    };
     report(&results);
     Ok(())
 }

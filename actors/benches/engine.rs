@@ -183,7 +183,92 @@ fn policy_breakdown(c: &mut Criterion, input: &PolicyInput) {
             })
         });
     }
+    rvm_breakdown(&mut g, &value);
     g.finish();
+}
+
+/// The rules `PolicySet::evaluate` reads for the example set (all but `approver_allowed`).
+const EVALUATED_RULES: [&str; 12] = [
+    "data.jitsudo.eligibility.allow",
+    "data.jitsudo.eligibility.deny",
+    "data.jitsudo.approval.auto_approve",
+    "data.jitsudo.approval.approvals_required",
+    "data.jitsudo.approval.approver_groups",
+    "data.jitsudo.approval.max_duration_seconds",
+    "data.jitsudo.approval.max_total_duration_seconds",
+    "data.jitsudo.approval.approval_timeout_seconds",
+    "data.jitsudo.approval.extend_requires_approval",
+    "data.jitsudo.approval.break_glass_allowed",
+    "data.jitsudo.approval.reason_required",
+    "data.jitsudo.approval.ticket_pattern",
+];
+
+/// The alternative of regorus' compiled VM (the `rvm` feature the workspace enables): the
+/// same twelve rules as entry points of one program, evaluated for one input.
+fn rvm_breakdown(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    value: &regorus::Value,
+) {
+    use regorus::languages::rego::compiler::Compiler;
+    use regorus::rvm::vm::RegoVM;
+    let mut engine = prepared_engine(1024);
+    let entry: regorus::Rc<str> = regorus::Rc::from(EVALUATED_RULES[0]);
+    let compiled = match engine.compile_with_entrypoint(&entry) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("rvm: the example set does not compile for the VM: {e}");
+            return;
+        }
+    };
+    let program = match Compiler::compile_from_policy(&compiled, &EVALUATED_RULES) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("rvm: the example set does not compile for the VM: {e}");
+            return;
+        }
+    };
+    let run = |vm: &mut RegoVM| -> Vec<regorus::Value> {
+        vm.set_input(value.clone());
+        EVALUATED_RULES
+            .iter()
+            .map(|r| {
+                vm.execute_entry_point_by_name(r)
+                    .unwrap_or(regorus::Value::Undefined)
+            })
+            .collect()
+    };
+    let mut vm = RegoVM::new_with_policy(compiled.clone());
+    vm.load_program(program.clone());
+    if vm.set_data(regorus::Value::new_object()).is_err() {
+        return;
+    }
+    // The VM must agree with the interpreter before its time means anything.
+    let mut interp = engine.clone();
+    interp.set_input(value.clone());
+    let expected: Vec<regorus::Value> = EVALUATED_RULES
+        .iter()
+        .map(|r| {
+            interp
+                .eval_rule(r.to_string())
+                .unwrap_or(regorus::Value::Undefined)
+        })
+        .collect();
+    let got = run(&mut vm);
+    if got != expected {
+        println!(
+            "rvm: results differ from the interpreter; not benchmarked:\n  vm {got:?}\n  interpreter {expected:?}"
+        );
+        return;
+    }
+    g.bench_function("rvm_12_rules_reused_vm", |b| b.iter(|| run(&mut vm)));
+    g.bench_function("rvm_12_rules_fresh_vm", |b| {
+        b.iter(|| {
+            let mut vm = RegoVM::new_with_policy(compiled.clone());
+            vm.load_program(program.clone());
+            let _ = vm.set_data(regorus::Value::new_object());
+            run(&mut vm)
+        })
+    });
 }
 
 /// Details as the engine writes them (~200 bytes of JSON text), varied per event.
@@ -493,6 +578,8 @@ fn summary(home: &Path, since: SystemTime) {
         ("policy_breakdown/one_rule_timer_every_1024", ""),
         ("policy_breakdown/whole_tree_query_timer_every_unit", ""),
         ("policy_breakdown/whole_tree_query_timer_every_1024", ""),
+        ("policy_breakdown/rvm_12_rules_reused_vm", ""),
+        ("policy_breakdown/rvm_12_rules_fresh_vm", ""),
         ("domain/create", ""),
         ("domain/step_approve", ""),
         ("domain/step_grant_succeeded", ""),

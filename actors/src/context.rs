@@ -90,7 +90,7 @@ impl NodeContext {
             policy,
             providers,
             registry,
-            clock_offset_us: AtomicI64::new(0),
+            clock_offset_us: AtomicI64::new(i64::MIN),
             commits: tokio::sync::broadcast::channel(4096).0,
         };
         ctx.observe_db_clock(db_now);
@@ -108,16 +108,30 @@ impl NodeContext {
     /// This node's best estimate of the database clock: guards and timers use it; stored
     /// deadlines are always written by the database itself.
     pub fn now(&self) -> Timestamp {
-        Utc::now() + chrono::Duration::microseconds(self.clock_offset_us.load(Ordering::Relaxed))
+        Utc::now() + self.clock_offset()
     }
 
+    /// A sample `db_now − local receive time` underestimates the offset by the reply's
+    /// latency, so one slow commit must not drag every later timer late: keep the highest
+    /// recent sample, letting it decay by 100 µs per sample to follow a real clock change.
     pub fn observe_db_clock(&self, db_now: Timestamp) {
-        let offset = (db_now - Utc::now()).num_microseconds().unwrap_or(0);
-        self.clock_offset_us.store(offset, Ordering::Relaxed);
+        let sample = (db_now - Utc::now()).num_microseconds().unwrap_or(0);
+        let _ = self
+            .clock_offset_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == i64::MIN {
+                    sample
+                } else {
+                    sample.max(old - 100)
+                })
+            });
     }
 
     pub fn clock_offset(&self) -> chrono::Duration {
-        chrono::Duration::microseconds(self.clock_offset_us.load(Ordering::Relaxed))
+        match self.clock_offset_us.load(Ordering::Relaxed) {
+            i64::MIN => chrono::Duration::zero(),
+            us => chrono::Duration::microseconds(us),
+        }
     }
 
     pub fn is_admin(&self, p: &Principal) -> bool {

@@ -149,7 +149,12 @@ impl SequencerState {
             return Ok(0);
         };
         let cfg = &self.args.config;
+        // One full sweep batch per interval (stragglers older than the lookback); a sweep
+        // repeated on every batch of a backlog would re-read every chained row each time.
         let sweep = self.last_sweep.elapsed() >= cfg.full_sweep_every;
+        if sweep {
+            self.last_sweep = Instant::now();
+        }
         let since = match (&self.tip, sweep) {
             (Some((_, _, at)), false) => Some(
                 *at - chrono::Duration::from_std(cfg.lookback)
@@ -158,9 +163,6 @@ impl SequencerState {
             _ => None,
         };
         let events = self.args.store.unchained_events(since, cfg.batch).await?;
-        if sweep && events.len() < cfg.batch as usize {
-            self.last_sweep = Instant::now();
-        }
         if events.is_empty() {
             return Ok(0);
         }
@@ -277,7 +279,10 @@ impl SequencerState {
         }
         // Drain what is there now, a bounded number of batches per tick.
         for _ in 0..50 {
-            if self.chain_batch().await? < self.args.config.batch as usize {
+            // A long backlog must not outlast the lease: renew (cheaply) between batches.
+            if !self.hold_lease().await?
+                || self.chain_batch().await? < self.args.config.batch as usize
+            {
                 break;
             }
         }
