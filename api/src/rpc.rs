@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::convert;
 use crate::error::ApiError;
-use crate::state::{AppState, Caller, open_token, sign_token};
+use crate::state::{AppState, Caller};
 
 const MAX_ID: usize = 64;
 const MAX_KEY: usize = 128;
@@ -247,21 +247,7 @@ impl AppState {
             r.provider,
             limit
         );
-        let before = if r.page_token.is_empty() {
-            None
-        } else {
-            let payload = open_token(&self.page_key, &scope, &r.page_token)?;
-            let (micros, id) = payload
-                .split_once(':')
-                .ok_or_else(|| ApiError::invalid("malformed page token"))?;
-            let t = micros
-                .parse::<i64>()
-                .ok()
-                .and_then(chrono::DateTime::from_timestamp_micros)
-                .ok_or_else(|| ApiError::invalid("malformed page token"))?;
-            let id = Uuid::parse_str(id).map_err(|_| ApiError::invalid("malformed page token"))?;
-            Some((t, id))
-        };
+        let before = self.open_cursor(&scope, &r.page_token)?;
         let filter = ListFilter {
             requester,
             awaiting_groups: r.awaiting_my_approval.then(|| c.principal.groups.clone()),
@@ -273,11 +259,9 @@ impl AppState {
         };
         let found = self.engine.list(&filter).await?;
         let next_page_token = match found.last() {
-            Some(last) if found.len() as u32 == limit => sign_token(
-                &self.page_key,
-                &scope,
-                &format!("{}:{}", last.created_at.timestamp_micros(), last.id),
-            ),
+            Some(last) if found.len() as u32 == limit => {
+                self.sign_cursor(&scope, last.created_at, last.id.0)
+            }
             _ => String::new(),
         };
         Ok(v1::ListRequestsResponse {
@@ -705,21 +689,7 @@ impl AppState {
             r.until,
             r.oldest_first
         );
-        let after = if r.page_token.is_empty() {
-            None
-        } else {
-            let payload = open_token(&self.page_key, &scope, &r.page_token)?;
-            let (m, id) = payload
-                .split_once(':')
-                .ok_or_else(|| ApiError::invalid("malformed page token"))?;
-            Some((
-                m.parse::<i64>()
-                    .ok()
-                    .and_then(chrono::DateTime::from_timestamp_micros)
-                    .ok_or_else(|| ApiError::invalid("malformed page token"))?,
-                Uuid::parse_str(id).map_err(|_| ApiError::invalid("malformed page token"))?,
-            ))
-        };
+        let after = self.open_cursor(&scope, &r.page_token)?;
         let q = AuditQuery {
             request_id: if r.request_id.is_empty() {
                 None
@@ -736,11 +706,7 @@ impl AppState {
         };
         let rows = store.query_audit(&q).await.map_err(EngineError::from)?;
         let next_page_token = match rows.last() {
-            Some((e, _)) if rows.len() as u32 == limit => sign_token(
-                &self.page_key,
-                &scope,
-                &format!("{}:{}", e.at.timestamp_micros(), e.id),
-            ),
+            Some((e, _)) if rows.len() as u32 == limit => self.sign_cursor(&scope, e.at, e.id),
             _ => String::new(),
         };
         let events = rows

@@ -61,6 +61,44 @@ pub struct AppState {
 
 type HmacSha256 = Hmac<Sha256>;
 
+impl AppState {
+    /// A keyset cursor `(time, id)` as a signed page token bound to `scope`.
+    pub fn sign_cursor(
+        &self,
+        scope: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        id: uuid::Uuid,
+    ) -> String {
+        sign_token(
+            &self.page_key,
+            scope,
+            &format!("{}:{id}", at.timestamp_micros()),
+        )
+    }
+
+    /// The cursor of a page token (none for an empty token); refused if it was not signed
+    /// by this server for this scope.
+    pub fn open_cursor(
+        &self,
+        scope: &str,
+        token: &str,
+    ) -> Result<Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>, ApiError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let payload = open_token(&self.page_key, scope, token)?;
+        let malformed = || ApiError::invalid("malformed page token");
+        let (micros, id) = payload.split_once(':').ok_or_else(malformed)?;
+        let at = micros
+            .parse::<i64>()
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .ok_or_else(malformed)?;
+        let id = uuid::Uuid::parse_str(id).map_err(|_| malformed())?;
+        Ok(Some((at, id)))
+    }
+}
+
 /// An opaque, tamper-evident cursor: `base64url(payload).hex(HMAC(key, scope ‖ payload))`,
 /// where the scope binds it to the query and the caller that received it.
 pub fn sign_token(key: &[u8; 32], scope: &str, payload: &str) -> String {
