@@ -89,6 +89,9 @@ pub struct SequencerState {
     tip: Option<(i64, [u8; 32], chrono::DateTime<chrono::Utc>)>,
     last_checkpoint: Option<(i64, Instant)>,
     last_sweep: Instant,
+    last_window: Instant,
+    /// (time, id) of the newest event chained: reading forward starts after it.
+    cursor: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
     last_stats: Instant,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -131,7 +134,9 @@ impl SequencerState {
     }
 
     async fn load_tip(&mut self) -> Result<(), crate::store::StoreError> {
-        self.tip = self.args.store.chain_tip().await?.map(|t| {
+        let tip = self.args.store.chain_tip().await?;
+        self.cursor = tip.as_ref().map(|t| (t.event_at, t.event_id));
+        self.tip = tip.map(|t| {
             let mut h = [0u8; 32];
             if t.hash.len() == 32 {
                 h.copy_from_slice(&t.hash);
@@ -149,20 +154,29 @@ impl SequencerState {
             return Ok(0);
         };
         let cfg = &self.args.config;
-        // One full sweep batch per interval (stragglers older than the lookback); a sweep
-        // repeated on every batch of a backlog would re-read every chained row each time.
-        let sweep = self.last_sweep.elapsed() >= cfg.full_sweep_every;
-        if sweep {
+        // Normally read forward from the newest chained event (nothing already chained is
+        // re-read). Once a second, look back over the lookback window for events that
+        // committed after later-stamped ones; once per `full_sweep_every`, over everything.
+        let full = self.last_sweep.elapsed() >= cfg.full_sweep_every;
+        if full {
             self.last_sweep = Instant::now();
         }
-        let since = match (&self.tip, sweep) {
-            (Some((_, _, at)), false) => Some(
-                *at - chrono::Duration::from_std(cfg.lookback)
-                    .unwrap_or(chrono::Duration::minutes(1)),
-            ),
-            _ => None,
+        let window = !full && self.last_window.elapsed() >= Duration::from_secs(1);
+        if window {
+            self.last_window = Instant::now();
+        }
+        let lookback =
+            chrono::Duration::from_std(cfg.lookback).unwrap_or(chrono::Duration::minutes(1));
+        let events = match (self.cursor, full, window) {
+            (Some(c), false, false) => self.args.store.unchained_after(c, cfg.batch).await?,
+            (Some((at, _)), false, true) => {
+                self.args
+                    .store
+                    .unchained_events(Some(at - lookback), cfg.batch)
+                    .await?
+            }
+            _ => self.args.store.unchained_events(None, cfg.batch).await?,
         };
-        let events = self.args.store.unchained_events(since, cfg.batch).await?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -188,6 +202,8 @@ impl SequencerState {
                     .unwrap_or_else(chrono::Utc::now);
                 let at = self.tip.map(|(_, _, t)| t.max(last_at)).unwrap_or(last_at);
                 self.tip = Some((seq, prev, at));
+                let newest = events.iter().map(|e| (e.at, e.id)).max();
+                self.cursor = self.cursor.max(newest);
                 metrics::gauge!(names::AUDIT_CHAIN_LENGTH).set(seq as f64);
                 metrics::counter!(names::AUDIT_CHAINED).increment(links.len() as u64);
                 self.stats.set_state(format!("sequencing · chain at {seq}"));
@@ -327,6 +343,8 @@ impl Actor for AuditSequencer {
             tip: None,
             last_checkpoint: None,
             last_sweep: Instant::now() - Duration::from_secs(3600),
+            last_window: Instant::now(),
+            cursor: None,
             last_stats: Instant::now() - Duration::from_secs(3600),
             ticker: Some(ticker),
         })

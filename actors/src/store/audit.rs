@@ -18,6 +18,7 @@ pub struct ChainTip {
     pub hash: Vec<u8>,
     /// Commit time of the tip's event: unchained events are looked for from a little before it.
     pub event_at: Timestamp,
+    pub event_id: Uuid,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +62,14 @@ pub trait AuditStore: Send + Sync {
     async fn unchained_events(
         &self,
         since: Option<Timestamp>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Events not in the chain yet that come strictly after `(at, id)` in (time, id) order:
+    /// the cheap way forward from the chain's newest event, skipping nothing already read.
+    async fn unchained_after(
+        &self,
+        after: (Timestamp, Uuid),
         limit: u32,
     ) -> StoreResult<Vec<AuditEvent>>;
 

@@ -44,7 +44,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl AuditStore for PgStore {
     async fn chain_tip(&self) -> StoreResult<Option<ChainTip>> {
         let row = sqlx::query(
-            "SELECT c.seq, c.hash, e.at FROM audit_chain c JOIN audit_events e ON e.id = c.event_id
+            "SELECT c.seq, c.hash, e.at, e.id FROM audit_chain c JOIN audit_events e ON e.id = c.event_id
               ORDER BY c.seq DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
@@ -55,6 +55,7 @@ impl AuditStore for PgStore {
                 seq: r.try_get("seq").map_err(db("reading the chain tip"))?,
                 hash: r.try_get("hash").map_err(db("reading the chain tip"))?,
                 event_at: r.try_get("at").map_err(db("reading the chain tip"))?,
+                event_id: r.try_get("id").map_err(db("reading the chain tip"))?,
             })
         })
         .transpose()
@@ -72,6 +73,25 @@ impl AuditStore for PgStore {
               ORDER BY e.at, e.id LIMIT $2"
         )))
         .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading unchained audit events"))?;
+        rows.iter().map(audit_event).collect()
+    }
+
+    async fn unchained_after(
+        &self,
+        after: (Timestamp, Uuid),
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events e
+              WHERE (e.at, e.id) > ($1, $2) AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
+              ORDER BY e.at, e.id LIMIT $3"
+        )))
+        .bind(after.0)
+        .bind(after.1)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await

@@ -32,7 +32,7 @@ const UNCHAINED: &str = "NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_i
 impl AuditStore for SqliteStore {
     async fn chain_tip(&self) -> StoreResult<Option<ChainTip>> {
         let row = sqlx::query(
-            "SELECT c.seq, c.hash, e.at FROM audit_chain c JOIN audit_events e ON e.id = c.event_id
+            "SELECT c.seq, c.hash, e.at, e.id FROM audit_chain c JOIN audit_events e ON e.id = c.event_id
               ORDER BY c.seq DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
@@ -44,6 +44,7 @@ impl AuditStore for SqliteStore {
                 seq: r.try_get("seq").map_err(e())?,
                 hash: r.try_get("hash").map_err(e())?,
                 event_at: from_micros(r.try_get("at").map_err(e())?)?,
+                event_id: uuid_col(&r, "id")?,
             })
         })
         .transpose()
@@ -60,6 +61,25 @@ impl AuditStore for SqliteStore {
               ORDER BY e.at, e.id LIMIT ?2"
         )))
         .bind(since.map(micros))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading unchained audit events"))?;
+        rows.iter().map(audit_event).collect()
+    }
+
+    async fn unchained_after(
+        &self,
+        after: (Timestamp, Uuid),
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events e
+              WHERE (e.at > ?1 OR (e.at = ?1 AND e.id > ?2)) AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
+              ORDER BY e.at, e.id LIMIT ?3"
+        )))
+        .bind(micros(after.0))
+        .bind(after.1.to_string())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
