@@ -78,6 +78,16 @@ impl ActorStats {
             .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
     }
 
+    /// Casts to this actor, keeping its mailbox depth: `false` when it is not running.
+    pub fn cast<M: ractor::Message>(&self, actor: &ractor::ActorRef<M>, msg: M) -> bool {
+        self.enqueued();
+        if actor.cast(msg).is_err() {
+            self.dequeued();
+            return false;
+        }
+        true
+    }
+
     pub fn mailbox(&self) -> usize {
         self.mailbox.load(Ordering::Relaxed)
     }

@@ -327,11 +327,8 @@ impl Actor for AuditSequencer {
             loop {
                 every.tick().await;
                 // One tick in the mailbox at a time: a slow database must not pile them up.
-                if stats2.mailbox() == 0 {
-                    stats2.enqueued();
-                    if me.cast(SequencerMsg::Tick).is_err() {
-                        break;
-                    }
+                if stats2.mailbox() == 0 && !stats2.cast(&me, SequencerMsg::Tick) {
+                    break;
                 }
             }
         });

@@ -57,12 +57,7 @@ struct Shared {
 
 impl Shared {
     fn send(&self, me: &ActorRef<NotifyMsg>, msg: NotifyMsg) -> bool {
-        self.stats.enqueued();
-        if me.cast(msg).is_err() {
-            self.stats.dequeued();
-            return false;
-        }
-        true
+        self.stats.cast(me, msg)
     }
 
     fn poll(&self, me: &ActorRef<NotifyMsg>) {

@@ -222,9 +222,7 @@ impl PolicyHandle {
         msg: impl FnOnce(RpcReplyPort<Result<T, EngineError>>) -> PolicyMsg,
     ) -> Result<T, EngineError> {
         let (tx, rx) = ractor::concurrency::oneshot();
-        self.stats.enqueued();
-        if self.actor.cast(msg(tx.into())).is_err() {
-            self.stats.dequeued();
+        if !self.stats.cast(&self.actor, msg(tx.into())) {
             return Err(EngineError::unavailable("the policy actor is not running"));
         }
         rx.await

@@ -231,16 +231,13 @@ impl ProviderHandle {
 
     async fn call(&self, call: Call) -> Result<Answer, ProviderError> {
         let (tx, rx) = ractor::concurrency::oneshot();
-        self.stats.enqueued();
-        if self
-            .actor
-            .cast(ProviderMsg::Call {
+        if !self.stats.cast(
+            &self.actor,
+            ProviderMsg::Call {
                 call,
                 reply: tx.into(),
-            })
-            .is_err()
-        {
-            self.stats.dequeued();
+            },
+        ) {
             return Err(ProviderError::Unavailable {
                 provider: self.name.clone(),
                 reason: "the provider actor is not running".into(),

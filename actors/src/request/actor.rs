@@ -67,12 +67,7 @@ impl Drop for RequestState {
 
 /// Sends to a request actor, keeping its mailbox depth.
 pub(crate) fn send(me: &ActorRef<RequestMsg>, stats: &ActorStats, msg: RequestMsg) -> bool {
-    stats.enqueued();
-    if me.cast(msg).is_err() {
-        stats.dequeued();
-        return false;
-    }
-    true
+    stats.cast(me, msg)
 }
 
 impl Actor for RequestActor {

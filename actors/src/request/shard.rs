@@ -257,11 +257,13 @@ impl Actor for ShardActor {
             .set_state(format!("epoch {} · {} live", st.fence.epoch, st.live.len()));
         if reason.as_deref() != Some(PASSIVATED) {
             tracing::info!(request = %id, reason = ?reason, "request actor stopped; rebuilding from the store");
-            st.stats.enqueued();
-            let _ = me.cast(ShardMsg::Rebuild {
-                id,
-                restarts: restarts + 1,
-            });
+            st.stats.cast(
+                &me,
+                ShardMsg::Rebuild {
+                    id,
+                    restarts: restarts + 1,
+                },
+            );
         }
         Ok(())
     }
@@ -271,10 +273,7 @@ fn rebuild_later(me: &ActorRef<ShardMsg>, stats: &Arc<ActorStats>, id: RequestId
     let (me, stats) = (me.clone(), stats.clone());
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        stats.enqueued();
-        if me.cast(ShardMsg::Rebuild { id, restarts }).is_err() {
-            stats.dequeued();
-        }
+        stats.cast(&me, ShardMsg::Rebuild { id, restarts });
     });
 }
 
@@ -354,9 +353,7 @@ impl ShardHandle {
         msg: impl FnOnce(RpcReplyPort<Result<Request, EngineError>>) -> ShardMsg,
     ) -> Result<Request, EngineError> {
         let (tx, rx) = ractor::concurrency::oneshot();
-        self.stats.enqueued();
-        if self.actor.cast(msg(tx.into())).is_err() {
-            self.stats.dequeued();
+        if !self.stats.cast(&self.actor, msg(tx.into())) {
             return Err(EngineError::unavailable(format!(
                 "shard {} is not running on this node",
                 self.shard
@@ -381,16 +378,13 @@ impl ShardHandle {
 
     pub async fn lookup(&self, id: RequestId) -> Option<ActorRef<RequestMsg>> {
         let (tx, rx) = ractor::concurrency::oneshot();
-        self.stats.enqueued();
-        if self
-            .actor
-            .cast(ShardMsg::Lookup {
+        if !self.stats.cast(
+            &self.actor,
+            ShardMsg::Lookup {
                 id,
                 reply: tx.into(),
-            })
-            .is_err()
-        {
-            self.stats.dequeued();
+            },
+        ) {
             return None;
         }
         rx.await.ok().flatten()

@@ -441,22 +441,7 @@ impl Store for PgStore {
         .await
         .map_err(db("loading audit events"))?;
         rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    id: r.try_get("id").map_err(db("reading an audit event"))?,
-                    at: r.try_get("at").map_err(db("reading an audit event"))?,
-                    kind: r.try_get("kind").map_err(db("reading an audit event"))?,
-                    actor: r.try_get("actor").map_err(db("reading an audit event"))?,
-                    request_id: r
-                        .try_get("request_id")
-                        .map_err(db("reading an audit event"))?,
-                    request_version: r
-                        .try_get("request_version")
-                        .map_err(db("reading an audit event"))?,
-                    node: r.try_get("node").map_err(db("reading an audit event"))?,
-                    details: r.try_get("details").map_err(db("reading an audit event"))?,
-                })
-            })
+            .map(super::postgres_audit::audit_event)
             .collect()
     }
 

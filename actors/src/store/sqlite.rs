@@ -614,22 +614,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading audit events"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    id: uuid_col(r, "id")?,
-                    at: from_micros(r.try_get("at").map_err(db("reading an audit event"))?)?,
-                    kind: r.try_get("kind").map_err(db("reading an audit event"))?,
-                    actor: r.try_get("actor").map_err(db("reading an audit event"))?,
-                    request_id: opt_uuid_col(r, "request_id")?,
-                    request_version: r
-                        .try_get("request_version")
-                        .map_err(db("reading an audit event"))?,
-                    node: r.try_get("node").map_err(db("reading an audit event"))?,
-                    details: r.try_get("details").map_err(db("reading an audit event"))?,
-                })
-            })
-            .collect()
+        rows.iter().map(super::sqlite_audit::audit_event).collect()
     }
 
     async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
