@@ -384,6 +384,7 @@ async fn query_audit(
         oldest_first: flag(&q, "oldestFirst")?,
         chain_after_seq: number(&q, "chainAfterSeq")?,
         chain_mode: flag(&q, "chainMode")?,
+        provider: text(&q, "provider"),
     };
     s.run("QueryAudit", Some(&c), None, s.query_audit(&c, m))
         .await

@@ -680,11 +680,12 @@ impl AppState {
             });
         }
         let scope = format!(
-            "{}|{}|{}|{}|{:?}|{:?}|{}|{limit}",
+            "{}|{}|{}|{}|{}|{:?}|{:?}|{}|{limit}",
             c.subject(),
             r.request_id,
             r.actor,
             r.kind,
+            r.provider,
             r.since,
             r.until,
             r.oldest_first
@@ -698,6 +699,7 @@ impl AppState {
             },
             actor: (!r.actor.is_empty()).then(|| r.actor.clone()),
             kind: (!r.kind.is_empty()).then(|| r.kind.clone()),
+            provider: (!r.provider.is_empty()).then(|| r.provider.clone()),
             since: r.since.as_ref().and_then(convert::from_ts),
             until: r.until.as_ref().and_then(convert::from_ts),
             oldest_first: r.oldest_first,

@@ -107,6 +107,8 @@ pub struct AuditQuery {
     pub request_id: Option<Uuid>,
     pub actor: Option<String>,
     pub kind: Option<String>,
+    /// Only events of requests for this provider.
+    pub provider: Option<String>,
     /// Inclusive.
     pub since: Option<Timestamp>,
     /// Exclusive.

@@ -325,6 +325,11 @@ pub(super) async fn query(
     if let Some(kind) = &q.kind {
         b.push(" AND e.kind = ").push_bind(kind);
     }
+    if let Some(provider) = &q.provider {
+        b.push(" AND e.request_id IN (SELECT id FROM requests WHERE provider = ")
+            .push_bind(provider)
+            .push(")");
+    }
     if let Some(since) = q.since {
         b.push(" AND e.at >= ").push_bind(micros(since));
     }

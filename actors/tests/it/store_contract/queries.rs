@@ -682,6 +682,22 @@ pub(super) async fn audit_queries_page_both_ways_and_filter(db: Db) {
         .unwrap();
     assert_eq!(of_request.len(), 1);
     assert_eq!(of_request[0].0.kind, "request.created");
+
+    // By provider: the events of that provider's requests, none of free events.
+    let of_provider = |p: &str| {
+        let store = db.store.clone();
+        let q = AuditQuery {
+            provider: Some(p.into()),
+            ..AuditQuery::default()
+        };
+        async move { store.query_audit(&q).await.unwrap() }
+    };
+    let mine = of_provider(&req.provider).await;
+    assert_eq!(
+        mine.iter().map(|(e, _)| e.id).collect::<Vec<_>>(),
+        of_request.iter().map(|(e, _)| e.id).collect::<Vec<_>>()
+    );
+    assert!(of_provider("no-such-provider").await.is_empty());
 }
 
 pub(super) async fn policies_read_back_with_their_creation_time(db: Db) {

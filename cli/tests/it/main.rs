@@ -1,0 +1,5 @@
+//! End-to-end tests of the `jitsudo` binary against a real jitsudod.
+
+mod dev;
+mod harness;
+mod postgres;

@@ -1,0 +1,97 @@
+//! The real `jitsudo` binary against a production-mode jitsudod: PostgreSQL, TLS with a
+//! private CA (`--ca-cert`), tokens from an OpenID issuer handed over in JITSUDO_TOKEN.
+
+use crate::harness::{Jitsudod, eventually, id, state};
+
+#[test]
+fn tls_postgres_request_approve_and_inspect() {
+    let jd = Jitsudod::postgres();
+    let (alice, bob, carol) = (jd.user("alice"), jd.user("bob"), jd.user("carol"));
+
+    // Without the CA the server's certificate is not trusted, and the error says where to look.
+    let r = alice
+        .command()
+        .args(["status"])
+        .env_remove("JITSUDO_CA_CERT")
+        .output()
+        .expect("run");
+    assert_eq!(r.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("--ca-cert"), "{stderr}");
+
+    let me = alice.json(&["whoami"]);
+    assert_eq!(me["subject"], "alice");
+
+    // Auto-approved viewer access, followed to ACTIVE.
+    let viewer = alice.json(&[
+        "request",
+        "--provider",
+        "demo",
+        "--role",
+        "viewer",
+        "--scope",
+        "demo-account",
+        "--duration",
+        "20m",
+        "--reason",
+        "look at the dashboards",
+        "--meta",
+        "team=payments",
+        "--wait",
+    ]);
+    assert_eq!(state(&viewer), "REQUEST_STATE_ACTIVE", "{viewer}");
+    assert_eq!(viewer["metadata"]["team"], "payments");
+
+    // An operator request approved by bob.
+    let op = alice.json(&[
+        "request",
+        "--provider",
+        "demo",
+        "--role",
+        "operator",
+        "--scope",
+        "demo-account",
+        "--duration",
+        "1h",
+        "--reason",
+        "restart the workers",
+    ]);
+    let rid = id(&op);
+    assert_eq!(state(&op), "REQUEST_STATE_PENDING");
+    let pending = bob.json(&["status", "--pending"]);
+    assert_eq!(pending["requests"][0]["id"], rid.as_str(), "{pending}");
+    bob.run(&["approve", &rid]).ok();
+    eventually(20, "ACTIVE after bob's approval", || {
+        (state(&alice.json(&["status", &rid])) == "REQUEST_STATE_ACTIVE").then_some(())
+    });
+
+    // The list: both requests, newest first; the table has one row each.
+    let list = alice.json(&["status", "--limit", "1"]);
+    assert_eq!(list["requests"][0]["id"], rid.as_str());
+    let token = list["nextPageToken"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let next = alice.json(&["status", "--limit", "1", "--page-token", &token]);
+    assert_eq!(next["requests"][0]["id"], id(&viewer).as_str());
+    let table = alice.run(&["status", "--state", "active"]).ok().stdout;
+    assert_eq!(table.lines().count(), 3, "header and two rows: {table}");
+
+    let r = alice
+        .run(&[
+            "exec",
+            &rid,
+            "--",
+            "sh",
+            "-c",
+            "test \"$JITSUDO_ROLE\" = operator",
+        ])
+        .ok();
+    assert!(r.stdout.is_empty());
+
+    let tree = carol.run(&["server", "actors"]).ok().stdout;
+    assert!(tree.starts_with("node cli-it"), "{tree}");
+    let status = carol.json(&["server", "status"]);
+    assert_eq!(status["store"], "postgres", "{status}");
+    carol.run(&["audit", "verify"]).ok();
+}
