@@ -692,7 +692,7 @@ pub(super) async fn audit_queries_page_both_ways_and_filter(db: Db) {
         };
         async move { store.query_audit(&q).await.unwrap() }
     };
-    let mine = of_provider(&req.provider).await;
+    let mine = of_provider(&req.spec.provider).await;
     assert_eq!(
         mine.iter().map(|(e, _)| e.id).collect::<Vec<_>>(),
         of_request.iter().map(|(e, _)| e.id).collect::<Vec<_>>()
