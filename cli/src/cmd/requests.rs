@@ -311,17 +311,17 @@ pub fn request_details(out: &Out, r: &v1::Request) -> String {
     rows.push(("Metadata", meta));
     let mut text = details(&rows);
     for a in &r.approvals {
-        text.push_str(&format!(
-            "\n  approved by {} ({}) at {}{}",
-            a.approver,
-            a.kind,
-            local_time(&a.at),
-            if a.comment.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", a.comment)
-            }
-        ));
+        let who = match a.kind.as_str() {
+            "policy" => "auto-approved by policy".to_owned(),
+            "break_glass" => format!("break-glass by {}", a.approver),
+            _ => format!("approved by {}", a.approver),
+        };
+        let comment = if a.comment.is_empty() || a.kind == "policy" {
+            String::new()
+        } else {
+            format!(": {}", a.comment)
+        };
+        text.push_str(&format!("\n  {who} at {}{comment}", local_time(&a.at)));
     }
     for e in &r.extensions {
         text.push_str(&format!(

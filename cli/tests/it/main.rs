@@ -3,3 +3,4 @@
 mod dev;
 mod harness;
 mod postgres;
+mod snapshots;
