@@ -110,6 +110,9 @@ pub struct StoredToken {
     /// Unix seconds; from the token response or the JWT's `exp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// The access token's lifetime in seconds when it was issued (sets the refresh margin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<i64>,
     /// How it was obtained: "dev" or "oidc".
     pub method: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

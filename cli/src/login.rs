@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::StoredToken;
 use crate::error::{CliError, CliResult, Exit};
 
-/// Refresh when the access token has less than this left.
+/// Refresh when the access token has less than this left (or a quarter of its lifetime,
+/// for short-lived tokens).
 const REFRESH_MARGIN_SECONDS: i64 = 30;
 
 const DEFAULT_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
@@ -162,8 +163,10 @@ pub async fn device_login(
             )
         })?;
     let access_token = token.access_token().secret().to_owned();
+    let (expires_at, lifetime) = expiry(&access_token, token.expires_in());
     Ok(StoredToken {
-        expires_at: expiry(&access_token, token.expires_in()),
+        expires_at,
+        lifetime,
         access_token,
         refresh_token: token.refresh_token().map(|r| r.secret().to_owned()),
         method: "oidc".into(),
@@ -214,8 +217,10 @@ pub async fn refresh(stored: &StoredToken) -> CliResult<StoredToken> {
             )
         })?;
     let access_token = token.access_token().secret().to_owned();
+    let (expires_at, lifetime) = expiry(&access_token, token.expires_in());
     Ok(StoredToken {
-        expires_at: expiry(&access_token, token.expires_in()),
+        expires_at,
+        lifetime,
         access_token,
         refresh_token: token
             .refresh_token()
@@ -275,11 +280,13 @@ pub async fn dev_login(server: &reqwest::Url, user: &str) -> CliResult<StoredTok
     }
     let token: DevTokenResponse = serde_json::from_str(&text)
         .map_err(|e| CliError::failure(format!("the dev issuer answered nonsense: {e}")))?;
+    let (expires_at, lifetime) = expiry(
+        &token.access_token,
+        token.expires_in.map(Duration::from_secs),
+    );
     Ok(StoredToken {
-        expires_at: expiry(
-            &token.access_token,
-            token.expires_in.map(Duration::from_secs),
-        ),
+        expires_at,
+        lifetime,
         access_token: token.access_token,
         refresh_token: None,
         method: "dev".into(),
@@ -288,13 +295,18 @@ pub async fn dev_login(server: &reqwest::Url, user: &str) -> CliResult<StoredTok
     })
 }
 
-/// The access token's expiry: from `expires_in`, else from the JWT's `exp` (read, not
-/// verified — the server verifies; this only decides when to refresh).
-fn expiry(access_token: &str, expires_in: Option<Duration>) -> Option<i64> {
+/// The access token's expiry and lifetime: from `expires_in`, else from the JWT's `exp`
+/// and `iat` (read, not verified — the server verifies; this only decides when to refresh).
+fn expiry(access_token: &str, expires_in: Option<Duration>) -> (Option<i64>, Option<i64>) {
+    let now = chrono::Utc::now().timestamp();
     if let Some(d) = expires_in {
-        return Some(chrono::Utc::now().timestamp() + d.as_secs() as i64);
+        let secs = d.as_secs() as i64;
+        return (Some(now + secs), Some(secs));
     }
-    jwt_claims(access_token)?.get("exp")?.as_i64()
+    let claims = jwt_claims(access_token);
+    let exp = claims.as_ref().and_then(|c| c.get("exp")?.as_i64());
+    let iat = claims.as_ref().and_then(|c| c.get("iat")?.as_i64());
+    (exp, exp.zip(iat).map(|(e, i)| e - i))
 }
 
 /// The unverified claims of a JWT (display and refresh decisions only).
@@ -308,8 +320,11 @@ pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
 
 /// True when the token expires within the refresh margin.
 pub fn needs_refresh(t: &StoredToken) -> bool {
+    let margin = t.lifetime.map_or(REFRESH_MARGIN_SECONDS, |l| {
+        (l / 4).min(REFRESH_MARGIN_SECONDS)
+    });
     t.expires_at
-        .is_some_and(|exp| exp - chrono::Utc::now().timestamp() < REFRESH_MARGIN_SECONDS)
+        .is_some_and(|exp| exp - chrono::Utc::now().timestamp() < margin)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

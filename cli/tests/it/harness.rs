@@ -60,7 +60,14 @@ impl Jitsudod {
     /// A production-mode jitsudod: PostgreSQL, TLS with its own CA, an OpenID issuer on
     /// another port, the demo provider and the example policies.
     pub fn postgres() -> Jitsudod {
+        Self::postgres_with_issuer(None)
+    }
+
+    /// As [`Jitsudod::postgres`]; with `Some(url)`, tokens come from that OpenID provider
+    /// (audience `jitsudo`) instead of the built-in test issuer.
+    pub fn postgres_with_issuer(external_issuer: Option<String>) -> Jitsudod {
         init();
+        let external = external_issuer.is_some();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         let certs = jitsudo_api::certs::generate(
@@ -71,13 +78,14 @@ impl Jitsudod {
         .expect("test certificates");
         let ca = certs.ca_cert.clone();
         let (issuer_tx, issuer_rx) = std::sync::mpsc::channel();
-        let mut jd = Self::spawn(dir, Some(ca), Some(issuer_tx), move || {
+        let issuer_tx = (!external).then_some(issuer_tx);
+        let mut jd = Self::spawn(dir, Some(ca), issuer_tx, move || {
             Box::pin(async move {
                 let db = jitsudo_testkit::postgres().await;
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind the issuer");
-                let issuer_url = format!(
+                let test_issuer_url = format!(
                     "http://{}{}",
                     listener.local_addr().expect("issuer address"),
                     DevIssuer::MOUNT_PATH
@@ -85,12 +93,14 @@ impl Jitsudod {
                 let issuer_dir = root.join("issuer");
                 std::fs::create_dir_all(&issuer_dir).expect("issuer dir");
                 let issuer = Arc::new(
-                    DevIssuer::load_or_create(&issuer_dir, &issuer_url, AUDIENCE).expect("issuer"),
+                    DevIssuer::load_or_create(&issuer_dir, &test_issuer_url, AUDIENCE)
+                        .expect("issuer"),
                 );
                 let app = axum::Router::new().nest(DevIssuer::MOUNT_PATH, issuer.clone().router());
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app).await;
                 });
+                let issuer_url = external_issuer.unwrap_or(test_issuer_url);
                 let audit_key = root.join("audit-signing-key.pem");
                 jitsudo_actors::audit::generate_signing_key(&audit_key).expect("audit key");
                 let mut config = Config::default();
@@ -103,6 +113,10 @@ impl Jitsudod {
                 config.node.shards = 4;
                 config.auth.issuer = issuer_url;
                 config.auth.audience = AUDIENCE.into();
+                if external {
+                    // Expired means expired: the refresh test checks the old token is refused.
+                    config.auth.leeway_seconds = 0;
+                }
                 config.audit.signing_key = Some(audit_key);
                 config.audit.checkpoint_every = 5;
                 config.audit.checkpoint_interval_seconds = 1;
@@ -128,11 +142,13 @@ impl Jitsudod {
                 (server, Some((issuer, db)))
             })
         });
-        jd.issuer = Some(
-            issuer_rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the issuer starts"),
-        );
+        if !external {
+            jd.issuer = Some(
+                issuer_rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .expect("the issuer starts"),
+            );
+        }
         jd
     }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `jitsudo` binary against a real jitsudod.
 
 mod dev;
+mod device_flow;
 mod harness;
 mod postgres;
 mod snapshots;
