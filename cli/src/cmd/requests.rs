@@ -412,10 +412,18 @@ async fn follow(
         pb.enable_steady_tick(Duration::from_millis(120));
         pb
     });
-    let show = |r: &v1::Request| match &spinner {
-        Some(pb) => pb.set_message(progress(r)),
-        None if !print_events => out.note(progress(r)),
-        None => {}
+    // Without a terminal: one line per change of the status line, never the same twice.
+    let last_line = std::cell::RefCell::new(String::new());
+    let show = |r: &v1::Request| {
+        let line = progress(r);
+        match &spinner {
+            Some(pb) => pb.set_message(line),
+            None if !print_events && *last_line.borrow() != line => {
+                out.note(&line);
+                *last_line.borrow_mut() = line;
+            }
+            None => {}
+        }
     };
     let mut current = start;
     let mut version = if print_events { 0 } else { current.version };
@@ -510,8 +518,6 @@ async fn follow(
     }
     if let Some(pb) = &spinner {
         pb.finish_and_clear();
-    }
-    if !print_events {
         out.note(progress(&current));
     }
     Ok(current)

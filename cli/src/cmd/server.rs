@@ -107,15 +107,37 @@ pub async fn server(app: &App, c: ServerCommand) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The node, then its actors grouped by kind, as a tree.
+/// The order kinds are shown in: the node's supervision tree, top down.
+const KIND_ORDER: [&str; 7] = [
+    "node",
+    "policy",
+    "provider",
+    "audit_sequencer",
+    "notifier",
+    "shard",
+    "request",
+];
+
+/// Groups this large or larger of quiet actors (same state, empty mailbox, no restarts)
+/// are folded into one line.
+const FOLD_AT: usize = 4;
+
+/// The node, then its actors by kind, as a tree. Quiet look-alikes (64 idle shards) fold
+/// into one line; JSON output always has every actor.
 pub fn actor_tree(r: &v1::ListActorsResponse) -> String {
-    let mut by_kind: BTreeMap<&str, Vec<&v1::ActorSnapshot>> = BTreeMap::new();
+    let mut by_kind: BTreeMap<(usize, &str), Vec<&v1::ActorSnapshot>> = BTreeMap::new();
     for a in &r.actors {
-        by_kind.entry(a.kind.as_str()).or_default().push(a);
+        let rank = KIND_ORDER
+            .iter()
+            .position(|k| *k == a.kind)
+            .unwrap_or(KIND_ORDER.len());
+        by_kind.entry((rank, a.kind.as_str())).or_default().push(a);
     }
+    let id_width = r.actors.iter().map(|a| a.id.len()).max().unwrap_or(0);
+    let state_width = r.actors.iter().map(|a| a.state.len()).max().unwrap_or(0);
     let mut lines = vec![format!("node {} ({} actors)", r.node, r.actors.len())];
     let kinds = by_kind.len();
-    for (i, (kind, actors)) in by_kind.into_iter().enumerate() {
+    for (i, ((_, kind), mut actors)) in by_kind.into_iter().enumerate() {
         let last_kind = i + 1 == kinds;
         lines.push(format!(
             "{} {kind} ({})",
@@ -123,17 +145,121 @@ pub fn actor_tree(r: &v1::ListActorsResponse) -> String {
             actors.len()
         ));
         let stem = if last_kind { "   " } else { "│  " };
-        let n = actors.len();
-        for (j, a) in actors.into_iter().enumerate() {
+        actors.sort_by(|a, b| natural(&a.id).cmp(&natural(&b.id)));
+        // Fold quiet look-alikes; keep everything else one line per actor.
+        let mut quiet: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for a in &actors {
+            if a.mailbox == 0 && a.restarts == 0 {
+                quiet
+                    .entry(a.state.as_str())
+                    .or_default()
+                    .push(a.id.as_str());
+            }
+        }
+        let mut rows: Vec<String> = Vec::new();
+        let mut folded: Vec<&str> = Vec::new();
+        for a in &actors {
+            let group = quiet.get(a.state.as_str()).filter(|g| g.len() >= FOLD_AT);
+            match group {
+                Some(ids) if a.mailbox == 0 && a.restarts == 0 => {
+                    if !folded.contains(&a.state.as_str()) {
+                        folded.push(a.state.as_str());
+                        rows.push(format!(
+                            "{:<id_width$} {:<state_width$} mailbox 0    restarts 0",
+                            format!("{} × ({})", ids.len(), id_ranges(ids)),
+                            a.state
+                        ));
+                    }
+                }
+                _ => rows.push(format!(
+                    "{:<id_width$} {:<state_width$} mailbox {:<4} restarts {}",
+                    a.id, a.state, a.mailbox, a.restarts
+                )),
+            }
+        }
+        let n = rows.len();
+        for (j, row) in rows.into_iter().enumerate() {
             lines.push(format!(
-                "{stem}{} {:<38} {:<10} mailbox {:<4} restarts {}",
+                "{stem}{} {}",
                 if j + 1 == n { "└─" } else { "├─" },
-                a.id,
-                a.state,
-                a.mailbox,
-                a.restarts
+                row.trim_end()
             ));
         }
     }
     lines.join("\n")
+}
+
+/// Sorts "2" before "10".
+fn natural(id: &str) -> (u8, u64, &str) {
+    match id.parse::<u64>() {
+        Ok(n) => (0, n, id),
+        Err(_) => (1, 0, id),
+    }
+}
+
+/// `0-61, 63` for numeric ids, else the first three and a count.
+fn id_ranges(ids: &[&str]) -> String {
+    let nums: Option<Vec<u64>> = ids.iter().map(|i| i.parse().ok()).collect();
+    let Some(mut nums) = nums else {
+        let shown = ids.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+        return if ids.len() > 3 {
+            format!("{shown}, …")
+        } else {
+            shown
+        };
+    };
+    nums.sort_unstable();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < nums.len() {
+        let start = nums[i];
+        let mut end = start;
+        while i + 1 < nums.len() && nums[i + 1] == end + 1 {
+            i += 1;
+            end = nums[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(kind: &str, id: &str, state: &str, mailbox: u64) -> v1::ActorSnapshot {
+        v1::ActorSnapshot {
+            kind: kind.into(),
+            id: id.into(),
+            state: state.into(),
+            mailbox,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quiet_look_alikes_fold_and_busy_actors_stay_visible() {
+        let mut actors: Vec<_> = (0..6)
+            .map(|i| actor("shard", &i.to_string(), "idle", 0))
+            .collect();
+        actors.push(actor("shard", "6", "idle", 3));
+        actors.push(actor("node", "n1", "7 leases", 0));
+        let tree = actor_tree(&v1::ListActorsResponse {
+            node: "n1".into(),
+            actors,
+        });
+        let lines: Vec<&str> = tree.lines().collect();
+        assert_eq!(lines[0], "node n1 (8 actors)");
+        assert!(lines[1].starts_with("├─ node (1)"), "{tree}");
+        assert!(lines[3].starts_with("└─ shard (7)"), "{tree}");
+        assert!(lines[4].contains("6 × (0-5)"), "{tree}");
+        assert!(lines[5].contains("mailbox 3"), "{tree}");
+        assert_eq!(lines.len(), 6, "{tree}");
+        assert_eq!(id_ranges(&["0", "1", "2", "5", "7", "8"]), "0-2, 5, 7-8");
+    }
 }

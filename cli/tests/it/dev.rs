@@ -216,10 +216,28 @@ fn deny_cancel_and_wait_on_a_refusal() {
     bob.login_dev();
 
     let rid = id(&alice.json(OPERATOR));
+    // alice follows her request; every stored version is a line, until it ends.
+    let watcher = alice
+        .command()
+        .args(["status", &rid, "--watch", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn status --watch");
     let r = bob.run(&["deny", &rid]).fails(2);
     assert!(r.stderr.contains("--reason"), "{}", r.stderr);
     let denied = bob.json(&["deny", &rid, "--reason", "use the runbook"]);
     assert_eq!(state(&denied), "REQUEST_STATE_REJECTED", "{denied}");
+    let watched = watcher.wait_with_output().expect("status --watch ends");
+    assert!(watched.status.success());
+    let lines = String::from_utf8_lossy(&watched.stderr).into_owned();
+    assert!(lines.contains("v1  PENDING"), "{lines}");
+    assert!(
+        lines.contains("REJECTED   request.denied by bob"),
+        "{lines}"
+    );
+    let last: serde_json::Value = serde_json::from_slice(&watched.stdout).expect("JSON");
+    assert_eq!(state(&last), "REQUEST_STATE_REJECTED");
     let r = alice.run(&["status", &rid]).ok();
     assert!(r.stdout.contains("REJECTED"), "{}", r.stdout);
 
