@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // Credentials carry live secrets: their Debug is written by hand and redacts values.
+    config.skip_debug([".jitsudo.v1.Credentials"]);
     let include = protoc_bin_vendored::include_path()?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor = out.join("jitsudo_v1_descriptor.bin");

@@ -39,6 +39,10 @@ pub struct EngineConfig {
     pub max_mailbox: usize,
     /// How long a caller waits for an actor's answer.
     pub call_timeout: Duration,
+    /// After a break-glass request, the same requester gets no other for this long.
+    pub break_glass_cooldown: Duration,
+    /// Requests of one requester that are not yet final, at most.
+    pub max_live_per_requester: i64,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,8 @@ impl Default for EngineConfig {
             admin_groups: vec!["jitsudo-admins".into()],
             max_mailbox: 1000,
             call_timeout: Duration::from_secs(30),
+            break_glass_cooldown: Duration::from_secs(15 * 60),
+            max_live_per_requester: 25,
         }
     }
 }

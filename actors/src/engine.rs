@@ -267,6 +267,8 @@ impl Engine {
             now,
             ctx.rules(),
         )?;
+        self.check_requester_limits(&subject, tr.next.spec.break_glass, now)
+            .await?;
         provider
             .validate(probe)
             .await
@@ -378,6 +380,32 @@ impl Engine {
         Ok(creds)
     }
 
+    /// A cap on one requester's open requests, and the break-glass cooldown. Checked before
+    /// the create's commit (two creates racing each other can both pass; each is audited).
+    async fn check_requester_limits(
+        &self,
+        requester: &str,
+        break_glass: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), EngineError> {
+        let cfg = &self.ctx.config;
+        let (live, last_break_glass) = self.ctx.store.requester_summary(requester).await?;
+        if live >= cfg.max_live_per_requester {
+            return Err(Refusal::TooManyLive { live }.into());
+        }
+        if break_glass
+            && let Some(last) = last_break_glass
+            && let Ok(cooldown) = chrono::Duration::from_std(cfg.break_glass_cooldown)
+            && now < last + cooldown
+        {
+            return Err(Refusal::BreakGlassCooldown {
+                until: last + cooldown,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// Sets a principal's trust tier, audited with `by` as the actor. Nobody changes their
     /// own tier; whether `by` may manage principals at all is the caller's check.
     pub async fn set_trust_tier(
@@ -389,9 +417,16 @@ impl Engine {
     ) -> Result<PrincipalRecord, EngineError> {
         check_text("subject", subject, Limits::SUBJECT, true)?;
         check_text("reason", reason, Limits::REASON, false)?;
+        // The target's verified email as last seen on its tokens: an admin's second login
+        // with the same verified email is the admin.
         let target = PersonRef {
             subject: subject.to_owned(),
-            verified_email: None,
+            verified_email: self
+                .ctx
+                .store
+                .verified_email_of(subject)
+                .await?
+                .map(|e| e.to_lowercase()),
         };
         if same_person(&by.person(), &target) {
             return Err(EngineError::SelfBenefit { what: "trust tier" });

@@ -53,6 +53,22 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     /// HMAC key for page tokens (a file); generated per process when unset.
     pub page_token_key_file: Option<PathBuf>,
+    /// Client certificates that authenticate bots (mutual TLS): a call that carries no
+    /// bearer token but a client certificate valid for `san` is made as `subject`.
+    pub client_principals: Vec<ClientPrincipal>,
+}
+
+/// One bot identity proved by a client certificate.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPrincipal {
+    /// A DNS name the certificate must be valid for (its subjectAltName).
+    pub san: String,
+    /// The principal's subject, e.g. `bot:deployer`.
+    pub subject: String,
+    /// The bot's groups (admin and auditor groups count as for people).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +82,7 @@ impl Default for ServerConfig {
             insecure_plaintext: false,
             shutdown_grace_seconds: 10,
             page_token_key_file: None,
+            client_principals: Vec::new(),
         }
     }
 }
@@ -117,6 +134,9 @@ pub struct AuthSection {
     pub id_token_client_id: Option<String>,
     /// PEM bundle to trust the issuer's TLS certificate.
     pub issuer_ca: Option<PathBuf>,
+    /// Accept only tokens marked `typ: at+jwt` (RFC 9068); set it when your issuer marks
+    /// its access tokens so, and an ID token can never pass as one.
+    pub require_at_jwt: bool,
 }
 
 impl Default for AuthSection {
@@ -130,6 +150,7 @@ impl Default for AuthSection {
             groups_claim: "groups".into(),
             id_token_client_id: None,
             issuer_ca: None,
+            require_at_jwt: false,
         }
     }
 }
@@ -176,6 +197,10 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Largest page a list call returns.
     pub max_page_size: u32,
+    /// After a break-glass request, the same person gets no other for this long.
+    pub break_glass_cooldown_seconds: u64,
+    /// Open (not yet final) requests one person may have at once.
+    pub max_live_requests_per_principal: i64,
 }
 
 impl Default for LimitsConfig {
@@ -183,6 +208,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_message_bytes: 1 << 20,
             max_page_size: 500,
+            break_glass_cooldown_seconds: 15 * 60,
+            max_live_requests_per_principal: 25,
         }
     }
 }

@@ -104,6 +104,7 @@ fn refusal_code(r: &Refusal) -> Code {
         | Refusal::NotRequester
         | Refusal::NotAllowedToRevoke => Code::PermissionDenied,
         Refusal::AlreadyApproved | Refusal::Duplicate => Code::AlreadyExists,
+        Refusal::TooManyLive { .. } => Code::ResourceExhausted,
         _ => Code::FailedPrecondition,
     }
 }

@@ -13,6 +13,7 @@ use jitsudo_proto::v1;
 use tonic::Code;
 use uuid::Uuid;
 
+use crate::config::ClientPrincipal;
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
@@ -50,20 +51,39 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 
 impl AppState {
     /// Authenticates a call and builds its caller (groups decide admin and auditor).
-    pub async fn caller(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
-        let header = authorization.ok_or_else(|| {
-            ApiError::unauthenticated("missing Authorization header: send `Authorization: Bearer <access token>` (jitsudo login)")
-        })?;
-        let id = self.auth.authenticate(header).await.map_err(|e| match e {
-            // The identity provider being down is not the caller's fault: retryable.
-            crate::auth::AuthError::KeysUnavailable { .. } => ApiError::unavailable(e.to_string()),
-            e => ApiError::unauthenticated(e.to_string()),
-        })?;
-        let trust_tier = match self.engine.store().get_principal(&id.subject).await {
+    ///
+    /// A bearer token decides who calls. Without one, a client certificate mapped to a bot
+    /// (`server.client_principals`, verified in the TLS handshake) does.
+    pub async fn caller(
+        &self,
+        authorization: Option<&str>,
+        bot: Option<&ClientPrincipal>,
+    ) -> Result<Caller, ApiError> {
+        let (subject, email, email_verified, groups) = match (authorization, bot) {
+            (Some(header), _) => {
+                let id = self.auth.authenticate(header).await.map_err(|e| match e {
+                    // The identity provider being down is not the caller's fault: retryable.
+                    crate::auth::AuthError::KeysUnavailable { .. } => {
+                        ApiError::unavailable(e.to_string())
+                    }
+                    e => ApiError::unauthenticated(e.to_string()),
+                })?;
+                if let (Some(email), true) = (&id.email, id.email_verified) {
+                    self.note_identity(&id.subject, email).await?;
+                }
+                (id.subject, id.email, id.email_verified, id.groups)
+            }
+            (None, Some(b)) => (b.subject.clone(), None, false, b.groups.clone()),
+            (None, None) => {
+                return Err(ApiError::unauthenticated(
+                    "missing Authorization header: send `Authorization: Bearer <access token>` (jitsudo login)",
+                ));
+            }
+        };
+        let trust_tier = match self.engine.store().get_principal(&subject).await {
             Ok(p) => p.map(|p| p.trust_tier).unwrap_or(0),
             Err(e) => return Err(EngineError::from(e).into()),
         };
-        let groups = id.groups;
         let admin = groups
             .iter()
             .any(|g| self.config.authz.admin_groups.contains(g));
@@ -72,15 +92,40 @@ impl AppState {
             .any(|g| self.config.authz.auditor_groups.contains(g));
         Ok(Caller {
             principal: Principal {
-                subject: id.subject,
-                email: id.email,
-                email_verified: id.email_verified,
+                subject,
+                email,
+                email_verified,
                 groups,
                 trust_tier,
             },
             admin,
             auditor,
         })
+    }
+
+    /// Remembers the verified email of a subject, so that "same person" checks about this
+    /// subject (when someone else names it) see it. One store write per change, not per call.
+    async fn note_identity(&self, subject: &str, email: &str) -> Result<(), ApiError> {
+        let known = self
+            .identities
+            .lock()
+            .map(|m| m.get(subject).is_some_and(|e| e == email))
+            .unwrap_or(false);
+        if known {
+            return Ok(());
+        }
+        self.engine
+            .store()
+            .note_identity(subject, email)
+            .await
+            .map_err(EngineError::from)?;
+        if let Ok(mut m) = self.identities.lock() {
+            if m.len() > 100_000 {
+                m.clear();
+            }
+            m.insert(subject.to_owned(), email.to_owned());
+        }
+        Ok(())
     }
 
     /// Runs one RPC: records latency and code, and audits authorization refusals (with a

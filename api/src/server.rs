@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -29,9 +29,10 @@ use jitsudo_providers::{Provider, Registry};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::Layer as _;
 
 use crate::auth::{AuthConfig, Authenticator, DevIssuer};
-use crate::config::Config;
+use crate::config::{ClientPrincipal, Config};
 use crate::error::ApiError;
 use crate::grpc::Api;
 use crate::state::AppState;
@@ -94,6 +95,17 @@ impl Server {
                  or pass --insecure-plaintext to serve without TLS (never in production)"
             ),
         };
+        if tls.is_none() && config.server.client_auth != "off" {
+            anyhow::bail!(
+                "server.client_auth = {:?} needs TLS (server.tls_cert and server.tls_key): client certificates cannot be checked on a plaintext listener",
+                config.server.client_auth
+            );
+        }
+        if !config.server.client_principals.is_empty() && config.server.client_auth == "off" {
+            anyhow::bail!(
+                "server.client_principals map client certificates to bots, but server.client_auth is off: set it to optional or require"
+            );
+        }
         if tls.is_none() && !dev_mode {
             tracing::warn!(
                 "serving WITHOUT TLS (--insecure-plaintext): tokens and credentials cross the network in clear text"
@@ -178,6 +190,8 @@ impl Server {
                 ..AuditConfig::default()
             }),
             admin_groups: config.authz.admin_groups.clone(),
+            break_glass_cooldown: Duration::from_secs(config.limits.break_glass_cooldown_seconds),
+            max_live_per_requester: config.limits.max_live_requests_per_principal.max(1),
             ..EngineConfig::default()
         };
         let engine = Engine::start(engine_config, store, registry).await?;
@@ -209,6 +223,7 @@ impl Server {
             metrics: metrics_handle(),
             ready: AtomicBool::new(false),
             denials: Mutex::new(Default::default()),
+            identities: Mutex::new(Default::default()),
         });
         let router = router(state.clone(), dev.map(|d| d.issuer)).await?;
         state.ready.store(true, Ordering::Relaxed);
@@ -241,6 +256,7 @@ impl Server {
             grace,
         } = self;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let principals = Arc::new(state.config.server.client_principals.clone());
         tokio::pin!(shutdown);
         loop {
             let (tcp, _peer) = tokio::select! {
@@ -255,9 +271,10 @@ impl Server {
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let svc = TowerToHyperService::new(router.clone());
             let watcher = graceful.watcher();
             let tls = tls.clone();
+            let router = router.clone();
+            let principals = principals.clone();
             tokio::spawn(async move {
                 let builder = auto::Builder::new(TokioExecutor::new());
                 match tls {
@@ -268,11 +285,24 @@ impl Server {
                         else {
                             return;
                         };
+                        // The certificate was verified in the handshake; which bot it
+                        // proves travels with every request of this connection.
+                        let cert = ClientCert(
+                            stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|der| client_principal(&principals, der)),
+                        );
+                        let svc = TowerToHyperService::new(Extension(cert).layer(router));
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
                     None => {
+                        let svc =
+                            TowerToHyperService::new(Extension(ClientCert(None)).layer(router));
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
@@ -326,6 +356,7 @@ fn auth_config(
     cfg.leeway = Duration::from_secs(config.auth.leeway_seconds);
     cfg.groups_claim = config.auth.groups_claim.clone();
     cfg.id_token_client_id = config.auth.id_token_client_id.clone();
+    cfg.require_at_jwt = config.auth.require_at_jwt;
     if !config.auth.algorithms.is_empty() {
         cfg.algorithms = config
             .auth
@@ -378,7 +409,11 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match state.caller(header.as_deref()).await {
+    let bot = req
+        .extensions()
+        .get::<ClientCert>()
+        .and_then(|c| c.0.clone());
+    match state.caller(header.as_deref(), bot.as_deref()).await {
         Ok(c) => {
             req.extensions_mut().insert(c);
             next.run(req).await
@@ -498,4 +533,23 @@ async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {
 /// Where dev mode keeps its database, keys and issuer key.
 pub fn dev_data_dir(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(|| PathBuf::from(".jitsudo-dev"))
+}
+
+/// The bot a connection's client certificate proves, if any.
+#[derive(Clone, Debug)]
+pub struct ClientCert(pub Option<Arc<ClientPrincipal>>);
+
+/// The configured principal whose `san` the (already verified) certificate is valid for.
+fn client_principal(
+    principals: &[ClientPrincipal],
+    der: &rustls::pki_types::CertificateDer<'_>,
+) -> Option<Arc<ClientPrincipal>> {
+    let cert = webpki::EndEntityCert::try_from(der).ok()?;
+    principals
+        .iter()
+        .find(|p| {
+            rustls::pki_types::ServerName::try_from(p.san.as_str())
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        })
+        .map(|p| Arc::new(p.clone()))
 }

@@ -57,6 +57,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Authorization refusals audited per actor in the current minute (flood control).
     pub denials: Mutex<HashMap<String, (i64, u32)>>,
+    /// Verified emails already recorded per subject (the store is written only on change).
+    pub identities: Mutex<HashMap<String, String>>,
 }
 
 type HmacSha256 = Hmac<Sha256>;

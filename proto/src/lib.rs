@@ -11,6 +11,37 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/jitsudo.v1.serde.rs"));
 }
 
+impl std::fmt::Debug for v1::Credentials {
+    /// Names the variables, never their values: credentials must not reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.env.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Credentials")
+            .field("env", &format_args!("{names:?} (values redacted)"))
+            .field("expires_at", &self.expires_at)
+            .field("notice", &self.notice)
+            .finish()
+    }
+}
+
 /// The encoded `FileDescriptorSet` of jitsudo.v1 (for gRPC reflection and compatibility checks).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/jitsudo_v1_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_debug_names_variables_but_never_values() {
+        let c = super::v1::Credentials {
+            env: [(
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                "wJalrXUtnFEMI-secret".to_owned(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("AWS_SECRET_ACCESS_KEY"), "{shown}");
+        assert!(!shown.contains("wJalrXUtnFEMI-secret"), "{shown}");
+    }
+}

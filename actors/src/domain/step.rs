@@ -184,6 +184,14 @@ pub enum Refusal {
     TimerEarly { deadline: Timestamp },
     #[error("this outcome was already recorded")]
     Duplicate,
+    #[error(
+        "break-glass is on cooldown for this person until {until} (one emergency at a time; ask an approver for normal access meanwhile)"
+    )]
+    BreakGlassCooldown { until: Timestamp },
+    #[error(
+        "{live} of your requests are still open, the most allowed; cancel or finish some first"
+    )]
+    TooManyLive { live: i64 },
 }
 
 /// Outbox notices a transition enqueues in its own commit.
@@ -204,6 +212,8 @@ pub enum NoticeKind {
     Extended,
     ExtensionDenied,
     ExtensionFailed,
+    /// A request was auto-approved by a policy its requester wrote.
+    SelfBenefit,
 }
 
 impl NoticeKind {
@@ -224,6 +234,7 @@ impl NoticeKind {
             NoticeKind::Extended => "extension.active",
             NoticeKind::ExtensionDenied => "extension.denied",
             NoticeKind::ExtensionFailed => "extension.failed",
+            NoticeKind::SelfBenefit => "alert.self_benefit",
         }
     }
 }
@@ -413,6 +424,22 @@ pub fn create(
         req.approval_deadline = Some(now + timeout);
         if req.decision.auto_approve {
             effects.push(Effect::Followup(Event::AutoApprove));
+            // Admin self-benefit: a policy the requester wrote approves their own request.
+            // It still goes through (the policy says so), but never quietly.
+            let own: Vec<String> = req
+                .decision
+                .policies
+                .iter()
+                .filter(|p| p.author == req.requester.subject)
+                .map(|p| format!("{}@{}", p.name, p.version))
+                .collect();
+            if !own.is_empty() {
+                notices.push(notice(
+                    NoticeKind::SelfBenefit,
+                    &req,
+                    json!({ "policies": own, "requester": req.requester.subject }),
+                ));
+            }
         } else {
             notices.push(notice(
                 NoticeKind::ApprovalNeeded,
@@ -435,8 +462,12 @@ pub fn create(
         "ticket": req.spec.ticket,
         "break_glass": req.spec.break_glass,
         "policy_version": req.decision.policy_version,
+        "policies": req.decision.policies,
         "approvals_required": req.decision.approvals_required,
         "auto_approve": req.decision.auto_approve,
+        "self_benefit": notices.iter().any(|n| n.kind == NoticeKind::SelfBenefit),
+        "review_required": req.spec.break_glass
+            || notices.iter().any(|n| n.kind == NoticeKind::SelfBenefit),
     });
     Ok(Transition {
         next: req,

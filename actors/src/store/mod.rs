@@ -293,6 +293,16 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
 
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>>;
 
+    /// How many of `requester`'s requests are not final, and when their last break-glass
+    /// request was created.
+    async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)>;
+
+    /// Records the verified email `subject`'s token carried (written only when it changed).
+    async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()>;
+
+    /// The verified email last seen for `subject`, if any.
+    async fn verified_email_of(&self, subject: &str) -> StoreResult<Option<String>>;
+
     /// Sets a principal's trust tier and writes the audit event
     /// `principal.trust_tier_changed` (details: subject, from, to, reason; `from` is null
     /// when the principal had no record) atomically.

@@ -525,6 +525,43 @@ impl Store for PgStore {
         super::postgres_admin::get_principal(&self.pool, subject).await
     }
 
+    async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)> {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state NOT IN
+                        ('EXPIRED','REVOKED','REJECTED','CANCELLED','TIMED_OUT','FAILED')),
+                    max(created_at) FILTER (WHERE break_glass)
+               FROM requests WHERE requester = $1",
+        )
+        .bind(requester)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("summarising a requester"))
+    }
+
+    async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO identities (subject, verified_email, seen_at)
+             VALUES ($1, $2, statement_timestamp())
+             ON CONFLICT (subject) DO UPDATE
+                SET verified_email = EXCLUDED.verified_email, seen_at = EXCLUDED.seen_at
+              WHERE identities.verified_email IS DISTINCT FROM EXCLUDED.verified_email",
+        )
+        .bind(subject)
+        .bind(verified_email)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording an identity"))?;
+        Ok(())
+    }
+
+    async fn verified_email_of(&self, subject: &str) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT verified_email FROM identities WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an identity"))
+    }
+
     async fn set_trust_tier(
         &self,
         subject: &str,

@@ -698,6 +698,45 @@ impl Store for SqliteStore {
         super::sqlite_admin::get_principal(&self.pool, subject).await
     }
 
+    async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)> {
+        let (live, last): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT coalesce(sum(CASE WHEN state NOT IN
+                        ('EXPIRED','REVOKED','REJECTED','CANCELLED','TIMED_OUT','FAILED')
+                        THEN 1 ELSE 0 END), 0),
+                    max(CASE WHEN break_glass THEN created_at END)
+               FROM requests WHERE requester = ?1",
+        )
+        .bind(requester)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("summarising a requester"))?;
+        Ok((live, last.map(from_micros).transpose()?))
+    }
+
+    async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO identities (subject, verified_email, seen_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (subject) DO UPDATE
+                SET verified_email = excluded.verified_email, seen_at = excluded.seen_at
+              WHERE identities.verified_email IS NOT excluded.verified_email",
+        )
+        .bind(subject)
+        .bind(verified_email)
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording an identity"))?;
+        Ok(())
+    }
+
+    async fn verified_email_of(&self, subject: &str) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT verified_email FROM identities WHERE subject = ?1")
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading an identity"))
+    }
+
     async fn set_trust_tier(
         &self,
         subject: &str,

@@ -55,6 +55,7 @@ store_contract!(
         free_audit_events_carry_no_version,
         audit_queries_page_both_ways_and_filter,
         policies_read_back_with_their_creation_time,
+        identities_keep_the_last_verified_email,
     ]
 );
 
@@ -89,6 +90,7 @@ store_contract!(
         free_audit_events_carry_no_version,
         audit_queries_page_both_ways_and_filter,
         policies_read_back_with_their_creation_time,
+        identities_keep_the_last_verified_email,
     ]
 );
 

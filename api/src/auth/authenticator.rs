@@ -98,6 +98,11 @@ impl Authenticator {
         let header = decode_header(token)?;
         let alg = self.allowed_algorithm(&header.alg)?;
         let typ = token_type(header.typ.as_deref())?;
+        // An issuer that marks its access tokens `at+jwt` (RFC 9068): anything else it
+        // signs (an ID token, a logout token) is not an access token.
+        if self.cfg.require_at_jwt && typ != TokenType::AccessToken {
+            return Err(AuthError::WrongTokenType);
+        }
         let kid = header.kid.ok_or(AuthError::MissingKeyId)?;
         let key = self.keys.key_for(&kid, alg).await?;
         let claims = verify_signature(token, &key, alg)?;

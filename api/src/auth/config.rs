@@ -50,6 +50,8 @@ pub struct AuthConfig {
     pub max_token_bytes: usize,
     /// Timeout of each discovery or JWKS request.
     pub http_timeout: Duration,
+    /// Only tokens whose header says `typ: at+jwt` are accepted (for issuers that set it).
+    pub require_at_jwt: bool,
     /// Extra PEM certificates trusted (besides the system roots) for the issuer's TLS.
     pub extra_ca_pem: Option<String>,
 }
@@ -178,6 +180,7 @@ impl Default for AuthConfig {
             jwks_min_refresh_interval: Duration::from_secs(30),
             max_token_bytes: 8192,
             http_timeout: Duration::from_secs(10),
+            require_at_jwt: false,
             extra_ca_pem: None,
         }
     }

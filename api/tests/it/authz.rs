@@ -629,6 +629,51 @@ async fn nobody_sets_their_own_trust_tier_not_even_an_admin() {
     j.stop().await.expect("clean stop");
 }
 
+/// Attack: an admin raises the trust tier of their own second login (another subject with
+/// the same verified email). Once that login has been seen, it is the same person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_cannot_set_the_trust_tier_of_their_second_login() {
+    let j = Jitsudo::start().await;
+    let alt = j.token_for(
+        "carol-alt",
+        Some("Carol@Example.com"),
+        true,
+        &["engineering"],
+    );
+    let mut carol_alt = j.grpc_with(Some(&format!("Bearer {alt}"))).principals;
+    ok(carol_alt.who_am_i(v1::WhoAmIRequest {}).await);
+    // An unverified email never links: "carol-unverified" is somebody else.
+    let unverified = j.token_for("carol-unverified", Some("carol@example.com"), false, &[]);
+    let mut other = j
+        .grpc_with(Some(&format!("Bearer {unverified}")))
+        .principals;
+    ok(other.who_am_i(v1::WhoAmIRequest {}).await);
+
+    let mut carol = j.grpc("carol").principals;
+    let before = j.audit_without_denials().await;
+    let msg = refused(
+        carol
+            .set_trust_tier(v1::SetTrustTierRequest {
+                subject: "carol-alt".into(),
+                trust_tier: 5,
+                reason: "my other account".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("trust tier"), "{msg}");
+    assert_eq!(j.audit_without_denials().await, before, "nothing changed");
+    let set = ok(carol
+        .set_trust_tier(v1::SetTrustTierRequest {
+            subject: "carol-unverified".into(),
+            trust_tier: 1,
+            reason: "a different person".into(),
+        })
+        .await);
+    assert_eq!(set.trust_tier, 1);
+    j.stop().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_refusals_are_audited_as_authz_denied_and_bad_input_is_not() {
     let j = Jitsudo::start().await;

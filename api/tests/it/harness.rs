@@ -95,6 +95,39 @@ const EXTRA_PEOPLE: &[(&str, &str, bool, &[&str])] = &[
 
 pub fn init() {
     jitsudo_testkit::init_crypto();
+    // Everything this process logs (jitsudo's own crates at trace, the rest at info) is
+    // kept so that the secret-hygiene test can search it.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| LogSink)
+        .with_ansi(false)
+        .with_env_filter("info,jitsudo_api=trace,jitsudo_actors=trace,jitsudo_providers=trace")
+        .try_init();
+}
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Everything logged so far in this test process.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: the oldest half goes when it grows past 256 MiB.
+        if logs.len() > 256 << 20 {
+            let half = logs.len() / 2;
+            logs.drain(..half);
+        }
+        logs.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Signs access tokens for the test issuer's key.
@@ -190,6 +223,19 @@ impl Rest {
         let text = resp.text().await.expect("a readable body");
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
+    }
+
+    /// As `post`, but a connection that fails answers `None` (and the error) instead of
+    /// panicking: for calls the transport must refuse.
+    pub async fn try_post(&self, path: &str, body: Value) -> (Option<StatusCode>, String) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        match req.send().await {
+            Ok(resp) => (Some(resp.status()), resp.text().await.unwrap_or_default()),
+            Err(e) => (None, e.to_string()),
+        }
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -441,9 +487,17 @@ impl Jitsudo {
     }
 
     fn channel(&self) -> Channel {
-        let tls = ClientTlsConfig::new()
+        self.channel_with_identity(None)
+    }
+
+    /// A channel presenting `identity` (client certificate and key, PEM) in the handshake.
+    pub fn channel_with_identity(&self, identity: Option<(&[u8], &[u8])>) -> Channel {
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
         Channel::from_shared(format!("https://127.0.0.1:{}", self.addr.port()))
             .expect("a valid URI")
             .tls_config(tls)
@@ -453,8 +507,17 @@ impl Jitsudo {
 
     /// gRPC clients sending `authorization` exactly as given (or not at all).
     pub fn grpc_with(&self, authorization: Option<&str>) -> Grpc {
+        self.grpc_with_identity(authorization, None)
+    }
+
+    /// gRPC clients over a channel presenting a client certificate.
+    pub fn grpc_with_identity(
+        &self,
+        authorization: Option<&str>,
+        identity: Option<(&[u8], &[u8])>,
+    ) -> Grpc {
         let bearer = Bearer(authorization.map(|a| a.parse().expect("an ASCII header value")));
-        let ch = self.channel();
+        let ch = self.channel_with_identity(identity);
         Grpc {
             requests: RequestServiceClient::with_interceptor(ch.clone(), bearer.clone()),
             policies: PolicyServiceClient::with_interceptor(ch.clone(), bearer.clone()),
@@ -475,9 +538,22 @@ impl Jitsudo {
     }
 
     pub fn rest_with(&self, authorization: Option<&str>) -> Rest {
+        self.rest_with_identity(authorization, None)
+    }
+
+    /// REST presenting a client certificate (cert and key PEM) in the handshake.
+    pub fn rest_with_identity(
+        &self,
+        authorization: Option<&str>,
+        identity: Option<(&[u8], &[u8])>,
+    ) -> Rest {
         let ca = reqwest::Certificate::from_pem(&self.ca_pem).expect("CA certificate");
-        let http = reqwest::Client::builder()
-            .tls_certs_only([ca])
+        let mut builder = reqwest::Client::builder().tls_certs_only([ca]);
+        if let Some((cert, key)) = identity {
+            let pem = [cert, key].concat();
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("client identity"));
+        }
+        let http = builder
             .resolve("localhost", self.addr)
             .timeout(Duration::from_secs(30))
             .build()

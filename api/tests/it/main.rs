@@ -6,4 +6,5 @@ mod harness;
 mod policy_audit;
 mod refusals;
 mod requests;
+mod transport;
 mod watch;

@@ -688,5 +688,252 @@ async fn break_glass_is_approved_at_once_for_oncall_and_cannot_be_extended() {
         Code::InvalidArgument,
     );
     assert!(msg.contains("break-glass"), "{msg}");
+
+    // Attack: a second emergency right after the first — refused during the cooldown, and
+    // nothing is stored or granted.
+    let before = j.audit_without_denials().await;
+    let mut again = bg_again();
+    again.idempotency_key = "second-emergency".into();
+    let msg = refused(oscar.create_request(again).await, Code::FailedPrecondition);
+    assert!(msg.contains("cooldown"), "{msg}");
+    assert_eq!(j.audit_without_denials().await, before, "nothing changed");
     j.stop().await.expect("clean stop");
+}
+
+fn bg_again() -> v1::CreateRequestRequest {
+    let mut bg = new_request("demo", "viewer", 600);
+    bg.break_glass = true;
+    bg.reason = "the database is down again".into();
+    bg
+}
+
+/// Attack: one person opening requests without end — refused once the cap of open
+/// requests is reached (RESOURCE_EXHAUSTED), and refused again until one is finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_requests_per_person_are_capped() {
+    let j = Jitsudo::start_with(|c| c.limits.max_live_requests_per_principal = 3).await;
+    let mut alice = j.grpc("alice").requests;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            ok(alice
+                .create_request(new_request("cloud", "operator", 600))
+                .await)
+            .id,
+        );
+    }
+    let before = j.audit_without_denials().await;
+    let msg = refused(
+        alice
+            .create_request(new_request("cloud", "operator", 600))
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert!(msg.contains("3 of your requests"), "{msg}");
+    assert_eq!(j.audit_without_denials().await, before, "nothing stored");
+    // Somebody else is not affected; finishing one frees a place.
+    ok(j.grpc("dave")
+        .requests
+        .create_request(new_request("cloud", "operator", 600))
+        .await);
+    ok(alice
+        .cancel_request(v1::CancelRequestRequest { id: ids[0].clone() })
+        .await);
+    ok(alice
+        .create_request(new_request("cloud", "operator", 600))
+        .await);
+    j.stop().await.expect("clean stop");
+}
+
+/// Attack: 50 concurrent decisions on one pending request — 20 approvers, 20 deniers and
+/// alice cancelling 10 times. Exactly one decision wins the PENDING request, and the cloud
+/// sees at most one grant (revoked again if the cancel came after the approval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_decisions_one_winner_at_most_one_grant() {
+    let j = Jitsudo::start().await;
+    let mut alice = j.grpc("alice").requests;
+    let created = ok(alice
+        .create_request(new_request("cloud", "operator", 600))
+        .await);
+    let id = created.id.clone();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (kind, token) = match i % 5 {
+            0 | 1 => (
+                "approve",
+                j.token_for(&format!("appr-{i}"), None, false, &["approvers"]),
+            ),
+            2 | 3 => (
+                "deny",
+                j.token_for(&format!("den-{i}"), None, false, &["approvers"]),
+            ),
+            _ => ("cancel", j.token("alice")),
+        };
+        let mut client = j.grpc_with(Some(&format!("Bearer {token}"))).requests;
+        let id = id.clone();
+        calls.spawn(async move {
+            let res = match kind {
+                "approve" => client
+                    .approve_request(v1::DecideRequest {
+                        id,
+                        comment: String::new(),
+                    })
+                    .await
+                    .map(|_| ()),
+                "deny" => client
+                    .deny_request(v1::DenyRequestRequest {
+                        id,
+                        reason: "no".into(),
+                    })
+                    .await
+                    .map(|_| ()),
+                _ => client
+                    .cancel_request(v1::CancelRequestRequest { id })
+                    .await
+                    .map(|_| ()),
+            };
+            (kind, res.map_err(|s| s.code()))
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        outcomes.push(r.expect("the call task"));
+    }
+    for (kind, res) in &outcomes {
+        if let Err(code) = res {
+            assert!(
+                matches!(
+                    code,
+                    Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists
+                ),
+                "{kind} refused with {code:?}: a losing decision is refused, never an internal error"
+            );
+        }
+    }
+    let ended = wait_for(&j, &id, "settled", |r| {
+        r.state != St::Pending as i32
+            && r.state != St::Approved as i32
+            && r.state != St::Ending as i32
+    })
+    .await;
+    let log = j.audit_log().await;
+    let from_pending: Vec<&str> = log
+        .iter()
+        .filter(|e| e.request_id.map(|r| r.to_string()) == Some(id.clone()))
+        .filter(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.details)
+                .is_ok_and(|d| d["from"] == "PENDING" && d["to"] != "PENDING")
+        })
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert_eq!(
+        from_pending.len(),
+        1,
+        "exactly one decision left PENDING: {from_pending:?}"
+    );
+    let grants = j
+        .cloud
+        .count_outcome(Op::Grant, jitsudo_providers::http::server::Outcome::Granted);
+    assert!(grants <= 1, "at most one grant: {grants}");
+    match from_pending[0] {
+        "request.approved" => {
+            assert_eq!(grants, 1);
+            // A cancel after the approval takes the grant back; otherwise it is active.
+            if ended.state != St::Active as i32 {
+                assert!(j.cloud.active_grants().is_empty(), "{ended:?}");
+            }
+        }
+        "request.denied" | "request.cancelled" => assert_eq!(grants, 0),
+        other => panic!("unexpected first decision {other}"),
+    }
+}
+
+/// Secret hygiene: a whole lifecycle whose provider hands out a known secret — credentials
+/// fetched over gRPC and REST, extended, revoked — and then the secret is nowhere: not in
+/// any row of any table (audit log and outbox included), not in anything logged, not in
+/// what QueryAudit returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_secret_is_nowhere_in_the_database_the_logs_or_the_audit_log() {
+    let j = Jitsudo::start().await;
+    let mut alice = j.grpc("alice").requests;
+    let created = ok(alice
+        .create_request(new_request("cloud", "viewer", 600))
+        .await);
+    j.wait_state(&created.id, St::Active).await;
+    let creds = ok(alice
+        .get_credentials(v1::GetCredentialsRequest {
+            id: created.id.clone(),
+        })
+        .await);
+    let secret = creds.env[FAKE_TOKEN_VAR].clone();
+    assert!(secret.len() >= 16, "a real-looking secret: {secret}");
+    let (status, body) = j
+        .rest("alice")
+        .post(
+            &format!("/api/v1/requests/{}/credentials", created.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ok(alice
+        .extend_request(v1::ExtendRequestRequest {
+            id: created.id.clone(),
+            by_seconds: 60,
+            reason: "a little longer".into(),
+        })
+        .await);
+    ok(alice
+        .revoke_request(v1::RevokeRequestRequest {
+            id: created.id.clone(),
+            reason: "done".into(),
+        })
+        .await);
+    j.wait_state(&created.id, St::Revoked).await;
+    assert!(
+        !format!("{creds:?}").contains(&secret),
+        "Debug redacts credentials"
+    );
+
+    // Every table, every column (a row cast to text).
+    let pool = sqlx::PgPool::connect(&j.config.database.url)
+        .await
+        .expect("connect to the test database");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("list tables");
+    assert!(tables.contains(&"audit_events".to_owned()) && tables.contains(&"outbox".to_owned()));
+    for t in &tables {
+        let hits: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{t}\" x WHERE strpos(x::text, $1) > 0"
+        )))
+        .bind(&secret)
+        .fetch_one(&pool)
+        .await
+        .expect("scan a table");
+        assert_eq!(hits, 0, "the secret is stored in table {t}");
+    }
+    // What QueryAudit hands an auditor.
+    let page = ok(j
+        .grpc("erin")
+        .audit
+        .query_audit(v1::QueryAuditRequest {
+            request_id: created.id.clone(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await);
+    assert!(page.events.len() >= 5, "{page:?}");
+    assert!(!format!("{page:?}").contains(&secret));
+    // Everything logged in this process so far.
+    let logs = captured_logs();
+    assert!(!logs.is_empty(), "the log capture works");
+    assert!(!logs.contains(&secret), "the secret was logged");
+    assert!(
+        !logs.contains(&j.token("alice")[..40]),
+        "a bearer token was logged"
+    );
 }

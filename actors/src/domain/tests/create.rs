@@ -5,7 +5,7 @@ use crate::domain::{
     Approval, Effect, Event, GrantPurpose, GrantStatus, Limits, NewRequest, NoticeKind, Refusal,
     RequestSpec, Rules, Stamp, State, TimerKind, create, grant_id_for, outstanding_calls, timers,
 };
-use crate::policy::{Decision, PolicyRefusal};
+use crate::policy::{Decision, PolicyRefusal, PolicyStamp};
 
 use super::support::*;
 
@@ -100,6 +100,48 @@ fn create_with_auto_approve_asks_for_the_auto_approval_as_a_follow_up() {
 }
 
 #[test]
+fn auto_approval_by_a_policy_the_requester_wrote_raises_the_self_benefit_alert() {
+    let stamp = |author: &str| PolicyStamp {
+        name: "approval".into(),
+        version: 3,
+        author: author.into(),
+    };
+    let (_, tx) = Life::create(
+        Decision {
+            auto_approve: true,
+            policies: vec![stamp("alice")],
+            ..decision()
+        },
+        spec(),
+    );
+    assert!(notice_kinds(&tx).contains(&NoticeKind::SelfBenefit));
+    assert_eq!(tx.audit.details["self_benefit"], true);
+    assert_eq!(tx.audit.details["review_required"], true);
+    assert_eq!(tx.audit.details["policies"][0]["author"], "alice");
+    let alert = tx
+        .notices
+        .iter()
+        .find(|n| n.kind == NoticeKind::SelfBenefit)
+        .expect("the alert");
+    assert_eq!(alert.details["policies"], serde_json::json!(["approval@3"]));
+
+    // Somebody else's policy, or no auto-approval: no alert.
+    for (auto_approve, author) in [(true, "carol"), (false, "alice")] {
+        let (_, tx) = Life::create(
+            Decision {
+                auto_approve,
+                policies: vec![stamp(author)],
+                ..decision()
+            },
+            spec(),
+        );
+        assert!(!notice_kinds(&tx).contains(&NoticeKind::SelfBenefit));
+        assert_eq!(tx.audit.details["self_benefit"], false);
+        assert_eq!(tx.audit.details["review_required"], false);
+    }
+}
+
+#[test]
 fn break_glass_is_approved_with_a_grant_intent_and_the_alert_in_the_same_transition() {
     let (life, tx) = Life::create(decision(), break_glass_spec());
     let req = &life.req;
@@ -121,6 +163,7 @@ fn break_glass_is_approved_with_a_grant_intent_and_the_alert_in_the_same_transit
     // The alert is an outbox row of the very commit that records the intent: it is enqueued
     // before the actor can make any grant call.
     assert!(notice_kinds(&tx).contains(&NoticeKind::BreakGlass));
+    assert_eq!(tx.audit.details["review_required"], true);
     assert_eq!(tx.effects, [Effect::CallGrant { grant_id }]);
     assert_eq!(
         req.approvals,

@@ -749,3 +749,36 @@ pub(super) async fn policies_read_back_with_their_creation_time(db: Db) {
         "the same versions as the policy actor loads"
     );
 }
+
+pub(super) async fn identities_keep_the_last_verified_email(db: Db) {
+    assert_eq!(db.store.verified_email_of("carol").await.unwrap(), None);
+    db.store
+        .note_identity("carol", "carol@example.com")
+        .await
+        .unwrap();
+    db.store
+        .note_identity("carol", "carol@example.com")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store
+            .verified_email_of("carol")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("carol@example.com")
+    );
+    db.store
+        .note_identity("carol", "carol@new.example.com")
+        .await
+        .unwrap();
+    assert_eq!(
+        db.store
+            .verified_email_of("carol")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("carol@new.example.com")
+    );
+    assert_eq!(db.store.verified_email_of("dave").await.unwrap(), None);
+}
