@@ -201,6 +201,12 @@ pub struct LimitsConfig {
     pub break_glass_cooldown_seconds: u64,
     /// Open (not yet final) requests one person may have at once.
     pub max_live_requests_per_principal: i64,
+    /// Mutating calls (create, decide, cancel, revoke, extend, credentials, policy and
+    /// principal changes) per principal and minute; 0: no limit.
+    pub mutations_per_minute: u32,
+    /// Failed authentications per client address and minute before that address is
+    /// refused for a while; 0: no limit.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -210,6 +216,8 @@ impl Default for LimitsConfig {
             max_page_size: 500,
             break_glass_cooldown_seconds: 15 * 60,
             max_live_requests_per_principal: 25,
+            mutations_per_minute: 120,
+            auth_failures_per_minute: 60,
         }
     }
 }

@@ -14,6 +14,8 @@ use tonic::Code;
 pub struct ApiError {
     pub code: Code,
     pub message: String,
+    /// When to try again (sent as `retry-after` seconds: gRPC metadata, HTTP header).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -21,6 +23,14 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A rate limit: `RESOURCE_EXHAUSTED` with a retry hint.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(Code::ResourceExhausted, message)
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -42,8 +52,18 @@ impl ApiError {
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        tonic::Status::new(e.code, e.message)
+        let mut status = tonic::Status::new(e.code, e.message);
+        if let Some(d) = e.retry_after
+            && let Ok(v) = retry_seconds(d).to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", v);
+        }
+        status
     }
+}
+
+fn retry_seconds(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// HTTP status for a gRPC code (the mapping of google.rpc.Code to HTTP).
@@ -90,7 +110,14 @@ pub fn code_name(code: Code) -> &'static str {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": code_name(self.code), "message": self.message } });
-        (http_status(self.code), Json(body)).into_response()
+        let mut response = (http_status(self.code), Json(body)).into_response();
+        if let Some(d) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_seconds(d)),
+            );
+        }
+        response
     }
 }
 
@@ -142,6 +169,6 @@ impl From<EngineError> for ApiError {
                 (Code::FailedPrecondition, e.to_string())
             }
         };
-        ApiError { code, message }
+        ApiError::new(code, message)
     }
 }

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod dev;
 pub mod error;
 pub mod grpc;
+pub mod limits;
 pub mod rest;
 pub mod rpc;
 pub mod server;

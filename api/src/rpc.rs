@@ -138,7 +138,20 @@ impl AppState {
         fut: impl std::future::Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
-        let res = fut.await;
+        let res = match caller {
+            Some(c) if is_mutation(rpc) => match self.mutation_limit.take(c.subject()) {
+                Ok(()) => fut.await,
+                Err(wait) => Err(ApiError::rate_limited(
+                    format!(
+                        "too many changes in a minute (limit {} per person); try again in {}s",
+                        self.config.limits.mutations_per_minute,
+                        wait.as_secs().max(1)
+                    ),
+                    wait,
+                )),
+            },
+            _ => fut.await,
+        };
         let code = match &res {
             Ok(_) => Code::Ok,
             Err(e) => e.code,
@@ -992,4 +1005,25 @@ impl AppState {
 
 fn state_from_number(n: i32) -> Result<State, ApiError> {
     convert::state_from(n).ok_or_else(|| ApiError::invalid(format!("unknown request state {n}")))
+}
+
+/// The calls that change something (or hand out credentials): rate-limited per principal.
+fn is_mutation(rpc: &str) -> bool {
+    matches!(
+        rpc,
+        "CreateRequest"
+            | "ApproveRequest"
+            | "DenyRequest"
+            | "CancelRequest"
+            | "RevokeRequest"
+            | "ExtendRequest"
+            | "ApproveExtension"
+            | "DenyExtension"
+            | "GetCredentials"
+            | "ApplyPolicy"
+            | "DeletePolicy"
+            | "SetTrustTier"
+            | "ReloadPolicies"
+            | "RedriveDeadLetter"
+    )
 }

@@ -224,6 +224,10 @@ impl Server {
             ready: AtomicBool::new(false),
             denials: Mutex::new(Default::default()),
             identities: Mutex::new(Default::default()),
+            mutation_limit: crate::limits::RateLimiter::new(config.limits.mutations_per_minute),
+            auth_failure_limit: crate::limits::RateLimiter::new(
+                config.limits.auth_failures_per_minute,
+            ),
         });
         let router = router(state.clone(), dev.map(|d| d.issuer)).await?;
         state.ready.store(true, Ordering::Relaxed);
@@ -259,7 +263,7 @@ impl Server {
         let principals = Arc::new(state.config.server.client_principals.clone());
         tokio::pin!(shutdown);
         loop {
-            let (tcp, _peer) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok(c) => c,
@@ -287,22 +291,26 @@ impl Server {
                         };
                         // The certificate was verified in the handshake; which bot it
                         // proves travels with every request of this connection.
-                        let cert = ClientCert(
-                            stream
+                        let cert = ClientCert {
+                            addr: peer,
+                            bot: stream
                                 .get_ref()
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .and_then(|der| client_principal(&principals, der)),
-                        );
+                        };
                         let svc = TowerToHyperService::new(Extension(cert).layer(router));
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
                     None => {
-                        let svc =
-                            TowerToHyperService::new(Extension(ClientCert(None)).layer(router));
+                        let cert = ClientCert {
+                            addr: peer,
+                            bot: None,
+                        };
+                        let svc = TowerToHyperService::new(Extension(cert).layer(router));
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
@@ -409,11 +417,27 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let bot = req
-        .extensions()
-        .get::<ClientCert>()
-        .and_then(|c| c.0.clone());
-    match state.caller(header.as_deref(), bot.as_deref()).await {
+    let peer = req.extensions().get::<ClientCert>().cloned();
+    let bot = peer.as_ref().and_then(|c| c.bot.clone());
+    let addr = peer.map(|p| p.addr.ip().to_string()).unwrap_or_default();
+    // An address that keeps failing to authenticate is refused for a while, token or not:
+    // guessing tokens costs the guesser, not the issuer's JWKS endpoint or our CPU.
+    let result = match state.auth_failure_limit.check(&addr) {
+        Err(wait) => Err(ApiError::rate_limited(
+            "too many failed authentications from this address; try again later",
+            wait,
+        )),
+        Ok(()) => {
+            let r = state.caller(header.as_deref(), bot.as_deref()).await;
+            if let Err(e) = &r
+                && e.code == tonic::Code::Unauthenticated
+            {
+                let _ = state.auth_failure_limit.take(&addr);
+            }
+            r
+        }
+    };
+    match result {
         Ok(c) => {
             req.extensions_mut().insert(c);
             next.run(req).await
@@ -535,9 +559,13 @@ pub fn dev_data_dir(dir: Option<PathBuf>) -> PathBuf {
     dir.unwrap_or_else(|| PathBuf::from(".jitsudo-dev"))
 }
 
-/// The bot a connection's client certificate proves, if any.
+/// Who is at the other end of a connection: its address, and the bot its client
+/// certificate proves, if any.
 #[derive(Clone, Debug)]
-pub struct ClientCert(pub Option<Arc<ClientPrincipal>>);
+pub struct ClientCert {
+    pub addr: SocketAddr,
+    pub bot: Option<Arc<ClientPrincipal>>,
+}
 
 /// The configured principal whose `san` the (already verified) certificate is valid for.
 fn client_principal(

@@ -59,6 +59,10 @@ pub struct AppState {
     pub denials: Mutex<HashMap<String, (i64, u32)>>,
     /// Verified emails already recorded per subject (the store is written only on change).
     pub identities: Mutex<HashMap<String, String>>,
+    /// Mutating calls per principal.
+    pub mutation_limit: crate::limits::RateLimiter,
+    /// Failed authentications per client address.
+    pub auth_failure_limit: crate::limits::RateLimiter,
 }
 
 type HmacSha256 = Hmac<Sha256>;

@@ -352,19 +352,28 @@ impl ShardHandle {
         timeout: Duration,
         msg: impl FnOnce(RpcReplyPort<Result<Request, EngineError>>) -> ShardMsg,
     ) -> Result<Request, EngineError> {
+        self.ask_inner(timeout, msg).await.map_err(|e| match e {
+            Asked::Dropped => dropped(),
+            Asked::Failed(e) => e,
+        })
+    }
+
+    async fn ask_inner(
+        &self,
+        timeout: Duration,
+        msg: impl FnOnce(RpcReplyPort<Result<Request, EngineError>>) -> ShardMsg,
+    ) -> Result<Request, Asked> {
         let (tx, rx) = ractor::concurrency::oneshot();
         if !self.stats.cast(&self.actor, msg(tx.into())) {
-            return Err(EngineError::unavailable(format!(
+            return Err(Asked::Failed(EngineError::unavailable(format!(
                 "shard {} is not running on this node",
                 self.shard
-            )));
+            ))));
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(EngineError::unavailable(
-                "the request actor stopped before answering",
-            )),
-            Err(_) => Err(EngineError::unavailable("no answer in time")),
+            Ok(Ok(res)) => res.map_err(Asked::Failed),
+            Ok(Err(_)) => Err(Asked::Dropped),
+            Err(_) => Err(Asked::Failed(EngineError::unavailable("no answer in time"))),
         }
     }
 
@@ -390,13 +399,38 @@ impl ShardHandle {
         rx.await.ok().flatten()
     }
 
+    /// Routes a command to the request's actor. A command still queued when its actor
+    /// stopped (the request just became final, e.g. a racing deny) was never applied: it is
+    /// routed again, and the shard answers from the store (the request is final).
     pub async fn route(
         &self,
         id: RequestId,
         cmd: Command,
         timeout: Duration,
     ) -> Result<Request, EngineError> {
-        self.ask(timeout, |reply| ShardMsg::Route { id, cmd, reply })
-            .await
+        let mut attempts = 0;
+        loop {
+            let cmd = cmd.clone();
+            match self
+                .ask_inner(timeout, |reply| ShardMsg::Route { id, cmd, reply })
+                .await
+            {
+                Err(Asked::Dropped) if attempts < 3 => attempts += 1,
+                Err(Asked::Dropped) => return Err(dropped()),
+                Err(Asked::Failed(e)) => return Err(e),
+                Ok(r) => return Ok(r),
+            }
+        }
     }
+}
+
+/// Why an ask got no result: the actor answered with an error, or it stopped with the
+/// message still queued (the reply port was dropped unanswered).
+enum Asked {
+    Failed(EngineError),
+    Dropped,
+}
+
+fn dropped() -> EngineError {
+    EngineError::unavailable("the request actor stopped before answering")
 }

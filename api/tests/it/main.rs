@@ -3,6 +3,7 @@ mod auth;
 mod admin;
 mod authz;
 mod harness;
+mod limits;
 mod policy_audit;
 mod refusals;
 mod requests;

@@ -792,7 +792,7 @@ async fn fifty_concurrent_decisions_one_winner_at_most_one_grant() {
                     .await
                     .map(|_| ()),
             };
-            (kind, res.map_err(|s| s.code()))
+            (kind, res.map_err(|s| (s.code(), s.message().to_owned())))
         });
     }
     let mut outcomes = Vec::new();
@@ -800,13 +800,13 @@ async fn fifty_concurrent_decisions_one_winner_at_most_one_grant() {
         outcomes.push(r.expect("the call task"));
     }
     for (kind, res) in &outcomes {
-        if let Err(code) = res {
+        if let Err((code, msg)) = res {
             assert!(
                 matches!(
                     code,
                     Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists
                 ),
-                "{kind} refused with {code:?}: a losing decision is refused, never an internal error"
+                "{kind} refused with {code:?} ({msg}): a losing decision is refused, never an internal error"
             );
         }
     }
