@@ -19,7 +19,7 @@ type S = State<Arc<AppState>>;
 type Res<T> = Result<Json<T>, ApiError>;
 
 /// Parses a JSON body (an empty body is the message's default).
-fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+pub fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

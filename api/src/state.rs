@@ -136,6 +136,11 @@ pub fn open_token(key: &[u8; 32], scope: &str, token: &str) -> Result<String, Ap
         .decode(b64)
         .map_err(|_| bad())?;
     let payload = String::from_utf8(payload).map_err(|_| bad())?;
+    // One spelling per token: the tag is lowercase hex, as signed (hex would also take
+    // uppercase, which would make tokens malleable).
+    if !tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad());
+    }
     let tag = hex::decode(tag).map_err(|_| bad())?;
     let mut mac = HmacSha256::new_from_slice(key).map_err(|_| bad())?;
     mac.update(scope.as_bytes());

@@ -319,6 +319,20 @@ mod tests {
         assert!(parse_duration("90").unwrap_err().contains("needs a unit"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(s in ".{0,40}") {
+            if let Ok(secs) = parse_duration(&s) {
+                proptest::prop_assert!(secs > 0);
+            }
+        }
+
+        #[test]
+        fn every_positive_duration_formats_and_parses_back(secs in 1i64..10_000_000_000) {
+            proptest::prop_assert_eq!(parse_duration(&format_duration(secs)), Ok(secs));
+        }
+    }
+
     #[test]
     fn durations_format_back() {
         for s in [90, 900, 5400, 93_784, 3600] {

@@ -2,6 +2,7 @@ mod auth;
 
 mod admin;
 mod authz;
+mod fuzz;
 mod harness;
 mod limits;
 mod policy_audit;
