@@ -380,6 +380,35 @@ impl Engine {
         Ok(creds)
     }
 
+    /// Closes the review of a request that needs one. The requester never reviews their own
+    /// request; whether `by` may review at all (admin or auditor) is the caller's check.
+    pub async fn close_review(
+        &self,
+        by: &Principal,
+        id: RequestId,
+        verdict: &str,
+    ) -> Result<crate::store::ReviewRecord, EngineError> {
+        check_text("verdict", verdict, Limits::REASON, true)?;
+        let req = self.get(id).await?;
+        let Some(why) = req.review_reason() else {
+            return Err(Refusal::Invalid {
+                field: "id",
+                reason:
+                    "this request needs no review (only break-glass and self-approved requests do)"
+                        .into(),
+            }
+            .into());
+        };
+        if same_person(&by.person(), &req.requester.person()) {
+            return Err(Refusal::SelfReview.into());
+        }
+        self.ctx
+            .store
+            .close_review(id.0, why, &by.subject, verdict, self.ctx.node())
+            .await?
+            .ok_or_else(|| Refusal::Duplicate.into())
+    }
+
     /// A cap on one requester's open requests, and the break-glass cooldown. Checked before
     /// the create's commit (two creates racing each other can both pass; each is audited).
     async fn check_requester_limits(

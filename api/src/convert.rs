@@ -120,6 +120,7 @@ pub fn request(r: &domain::Request) -> v1::Request {
         revocation_stuck: r.stuck,
         policy_version: r.decision.policy_version.clone(),
         auto_approved: r.approvals.iter().any(|a| a.kind == "policy"),
+        review_reason: r.review_reason().unwrap_or_default().to_owned(),
     }
 }
 

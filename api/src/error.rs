@@ -129,7 +129,8 @@ fn refusal_code(r: &Refusal) -> Code {
         Refusal::SelfApproval
         | Refusal::NotAnApprover
         | Refusal::NotRequester
-        | Refusal::NotAllowedToRevoke => Code::PermissionDenied,
+        | Refusal::NotAllowedToRevoke
+        | Refusal::SelfReview => Code::PermissionDenied,
         Refusal::AlreadyApproved | Refusal::Duplicate => Code::AlreadyExists,
         Refusal::TooManyLive { .. } => Code::ResourceExhausted,
         _ => Code::FailedPrecondition,

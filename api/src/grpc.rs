@@ -192,6 +192,19 @@ impl RequestService for Api {
         )
     }
 
+    async fn review_request(
+        &self,
+        req: Request<v1::ReviewRequestRequest>,
+    ) -> Result<Response<v1::Review>, Status> {
+        rpc!(
+            self,
+            "ReviewRequest",
+            req,
+            id = |m: &v1::ReviewRequestRequest| m.id.clone(),
+            |state, c, m| state.review(&c, &m.id, &m.verdict).await
+        )
+    }
+
     async fn revoke_request(
         &self,
         req: Request<v1::RevokeRequestRequest>,

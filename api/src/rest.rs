@@ -98,6 +98,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/v1/requests/{id}/deny", post(deny))
         .route("/api/v1/requests/{id}/cancel", post(cancel))
         .route("/api/v1/requests/{id}/revoke", post(revoke))
+        .route("/api/v1/requests/{id}/review", post(review))
         .route("/api/v1/requests/{id}/extend", post(extend))
         .route(
             "/api/v1/requests/{id}/extensions/{number}/approve",
@@ -144,6 +145,7 @@ async fn list(
         requester: text(&q, "requester"),
         page_size: number(&q, "pageSize")?,
         page_token: text(&q, "pageToken"),
+        needs_review: flag(&q, "needsReview")?,
     };
     s.run("ListRequests", Some(&c), None, s.list_requests(&c, m))
         .await
@@ -226,6 +228,23 @@ async fn cancel(
     s.run("CancelRequest", Some(&c), Some(&id), s.cancel(&c, &id))
         .await
         .map(Json)
+}
+
+async fn review(
+    State(s): S,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Bytes,
+) -> Res<v1::Review> {
+    let m: v1::ReviewRequestRequest = body(&b)?;
+    s.run(
+        "ReviewRequest",
+        Some(&c),
+        Some(&id),
+        s.review(&c, &id, &m.verdict),
+    )
+    .await
+    .map(Json)
 }
 
 async fn revoke(

@@ -296,9 +296,13 @@ impl AppState {
             (true, false) => Some(c.subject().to_owned()),
         };
         check_text("provider", &r.provider, 64)?;
+        if r.needs_review {
+            c.require_admin_or_auditor("listing requests that need a review")?;
+        }
         let scope = format!(
-            "{}|{}|{}|{:?}|{}|{:?}",
+            "{}|{}|{}|{}|{:?}|{}|{:?}",
             c.subject(),
+            r.needs_review,
             r.awaiting_my_approval,
             requester.as_deref().unwrap_or("*"),
             r.states,
@@ -312,6 +316,7 @@ impl AppState {
             caller: Some(c.principal.person()),
             states,
             provider: (!r.provider.is_empty()).then(|| r.provider.clone()),
+            needs_review: r.needs_review,
             before,
             limit,
         };
@@ -517,6 +522,29 @@ impl AppState {
             }
         };
         Ok(convert::request(&self.engine.command(rid, cmd).await?))
+    }
+
+    pub async fn review(
+        &self,
+        c: &Caller,
+        id: &str,
+        verdict: &str,
+    ) -> Result<v1::Review, ApiError> {
+        c.require_admin_or_auditor("reviewing requests")?;
+        if verdict.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "verdict is required: say what the review concluded",
+            ));
+        }
+        let rid = parse_id(id)?;
+        let r = self.engine.close_review(&c.principal, rid, verdict).await?;
+        Ok(v1::Review {
+            request_id: r.request_id.to_string(),
+            reason: r.reason,
+            reviewer: r.reviewer,
+            verdict: r.verdict,
+            closed_at: Some(convert::ts(r.closed_at)),
+        })
     }
 
     pub async fn credentials(&self, c: &Caller, id: &str) -> Result<v1::Credentials, ApiError> {
@@ -1025,5 +1053,6 @@ fn is_mutation(rpc: &str) -> bool {
             | "SetTrustTier"
             | "ReloadPolicies"
             | "RedriveDeadLetter"
+            | "ReviewRequest"
     )
 }

@@ -145,6 +145,7 @@ pub async fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Extend { id, by, reason } => {
             cmd::requests::extend(&app, &id, by, reason.unwrap_or_default()).await
         }
+        Command::Review { id, verdict } => cmd::requests::review(&app, &id, verdict).await,
         Command::Exec { id, command } => cmd::exec::exec(&app, &id, command).await,
         Command::Shell { id } => cmd::exec::shell(&app, &id).await,
         Command::Audit(args) => cmd::audit::audit(&app, args).await,

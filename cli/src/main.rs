@@ -103,6 +103,13 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Close the review of a break-glass or self-approved request (admins and auditors).
+    Review {
+        id: String,
+        /// What the review concluded.
+        #[arg(long)]
+        verdict: String,
+    },
     /// Run a command with the request's credentials in its environment.
     Exec {
         id: String,

@@ -246,6 +246,24 @@ pub struct Request {
 }
 
 impl Request {
+    /// Why this request needs an after-the-fact review by an admin or auditor, if it does:
+    /// break-glass, or auto-approval by a policy version its own requester wrote.
+    pub fn review_reason(&self) -> Option<&'static str> {
+        if self.spec.break_glass {
+            Some("break-glass")
+        } else if self.decision.auto_approve
+            && self
+                .decision
+                .policies
+                .iter()
+                .any(|p| p.author == self.requester.subject)
+        {
+            Some("auto-approved by a policy its requester wrote")
+        } else {
+            None
+        }
+    }
+
     pub fn shard(&self, shards: u32) -> u32 {
         self.id.shard(shards)
     }

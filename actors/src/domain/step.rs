@@ -192,6 +192,8 @@ pub enum Refusal {
         "{live} of your requests are still open, the most allowed; cancel or finish some first"
     )]
     TooManyLive { live: i64 },
+    #[error("nobody reviews their own request; ask another admin or auditor")]
+    SelfReview,
 }
 
 /// Outbox notices a transition enqueues in its own commit.

@@ -156,6 +156,9 @@ pub struct ListFilter {
     /// Only requests in these states; empty means every state.
     pub states: Vec<State>,
     pub provider: Option<String>,
+    /// Only requests that need a review (break-glass, or auto-approved by a policy their
+    /// requester wrote) whose review is not closed.
+    pub needs_review: bool,
     /// Keyset cursor: only requests strictly older than this `(created_at, id)`.
     pub before: Option<(Timestamp, Uuid)>,
     /// Page size: 0 means [`ListFilter::DEFAULT_LIMIT`]; at most [`ListFilter::MAX_LIMIT`].
@@ -172,6 +175,17 @@ impl ListFilter {
             n => n.min(Self::MAX_LIMIT),
         })
     }
+}
+
+/// A closed review.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRecord {
+    pub request_id: Uuid,
+    /// Why the request needed a review.
+    pub reason: String,
+    pub reviewer: String,
+    pub verdict: String,
+    pub closed_at: Timestamp,
 }
 
 /// A principal's stored record (the trust tier policies see).
@@ -292,6 +306,17 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
     ) -> StoreResult<Option<(Request, String)>>;
 
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>>;
+
+    /// Closes the review of a request that needed one (break-glass, self-benefit) and writes
+    /// its audit event `review.closed` atomically. `None` when it was closed already.
+    async fn close_review(
+        &self,
+        request_id: Uuid,
+        why: &str,
+        reviewer: &str,
+        verdict: &str,
+        node: &str,
+    ) -> StoreResult<Option<ReviewRecord>>;
 
     /// How many of `requester`'s requests are not final, and when their last break-glass
     /// request was created.

@@ -525,6 +525,46 @@ impl Store for PgStore {
         super::postgres_admin::get_principal(&self.pool, subject).await
     }
 
+    async fn close_review(
+        &self,
+        request_id: Uuid,
+        why: &str,
+        reviewer: &str,
+        verdict: &str,
+        node: &str,
+    ) -> StoreResult<Option<ReviewRecord>> {
+        let row: Option<(Timestamp,)> = sqlx::query_as(
+            "WITH ins AS (
+                INSERT INTO reviews (request_id, reason, reviewer, verdict, created_at, closed_at)
+                VALUES ($1, $2, $3, $4, statement_timestamp(), statement_timestamp())
+                ON CONFLICT (request_id) DO NOTHING
+                RETURNING closed_at
+             ), aud AS (
+                INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+                SELECT $5, statement_timestamp(), 'review.closed', $3, $1, $6,
+                       json_build_object('reason', $2::text, 'verdict', $4::text)::text
+                  FROM ins
+             )
+             SELECT closed_at FROM ins",
+        )
+        .bind(request_id)
+        .bind(why)
+        .bind(reviewer)
+        .bind(verdict)
+        .bind(Uuid::now_v7())
+        .bind(node)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("closing a review"))?;
+        Ok(row.map(|(closed_at,)| ReviewRecord {
+            request_id,
+            reason: why.to_owned(),
+            reviewer: reviewer.to_owned(),
+            verdict: verdict.to_owned(),
+            closed_at,
+        }))
+    }
+
     async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)> {
         sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state NOT IN

@@ -14,6 +14,16 @@ pub(super) async fn list(pool: &PgPool, f: &ListFilter) -> StoreResult<Vec<Reque
     if let Some(requester) = &f.requester {
         q.push(" AND r.requester = ").push_bind(requester);
     }
+    if f.needs_review {
+        q.push(
+            " AND (r.break_glass
+                   OR (COALESCE((r.body->'decision'->>'auto_approve')::boolean, false)
+                       AND EXISTS (SELECT 1 FROM jsonb_array_elements(
+                                       COALESCE(r.body->'decision'->'policies', '[]'::jsonb)) p
+                                    WHERE p->>'author' = r.requester)))
+              AND NOT EXISTS (SELECT 1 FROM reviews v WHERE v.request_id = r.id)",
+        );
+    }
     if let Some(groups) = &f.awaiting_groups {
         q.push(" AND r.state = 'PENDING' AND (r.body->'decision'->'approver_groups') ?| ")
             .push_bind(groups)

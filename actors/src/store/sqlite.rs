@@ -698,6 +698,59 @@ impl Store for SqliteStore {
         super::sqlite_admin::get_principal(&self.pool, subject).await
     }
 
+    async fn close_review(
+        &self,
+        request_id: Uuid,
+        why: &str,
+        reviewer: &str,
+        verdict: &str,
+        node: &str,
+    ) -> StoreResult<Option<ReviewRecord>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
+        let now = Utc::now();
+        let inserted = sqlx::query(
+            "INSERT INTO reviews (request_id, reason, reviewer, verdict, created_at, closed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(request_id.to_string())
+        .bind(why)
+        .bind(reviewer)
+        .bind(verdict)
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("closing a review"))?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+             VALUES (?1, ?2, 'review.closed', ?3, ?4, ?5, ?6)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(micros(now))
+        .bind(reviewer)
+        .bind(request_id.to_string())
+        .bind(node)
+        .bind(serde_json::json!({ "reason": why, "verdict": verdict }).to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("auditing a review"))?;
+        tx.commit().await.map_err(db("committing a review"))?;
+        Ok(Some(ReviewRecord {
+            request_id,
+            reason: why.to_owned(),
+            reviewer: reviewer.to_owned(),
+            verdict: verdict.to_owned(),
+            closed_at: from_micros(micros(now))?,
+        }))
+    }
+
     async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)> {
         let (live, last): (i64, Option<i64>) = sqlx::query_as(
             "SELECT coalesce(sum(CASE WHEN state NOT IN

@@ -17,6 +17,15 @@ pub(super) async fn list(pool: &SqlitePool, f: &ListFilter) -> StoreResult<Vec<R
     if let Some(requester) = &f.requester {
         q.push(" AND r.requester = ").push_bind(requester);
     }
+    if f.needs_review {
+        q.push(
+            " AND (r.break_glass
+                   OR (COALESCE(json_extract(r.body, '$.decision.auto_approve'), 0)
+                       AND EXISTS (SELECT 1 FROM json_each(r.body, '$.decision.policies') p
+                                    WHERE json_extract(p.value, '$.author') = r.requester)))
+              AND NOT EXISTS (SELECT 1 FROM reviews v WHERE v.request_id = r.id)",
+        );
+    }
     if let Some(groups) = &f.awaiting_groups {
         q.push(
             " AND r.state = 'PENDING'

@@ -56,6 +56,7 @@ store_contract!(
         audit_queries_page_both_ways_and_filter,
         policies_read_back_with_their_creation_time,
         identities_keep_the_last_verified_email,
+        reviews_are_listed_until_closed_once,
     ]
 );
 
@@ -91,6 +92,7 @@ store_contract!(
         audit_queries_page_both_ways_and_filter,
         policies_read_back_with_their_creation_time,
         identities_keep_the_last_verified_email,
+        reviews_are_listed_until_closed_once,
     ]
 );
 

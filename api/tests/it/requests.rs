@@ -937,3 +937,126 @@ async fn a_minted_secret_is_nowhere_in_the_database_the_logs_or_the_audit_log() 
         "a bearer token was logged"
     );
 }
+
+/// Break-glass and self-approved requests need a review: listed for admins and auditors
+/// until one of them (never the requester) closes it, once, with an audited verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_and_self_approved_requests_are_reviewed_once_by_someone_else() {
+    let j = Jitsudo::start().await;
+    // A break-glass request of oscar's.
+    let mut bg = new_request("demo", "operator", 600);
+    bg.break_glass = true;
+    bg.reason = "the database is down".into();
+    let emergency = ok(j.grpc("oscar").requests.create_request(bg).await);
+    assert_eq!(emergency.review_reason, "break-glass");
+    // carol re-applies the approval policy (same text): it is now hers, and her own viewer
+    // request is auto-approved by a policy she wrote.
+    ok(j.grpc("carol")
+        .policies
+        .apply_policy(v1::ApplyPolicyRequest {
+            name: "approval".into(),
+            rego: APPROVAL.into(),
+        })
+        .await);
+    let mine = ok(j
+        .grpc("carol")
+        .requests
+        .create_request(new_request("demo", "viewer", 600))
+        .await);
+    assert_eq!(
+        mine.review_reason,
+        "auto-approved by a policy its requester wrote"
+    );
+    // An ordinary request needs none.
+    let plain = j.create("alice", "demo", "viewer", 600).await;
+    assert_eq!(plain.review_reason, "");
+
+    let needs_review = |who: &str| {
+        let mut g = j.grpc(who).requests;
+        async move {
+            ok(g.list_requests(v1::ListRequestsRequest {
+                needs_review: true,
+                ..Default::default()
+            })
+            .await)
+            .requests
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+        }
+    };
+    let open = needs_review("erin").await;
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(open.contains(&emergency.id) && open.contains(&mine.id));
+    refused(
+        j.grpc("mallory")
+            .requests
+            .list_requests(v1::ListRequestsRequest {
+                needs_review: true,
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+
+    let review = |who: &str, id: &str, verdict: &str| {
+        let mut g = j.grpc(who).requests;
+        let m = v1::ReviewRequestRequest {
+            id: id.into(),
+            verdict: verdict.into(),
+        };
+        async move { g.review_request(m).await }
+    };
+    // Nobody reviews their own; plain users not at all; a request without reason not at all.
+    let msg = refused(
+        review("carol", &mine.id, "fine").await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("own request"), "{msg}");
+    refused(
+        review("mallory", &emergency.id, "fine").await,
+        Code::PermissionDenied,
+    );
+    refused(
+        review("erin", &plain.id, "fine").await,
+        Code::InvalidArgument,
+    );
+    refused(
+        review("erin", &emergency.id, " ").await,
+        Code::InvalidArgument,
+    );
+
+    let closed = ok(review("erin", &emergency.id, "justified: DB outage INC-42").await);
+    assert_eq!(closed.reviewer, "erin");
+    assert_eq!(closed.reason, "break-glass");
+    refused(
+        review("carol", &emergency.id, "again").await,
+        Code::AlreadyExists,
+    );
+    let (status, body) = j
+        .rest("carol")
+        .post(
+            &format!("/api/v1/requests/{}/review", mine.id),
+            serde_json::json!({"verdict": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = j
+        .rest("erin")
+        .post(
+            &format!("/api/v1/requests/{}/review", mine.id),
+            serde_json::json!({"verdict": "policy change reviewed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(needs_review("carol").await.is_empty());
+    let log = j.audit_log().await;
+    let reviews: Vec<_> = log.iter().filter(|e| e.kind == "review.closed").collect();
+    assert_eq!(reviews.len(), 2);
+    assert!(
+        reviews[0].details.contains("INC-42"),
+        "{}",
+        reviews[0].details
+    );
+    j.stop().await.expect("clean stop");
+}

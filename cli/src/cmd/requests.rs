@@ -100,6 +100,9 @@ pub struct StatusArgs {
     /// Everyone's requests (admins and auditors).
     #[arg(long)]
     pub all: bool,
+    /// Break-glass and self-approved requests whose review is open (admins and auditors).
+    #[arg(long, conflicts_with_all = ["mine", "pending"])]
+    pub needs_review: bool,
     /// Only these states (repeatable).
     #[arg(long, value_enum)]
     pub state: Vec<StateArg>,
@@ -299,6 +302,7 @@ pub fn request_details(out: &Out, r: &v1::Request) -> String {
                 String::new()
             },
         ),
+        ("Review needed", r.review_reason.clone()),
         ("Policy version", r.policy_version.clone()),
         ("Version", r.version.to_string()),
     ];
@@ -562,7 +566,8 @@ pub async fn status(app: &App, a: StatusArgs) -> CliResult<ExitCode> {
         return Err(CliError::usage("--limit is between 1 and 500"));
     }
     let list = v1::ListRequestsRequest {
-        mine: !a.pending && !a.all && a.requester.is_none(),
+        mine: !a.pending && !a.all && !a.needs_review && a.requester.is_none(),
+        needs_review: a.needs_review,
         awaiting_my_approval: a.pending,
         states: a
             .state
@@ -653,6 +658,39 @@ pub async fn revoke(app: &App, id: &str, reason: String) -> CliResult<ExitCode> 
         .map_err(|s| api.err(s))?
         .into_inner();
     decided(app, r, "Revoked")
+}
+
+pub async fn review(app: &App, id: &str, verdict: String) -> CliResult<ExitCode> {
+    if verdict.trim().is_empty() {
+        return Err(CliError::usage(
+            "--verdict must say what the review concluded",
+        ));
+    }
+    let api = app.api().await?;
+    let r = api
+        .requests
+        .clone()
+        .review_request(v1::ReviewRequestRequest {
+            id: id.to_owned(),
+            verdict,
+        })
+        .await
+        .map_err(|s| api.err(s))?
+        .into_inner();
+    app.out.note(format!(
+        "Closed the review of {} ({})",
+        r.request_id, r.reason
+    ));
+    app.out.emit(&r, |_| {
+        details(&[
+            ("Request", r.request_id.clone()),
+            ("Needed because", r.reason.clone()),
+            ("Reviewer", r.reviewer.clone()),
+            ("Verdict", r.verdict.clone()),
+            ("Closed", local_time(&r.closed_at)),
+        ])
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn extend(app: &App, id: &str, by: i64, reason: String) -> CliResult<ExitCode> {

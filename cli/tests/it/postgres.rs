@@ -95,3 +95,74 @@ fn tls_postgres_request_approve_and_inspect() {
     assert_eq!(status["store"], "postgres", "{status}");
     carol.run(&["audit", "verify"]).ok();
 }
+
+#[test]
+fn a_self_approved_request_is_listed_for_review_and_closed_by_an_auditor() {
+    let jd = Jitsudod::postgres();
+    let (carol, erin) = (jd.user("carol"), jd.user("erin"));
+    // No dev user is on call (break-glass), so the request to review is a self-approval:
+    // carol, an admin, writes policies that auto-approve a role and then asks for it.
+    let good = carol.home.path().join("approval.rego");
+    std::fs::write(
+        &good,
+        "package jitsudo.eligibility\n\nallow if input.request.role == \"auditor-view\"\n",
+    )
+    .expect("write");
+    carol
+        .run(&[
+            "policy",
+            "apply",
+            "-f",
+            good.to_str().expect("utf-8"),
+            "--name",
+            "carol-elig",
+        ])
+        .ok();
+    let approval = carol.home.path().join("approval2.rego");
+    std::fs::write(
+        &approval,
+        "package jitsudo.approval\n\nauto_approve if input.request.role == \"auditor-view\"\n",
+    )
+    .expect("write");
+    carol
+        .run(&[
+            "policy",
+            "apply",
+            "-f",
+            approval.to_str().expect("utf-8"),
+            "--name",
+            "carol-approval",
+        ])
+        .ok();
+    let r = carol.json(&[
+        "request",
+        "--provider",
+        "demo",
+        "--role",
+        "auditor-view",
+        "--scope",
+        "demo-account",
+        "--duration",
+        "10m",
+        "--reason",
+        "look at the trail",
+        "--wait",
+    ]);
+    let rid = id(&r);
+    assert_eq!(
+        r["reviewReason"], "auto-approved by a policy its requester wrote",
+        "{r}"
+    );
+    let open = erin.json(&["status", "--needs-review"]);
+    assert_eq!(open["requests"][0]["id"], rid.as_str(), "{open}");
+    let own = carol
+        .run(&["review", &rid, "--verdict", "mine is fine"])
+        .fails(3);
+    assert!(own.stderr.contains("own request"), "{}", own.stderr);
+    let closed = erin.json(&["review", &rid, "--verdict", "checked the policy diff"]);
+    assert_eq!(closed["reviewer"], "erin");
+    let open = erin.json(&["status", "--needs-review"]);
+    assert!(open.get("requests").is_none(), "{open}");
+    let again = erin.run(&["review", &rid, "--verdict", "again"]).fails(1);
+    assert!(!again.stderr.is_empty());
+}

@@ -792,3 +792,67 @@ pub(super) async fn identities_keep_the_last_verified_email(db: Db) {
     );
     assert_eq!(db.store.verified_email_of("dave").await.unwrap(), None);
 }
+
+pub(super) async fn reviews_are_listed_until_closed_once(db: Db) {
+    // A self-approved request (alice wrote a deciding policy) and an ordinary one.
+    let mut mine = decision(true, 1);
+    mine.policies = vec![jitsudo_actors::policy::PolicyStamp {
+        name: "approval".into(),
+        version: 2,
+        author: "alice".into(),
+    }];
+    let self_approved = stored(&db, &new_request(mine)).await;
+    let mut theirs = decision(true, 1);
+    theirs.policies = vec![jitsudo_actors::policy::PolicyStamp {
+        name: "approval".into(),
+        version: 2,
+        author: "carol".into(),
+    }];
+    let ordinary = stored(&db, &new_request(theirs)).await;
+    assert!(self_approved.review_reason().is_some());
+    assert!(ordinary.review_reason().is_none());
+    let open = |store: jitsudo_actors::store::SharedStore| async move {
+        store
+            .list_requests(&ListFilter {
+                needs_review: true,
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(open(db.store.clone()).await, [self_approved.id]);
+    let closed = db
+        .store
+        .close_review(self_approved.id.0, "self", "erin", "fine", "node-a")
+        .await
+        .unwrap()
+        .expect("closed");
+    assert_eq!(
+        (closed.reviewer.as_str(), closed.verdict.as_str()),
+        ("erin", "fine")
+    );
+    assert!(
+        db.store
+            .close_review(self_approved.id.0, "self", "carol", "again", "node-a")
+            .await
+            .unwrap()
+            .is_none(),
+        "closed once"
+    );
+    assert!(open(db.store.clone()).await.is_empty());
+    let events = db
+        .store
+        .query_audit(&AuditQuery {
+            kind: Some("review.closed".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0.actor, "erin");
+    assert_eq!(events[0].0.request_id, Some(self_approved.id.0));
+    assert_eq!(events[0].0.request_version, None);
+}
