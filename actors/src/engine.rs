@@ -456,6 +456,7 @@ impl Engine {
                 .verified_email_of(subject)
                 .await?
                 .map(|e| e.to_lowercase()),
+            links: Vec::new(),
         };
         if same_person(&by.person(), &target) {
             return Err(EngineError::SelfBenefit { what: "trust tier" });

@@ -160,6 +160,9 @@ impl Default for AuthSection {
 pub struct AuthzConfig {
     pub admin_groups: Vec<String>,
     pub auditor_groups: Vec<String>,
+    /// Subjects that are one person (an admin's break-glass login, an old and a new IdP
+    /// subject), e.g. `[["alice", "alice-admin"]]`: the same-person rule treats them as one.
+    pub same_person: Vec<Vec<String>>,
 }
 
 impl Default for AuthzConfig {
@@ -167,6 +170,7 @@ impl Default for AuthzConfig {
         AuthzConfig {
             admin_groups: vec!["jitsudo-admins".into()],
             auditor_groups: vec!["auditors".into()],
+            same_person: Vec::new(),
         }
     }
 }

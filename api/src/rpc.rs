@@ -90,8 +90,19 @@ impl AppState {
         let auditor = groups
             .iter()
             .any(|g| self.config.authz.auditor_groups.contains(g));
+        let links: Vec<String> = self
+            .config
+            .authz
+            .same_person
+            .iter()
+            .filter(|set| set.contains(&subject))
+            .flatten()
+            .filter(|s| **s != subject)
+            .cloned()
+            .collect();
         Ok(Caller {
             principal: Principal {
+                links,
                 subject,
                 email,
                 email_verified,

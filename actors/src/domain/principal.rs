@@ -15,6 +15,9 @@ pub struct Principal {
     pub groups: Vec<String>,
     #[serde(default)]
     pub trust_tier: i64,
+    /// Other subjects configured as this same person (`authz.same_person`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
 }
 
 impl Principal {
@@ -25,6 +28,7 @@ impl Principal {
             email_verified: false,
             groups: Vec::new(),
             trust_tier: 0,
+            links: Vec::new(),
         }
     }
 
@@ -47,6 +51,7 @@ impl Principal {
                 .as_ref()
                 .filter(|_| self.email_verified)
                 .map(|e| e.to_lowercase()),
+            links: self.links.clone(),
         }
     }
 }
@@ -58,16 +63,35 @@ pub struct PersonRef {
     /// Lower-cased, and present only when the issuer said it was verified.
     #[serde(default)]
     pub verified_email: Option<String>,
+    /// Other subjects configured as this same person.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
 }
 
+/// The same subject, the same verified email, or subjects configured as one person.
 pub fn same_person(a: &PersonRef, b: &PersonRef) -> bool {
     a.subject == b.subject
+        || a.links.contains(&b.subject)
+        || b.links.contains(&a.subject)
         || matches!((&a.verified_email, &b.verified_email), (Some(x), Some(y)) if x == y)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_links_make_two_subjects_one_person_either_way() {
+        let mut alice = Principal::new("alice");
+        alice.links = vec!["alice-admin".into()];
+        let admin_login = Principal::new("alice-admin");
+        assert!(same_person(&alice.person(), &admin_login.person()));
+        assert!(same_person(&admin_login.person(), &alice.person()));
+        assert!(!same_person(
+            &alice.person(),
+            &Principal::new("bob").person()
+        ));
+    }
 
     #[test]
     fn verified_emails_link_identities_but_unverified_do_not() {

@@ -743,6 +743,7 @@ pub fn step(
                 by: super::PersonRef {
                     subject: "policy".into(),
                     verified_email: None,
+                    links: Vec::new(),
                 },
                 kind: "policy".into(),
                 comment: format!("auto-approved by policy {}", req.decision.policy_version),

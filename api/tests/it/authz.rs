@@ -629,6 +629,55 @@ async fn nobody_sets_their_own_trust_tier_not_even_an_admin() {
     j.stop().await.expect("clean stop");
 }
 
+/// Attack: one person with two subjects the operator configured as one
+/// (`authz.same_person`) approves their own request, or raises their other login's tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_links_are_one_person_for_approvals_and_trust_tiers() {
+    let j = Jitsudo::start_with(|c| {
+        c.authz.same_person = vec![
+            vec!["alice".into(), "alice-approver".into()],
+            vec!["carol".into(), "carol-breakglass".into()],
+        ];
+    })
+    .await;
+    let r = j.create("alice", "cloud", "operator", 600).await;
+    let other = j.token_for("alice-approver", None, false, &["approvers"]);
+    let mut linked = j.grpc_with(Some(&format!("Bearer {other}"))).requests;
+    let before = j.audit_without_denials().await;
+    let msg = refused(
+        linked
+            .approve_request(v1::DecideRequest {
+                id: r.id.clone(),
+                comment: "me".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("own request"), "{msg}");
+    let msg = refused(
+        j.grpc("carol")
+            .principals
+            .set_trust_tier(v1::SetTrustTierRequest {
+                subject: "carol-breakglass".into(),
+                trust_tier: 9,
+                reason: "mine".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("trust tier"), "{msg}");
+    assert_eq!(j.audit_without_denials().await, before, "nothing changed");
+    // bob is not linked to alice: his approval counts.
+    ok(j.grpc("bob")
+        .requests
+        .approve_request(v1::DecideRequest {
+            id: r.id.clone(),
+            comment: String::new(),
+        })
+        .await);
+    j.stop().await.expect("clean stop");
+}
+
 /// Attack: an admin raises the trust tier of their own second login (another subject with
 /// the same verified email). Once that login has been seen, it is the same person.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

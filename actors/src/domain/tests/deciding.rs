@@ -221,7 +221,8 @@ fn auto_approve_is_recorded_with_approver_policy() {
         a.by,
         PersonRef {
             subject: "policy".into(),
-            verified_email: None
+            verified_email: None,
+            links: Vec::new(),
         }
     );
     assert!(!same_person(&a.by, &alice().person()));

@@ -224,6 +224,7 @@ pub(super) async fn awaiting_approval_lists_pending_requests_of_my_groups_but_no
         caller: Some(PersonRef {
             subject: "carol".into(),
             verified_email: None,
+            links: Vec::new(),
         }),
         ..mine.clone()
     };
