@@ -130,8 +130,23 @@ impl Actor for RequestActor {
         let started = std::time::Instant::now();
         match msg {
             RequestMsg::Command { cmd, reply } => {
+                let decides = matches!(
+                    cmd,
+                    Command::Approve { .. } | Command::Deny { .. } | Command::Revoke { .. }
+                );
                 let res = match event_for(st, cmd) {
-                    Ok(ev) => apply(&me, st, ev).await,
+                    Ok(ev) => {
+                        // A person's decision was checked against the approval policy: the
+                        // audit event says which policy set (and whose policies) decided.
+                        let under = decides.then(|| {
+                            let set = st.ctx.policy.current();
+                            serde_json::json!({
+                                "policy_version": set.fingerprint(),
+                                "policies": set.policies(),
+                            })
+                        });
+                        apply_with(&me, st, ev, under).await
+                    }
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(res);
@@ -244,10 +259,28 @@ async fn apply(
     st: &mut RequestState,
     ev: Event,
 ) -> Result<Request, EngineError> {
+    apply_with(me, st, ev, None).await
+}
+
+/// As [`apply`]; `decided_under` (the policy set that checked a person's decision) goes
+/// into the transition's audit details.
+async fn apply_with(
+    me: &ActorRef<RequestMsg>,
+    st: &mut RequestState,
+    ev: Event,
+    decided_under: Option<serde_json::Value>,
+) -> Result<Request, EngineError> {
     let ctx = st.ctx.clone();
     let event = ev.name();
     let tr = match step(&st.req, ev, ctx.now(), ctx.rules()) {
-        Ok(tr) => tr,
+        Ok(mut tr) => {
+            if let (Some(under), serde_json::Value::Object(details)) =
+                (decided_under, &mut tr.audit.details)
+            {
+                details.insert("decided_under".into(), under);
+            }
+            tr
+        }
         Err(Refusal::TimerEarly { .. }) => {
             arm_timers(me, st);
             return Ok(st.req.clone());

@@ -629,6 +629,40 @@ async fn nobody_sets_their_own_trust_tier_not_even_an_admin() {
     j.stop().await.expect("clean stop");
 }
 
+/// Attack: an admin who is also an approver approves their own request. Being an admin
+/// (or sharing the approvers group) never makes one's own request approvable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_approver_cannot_approve_their_own_request() {
+    let j = Jitsudo::start().await;
+    let token = j.token_for(
+        "root-admin",
+        Some("root@example.com"),
+        true,
+        &["jitsudo-admins", "approvers", "engineering"],
+    );
+    let mut admin = j.grpc_with(Some(&format!("Bearer {token}"))).requests;
+    let r = ok(admin
+        .create_request(new_request("cloud", "operator", 600))
+        .await);
+    let before = j.audit_without_denials().await;
+    let msg = refused(
+        admin
+            .approve_request(v1::DecideRequest {
+                id: r.id.clone(),
+                comment: "I am the admin".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("own request"), "{msg}");
+    assert_eq!(j.audit_without_denials().await, before, "nothing changed");
+    assert_eq!(
+        j.stored(&r.id).await.state,
+        jitsudo_actors::domain::State::Pending
+    );
+    j.stop().await.expect("clean stop");
+}
+
 /// Attack: one person with two subjects the operator configured as one
 /// (`authz.same_person`) approves their own request, or raises their other login's tier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1060,3 +1060,40 @@ async fn break_glass_and_self_approved_requests_are_reviewed_once_by_someone_els
     );
     j.stop().await.expect("clean stop");
 }
+
+/// Every policy decision is recorded with the policy set and its authors: the create's
+/// decision, and each person's approval or denial checked against the approval policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_record_the_policy_version_and_authors_that_allowed_them() {
+    let j = Jitsudo::start().await;
+    let r = j.create("alice", "cloud", "operator", 600).await;
+    ok(j.grpc("bob")
+        .requests
+        .approve_request(v1::DecideRequest {
+            id: r.id.clone(),
+            comment: String::new(),
+        })
+        .await);
+    let log = j.audit_log().await;
+    let details = |kind: &str| -> serde_json::Value {
+        let e = log
+            .iter()
+            .find(|e| e.kind == kind && e.request_id.map(|x| x.to_string()) == Some(r.id.clone()))
+            .unwrap_or_else(|| panic!("a {kind} event"));
+        serde_json::from_str(&e.details).expect("JSON details")
+    };
+    let created = details("request.created");
+    assert_eq!(created["policy_version"], r.policy_version.as_str());
+    assert_eq!(created["policies"][0]["author"], "test-setup", "{created}");
+    let approved = details("request.approved");
+    assert_eq!(
+        approved["decided_under"]["policy_version"],
+        r.policy_version.as_str(),
+        "{approved}"
+    );
+    assert_eq!(
+        approved["decided_under"]["policies"][0]["author"],
+        "test-setup"
+    );
+    j.stop().await.expect("clean stop");
+}
