@@ -106,16 +106,7 @@ pub async fn device_login(
     show: impl FnOnce(&DevicePrompt),
 ) -> CliResult<StoredToken> {
     let http = Http::new()?;
-    let issuer_url = IssuerUrl::new(issuer.to_owned())
-        .map_err(|e| CliError::usage(format!("the issuer {issuer:?} is not a URL: {e}")))?;
-    let metadata = DeviceProviderMetadata::discover_async(issuer_url, &http)
-        .await
-        .map_err(|e| {
-            oidc_err(
-                &format!("cannot read the OpenID configuration of {issuer}"),
-                error_chain(&e),
-            )
-        })?;
+    let metadata = discover(issuer, &http).await?;
     let device_url = metadata
         .additional_metadata()
         .device_authorization_endpoint
@@ -162,17 +153,7 @@ pub async fn device_login(
                 ),
             )
         })?;
-    let access_token = token.access_token().secret().to_owned();
-    let (expires_at, lifetime) = expiry(&access_token, token.expires_in());
-    Ok(StoredToken {
-        expires_at,
-        lifetime,
-        access_token,
-        refresh_token: token.refresh_token().map(|r| r.secret().to_owned()),
-        method: "oidc".into(),
-        issuer: Some(issuer.to_owned()),
-        client_id: Some(client_id.to_owned()),
-    })
+    Ok(stored_oidc(&token, None, issuer, client_id))
 }
 
 /// Exchanges the refresh token for a new access token (and keeps the old refresh token when
@@ -189,16 +170,7 @@ pub async fn refresh(stored: &StoredToken) -> CliResult<StoredToken> {
         ));
     };
     let http = Http::new()?;
-    let issuer_url = IssuerUrl::new(issuer.to_owned())
-        .map_err(|e| CliError::usage(format!("the issuer {issuer:?} is not a URL: {e}")))?;
-    let metadata = DeviceProviderMetadata::discover_async(issuer_url, &http)
-        .await
-        .map_err(|e| {
-            oidc_err(
-                &format!("cannot read the OpenID configuration of {issuer}"),
-                error_chain(&e),
-            )
-        })?;
+    let metadata = discover(issuer, &http).await?;
     let client =
         CoreClient::from_provider_metadata(metadata, ClientId::new(client_id.into()), None)
             .set_auth_type(AuthType::RequestBody);
@@ -216,20 +188,49 @@ pub async fn refresh(stored: &StoredToken) -> CliResult<StoredToken> {
                 ),
             )
         })?;
+    Ok(stored_oidc(
+        &token,
+        stored.refresh_token.clone(),
+        issuer,
+        client_id,
+    ))
+}
+
+/// The OpenID configuration of `issuer`, with its device authorization endpoint.
+async fn discover(issuer: &str, http: &Http) -> CliResult<DeviceProviderMetadata> {
+    let issuer_url = IssuerUrl::new(issuer.to_owned())
+        .map_err(|e| CliError::usage(format!("the issuer {issuer:?} is not a URL: {e}")))?;
+    DeviceProviderMetadata::discover_async(issuer_url, http)
+        .await
+        .map_err(|e| {
+            oidc_err(
+                &format!("cannot read the OpenID configuration of {issuer}"),
+                error_chain(&e),
+            )
+        })
+}
+
+/// What to store of a token response; `keep_refresh` when the provider did not rotate it.
+fn stored_oidc(
+    token: &openidconnect::core::CoreTokenResponse,
+    keep_refresh: Option<String>,
+    issuer: &str,
+    client_id: &str,
+) -> StoredToken {
     let access_token = token.access_token().secret().to_owned();
     let (expires_at, lifetime) = expiry(&access_token, token.expires_in());
-    Ok(StoredToken {
+    StoredToken {
         expires_at,
         lifetime,
         access_token,
         refresh_token: token
             .refresh_token()
             .map(|r| r.secret().to_owned())
-            .or_else(|| stored.refresh_token.clone()),
+            .or(keep_refresh),
         method: "oidc".into(),
-        issuer: stored.issuer.clone(),
-        client_id: stored.client_id.clone(),
-    })
+        issuer: Some(issuer.to_owned()),
+        client_id: Some(client_id.to_owned()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -91,17 +91,20 @@ pub async fn login(app: &App, args: LoginArgs) -> CliResult<ExitCode> {
     if changed {
         config.save(&app.paths.config_file())?;
     }
-    let api = app.api().await?;
-    let me = api
-        .principals
-        .clone()
-        .who_am_i(v1::WhoAmIRequest {})
-        .await
-        .map_err(|s| api.err(s))?
-        .into_inner();
+    let me = who_am_i(app).await?;
     app.out
         .note(format!("Logged in to {} as {}", target.server, me.subject));
     Ok(ExitCode::SUCCESS)
+}
+
+async fn who_am_i(app: &App) -> CliResult<v1::Principal> {
+    let api = app.api().await?;
+    api.principals
+        .clone()
+        .who_am_i(v1::WhoAmIRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| api.err(s))
 }
 
 pub fn logout(app: &App) -> CliResult<ExitCode> {
@@ -116,14 +119,7 @@ pub fn logout(app: &App) -> CliResult<ExitCode> {
 }
 
 pub async fn whoami(app: &App) -> CliResult<ExitCode> {
-    let api = app.api().await?;
-    let me = api
-        .principals
-        .clone()
-        .who_am_i(v1::WhoAmIRequest {})
-        .await
-        .map_err(|s| api.err(s))?
-        .into_inner();
+    let me = who_am_i(app).await?;
     app.out.emit(&me, |_| {
         let mut roles = Vec::new();
         if me.admin {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::Jitsudod;
+use crate::harness::{Jitsudod, demo_request};
 
 /// Seconds an access token lives: long enough for login's own first call, short enough
 /// that the test sees it expire.
@@ -186,20 +186,13 @@ fn device_flow_login_and_silent_refresh() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("jitsudo login"));
 
     // A request with the refreshed login works end to end.
-    let req = alice.json(&[
-        "request",
-        "--provider",
-        "demo",
-        "--role",
-        "viewer",
-        "--scope",
-        "demo-account",
-        "--duration",
-        "10m",
-        "--reason",
-        "after a refresh",
-        "--wait",
-    ]);
+    let req = alice.json(
+        &[
+            demo_request("viewer", "10m", "after a refresh"),
+            vec!["--wait"],
+        ]
+        .concat(),
+    );
     assert_eq!(req["requester"], "alice");
     assert_eq!(req["state"], "REQUEST_STATE_ACTIVE");
 }

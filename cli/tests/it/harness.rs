@@ -363,6 +363,23 @@ pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// `jitsudo request` for the demo provider's demo-account.
+pub fn demo_request<'a>(role: &'a str, duration: &'a str, reason: &'a str) -> Vec<&'a str> {
+    vec![
+        "request",
+        "--provider",
+        "demo",
+        "--role",
+        role,
+        "--scope",
+        "demo-account",
+        "--duration",
+        duration,
+        "--reason",
+        reason,
+    ]
+}
+
 pub fn state(v: &Value) -> &str {
     v["state"].as_str().unwrap_or_default()
 }

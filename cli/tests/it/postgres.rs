@@ -1,7 +1,7 @@
 //! The real `jitsudo` binary against a production-mode jitsudod: PostgreSQL, TLS with a
 //! private CA (`--ca-cert`), tokens from an OpenID issuer handed over in JITSUDO_TOKEN.
 
-use crate::harness::{Jitsudod, eventually, id, state};
+use crate::harness::{Jitsudod, demo_request, eventually, id, state};
 
 #[test]
 fn tls_postgres_request_approve_and_inspect() {
@@ -23,39 +23,18 @@ fn tls_postgres_request_approve_and_inspect() {
     assert_eq!(me["subject"], "alice");
 
     // Auto-approved viewer access, followed to ACTIVE.
-    let viewer = alice.json(&[
-        "request",
-        "--provider",
-        "demo",
-        "--role",
-        "viewer",
-        "--scope",
-        "demo-account",
-        "--duration",
-        "20m",
-        "--reason",
-        "look at the dashboards",
-        "--meta",
-        "team=payments",
-        "--wait",
-    ]);
+    let viewer = alice.json(
+        &[
+            demo_request("viewer", "20m", "look at the dashboards"),
+            vec!["--meta", "team=payments", "--wait"],
+        ]
+        .concat(),
+    );
     assert_eq!(state(&viewer), "REQUEST_STATE_ACTIVE", "{viewer}");
     assert_eq!(viewer["metadata"]["team"], "payments");
 
     // An operator request approved by bob.
-    let op = alice.json(&[
-        "request",
-        "--provider",
-        "demo",
-        "--role",
-        "operator",
-        "--scope",
-        "demo-account",
-        "--duration",
-        "1h",
-        "--reason",
-        "restart the workers",
-    ]);
+    let op = alice.json(&demo_request("operator", "1h", "restart the workers"));
     let rid = id(&op);
     assert_eq!(state(&op), "REQUEST_STATE_PENDING");
     let pending = bob.json(&["status", "--pending"]);
@@ -134,20 +113,13 @@ fn a_self_approved_request_is_listed_for_review_and_closed_by_an_auditor() {
             "carol-approval",
         ])
         .ok();
-    let r = carol.json(&[
-        "request",
-        "--provider",
-        "demo",
-        "--role",
-        "auditor-view",
-        "--scope",
-        "demo-account",
-        "--duration",
-        "10m",
-        "--reason",
-        "look at the trail",
-        "--wait",
-    ]);
+    let r = carol.json(
+        &[
+            demo_request("auditor-view", "10m", "look at the trail"),
+            vec!["--wait"],
+        ]
+        .concat(),
+    );
     let rid = id(&r);
     assert_eq!(
         r["reviewReason"], "auto-approved by a policy its requester wrote",

@@ -1,7 +1,7 @@
 //! What people and scripts see: the table, JSON and YAML of `status` and `audit`, pinned by
 //! insta snapshots (ids, times, hashes and the policy fingerprint are masked).
 
-use crate::harness::{Jitsudod, User, eventually, id};
+use crate::harness::{Jitsudod, User, demo_request, eventually, id};
 
 fn masked(name: &str, text: &str) {
     insta::with_settings!({
@@ -32,24 +32,13 @@ fn scene() -> (Jitsudod, User, User, String) {
     let (alice, erin) = (jd.user("alice"), jd.user("erin"));
     alice.login_dev();
     erin.login_dev();
-    let rid = id(&alice.json(&[
-        "request",
-        "--provider",
-        "demo",
-        "--role",
-        "viewer",
-        "--scope",
-        "demo-account",
-        "--duration",
-        "45m",
-        "--reason",
-        "read the payment logs",
-        "--ticket",
-        "OPS-7",
-        "--meta",
-        "team=payments",
-        "--wait",
-    ]));
+    let rid = id(&alice.json(
+        &[
+            demo_request("viewer", "45m", "read the payment logs"),
+            vec!["--ticket", "OPS-7", "--meta", "team=payments", "--wait"],
+        ]
+        .concat(),
+    ));
     alice.run(&["revoke", &rid, "--reason", "done"]).ok();
     eventually(20, "the request to end and its trail to be chained", || {
         let r = alice.json(&["status", &rid]);
