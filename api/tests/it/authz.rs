@@ -629,6 +629,45 @@ async fn nobody_sets_their_own_trust_tier_not_even_an_admin() {
     j.stop().await.expect("clean stop");
 }
 
+/// Attack: a plain user and an auditor apply or delete policies. Refused, and the live
+/// policy set and the stored policies are exactly as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_changed_by_admins_only_and_refusals_change_nothing() {
+    let j = Jitsudo::start().await;
+    let stored = || async {
+        ok(j.grpc("carol")
+            .policies
+            .list_policies(v1::ListPoliciesRequest {})
+            .await)
+    };
+    let before = stored().await;
+    for who in ["mallory", "erin"] {
+        let mut p = j.grpc(who).policies;
+        refused(
+            p.apply_policy(v1::ApplyPolicyRequest {
+                name: "approval".into(),
+                rego: "package jitsudo.approval\n\nauto_approve := true\n".into(),
+            })
+            .await,
+            Code::PermissionDenied,
+        );
+        refused(
+            p.delete_policy(v1::DeletePolicyRequest {
+                name: "eligibility".into(),
+            })
+            .await,
+            Code::PermissionDenied,
+        );
+    }
+    assert_eq!(stored().await, before, "the stored policies are unchanged");
+    assert_eq!(
+        j.state.engine.policy().current().fingerprint(),
+        before.policy_version,
+        "the live set is unchanged"
+    );
+    j.stop().await.expect("clean stop");
+}
+
 /// Attack: an admin who is also an approver approves their own request. Being an admin
 /// (or sharing the approvers group) never makes one's own request approvable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

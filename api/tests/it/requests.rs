@@ -679,7 +679,9 @@ async fn break_glass_is_approved_at_once_for_oncall_and_cannot_be_extended() {
         Code::FailedPrecondition,
     );
     assert!(msg.contains("break-glass"), "{msg}");
-    // Without a reason, or for someone the policy does not allow, it is refused.
+    // Without a reason, or for someone the policy does not allow, it is refused, and
+    // nothing is stored, granted or audited.
+    let before = j.audit_without_denials().await;
     let mut no_reason = bg.clone();
     no_reason.reason = " ".into();
     refused(oscar.create_request(no_reason).await, Code::InvalidArgument);
@@ -688,6 +690,7 @@ async fn break_glass_is_approved_at_once_for_oncall_and_cannot_be_extended() {
         Code::InvalidArgument,
     );
     assert!(msg.contains("break-glass"), "{msg}");
+    assert_eq!(j.audit_without_denials().await, before, "nothing changed");
 
     // Attack: a second emergency right after the first — refused during the cooldown, and
     // nothing is stored or granted.
