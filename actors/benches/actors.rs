@@ -43,6 +43,10 @@ use jitsudo_providers::{GrantSpec, Provider, Registry};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
+/// jitsudod's allocator, so that the memory and time figures stand for the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &[u8] = b"bench-secret-for-the-fake-cloud";
 const SHARDS: u32 = 64;
 /// Share of each second in which the expiry benchmark creates requests (see `expiry`).

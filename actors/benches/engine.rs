@@ -33,6 +33,10 @@ use jitsudo_proto::audit::{
 use regorus::utils::limits::ExecutionTimerConfig;
 use uuid::Uuid;
 
+/// jitsudod's allocator, so that the numbers stand for the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Events in the in-memory chain benchmark.
 const CHAIN_EVENTS: usize = 10_000;
 

@@ -66,6 +66,11 @@ enum Command {
     },
 }
 
+/// mimalloc: fewer and cheaper allocator calls than glibc's malloc for the actors' and the
+/// policy engine's many small allocations (docs/benchmarks.md measures with it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()

@@ -182,7 +182,9 @@ impl PolicySet {
         engine.set_gather_prints(true);
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: EVAL_TIME_LIMIT,
-            check_interval: NonZeroU32::MIN,
+            // Reading the clock after every unit of work costs 5–10 % of an evaluation;
+            // every 256 units keeps the limit within microseconds.
+            check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
         });
         for source in &sources {
             engine
