@@ -1,7 +1,14 @@
-//! RequestActor: one per live request. It runs the pure `step`, commits each transition
-//! through the fenced store, then carries out the effects: provider calls in their own
-//! tasks, deadline timers, retries with back-off. When it cannot tell whether a write
-//! committed it stops, and its ShardActor rebuilds it from the database.
+//! RequestActor: one per live request that has work to do. It runs the pure `step`,
+//! commits each transition through the fenced store, then carries out the effects:
+//! provider calls in their own tasks, deadline timers, retries with back-off. When it
+//! cannot tell whether a write committed it stops, and its ShardActor rebuilds it from the
+//! database.
+//!
+//! A request with nothing in flight (a PENDING one waiting for people, an ACTIVE one
+//! waiting for its expiry) falls asleep: the actor stops with [`ASLEEP`], handing its state
+//! to the ShardActor, which keeps the request as data with its next deadline in one timer
+//! wheel per shard and starts a new actor for the next command or deadline. An actor costs
+//! ~16 KiB (ractor's channels and task); a sleeping request ~2 KiB (docs/benchmarks.md).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,8 +30,11 @@ use crate::policy::{ApprovalInput, PolicyInput};
 use crate::stats::{ActorStats, names};
 use crate::store::{Fence, Persist, Write};
 
-/// Why a RequestActor stopped; anything but `PASSIVATED` makes the ShardActor rebuild it.
+/// Why a RequestActor stopped; anything but `PASSIVATED` or `ASLEEP` makes the ShardActor
+/// rebuild it from the store.
 pub const PASSIVATED: &str = "passivated";
+/// The request had nothing in flight: its state goes to the ShardActor to sleep as data.
+pub const ASLEEP: &str = "asleep";
 
 #[derive(RactorMessage)]
 pub enum RequestMsg {
@@ -49,19 +59,33 @@ pub struct RequestArgs {
 
 pub struct RequestState {
     ctx: Arc<NodeContext>,
-    req: Request,
+    pub(super) req: Request,
     fence: Fence,
     stats: Arc<ActorStats>,
-    timers: Vec<JoinHandle<()>>,
+    timers: Timers,
     /// Provider calls in flight, as (is_grant, grant_id).
     inflight: HashSet<(bool, Uuid)>,
+    /// Back-offs scheduled and not yet elapsed.
+    retries: usize,
+    /// A stop was asked for (the actor finishes its current message first).
+    stopping: bool,
 }
 
-impl Drop for RequestState {
-    fn drop(&mut self) {
-        for t in self.timers.drain(..) {
+/// Deadline timer tasks, cancelled when replaced or dropped.
+#[derive(Default)]
+struct Timers(Vec<JoinHandle<()>>);
+
+impl Timers {
+    fn cancel(&mut self) {
+        for t in self.0.drain(..) {
             t.abort();
         }
+    }
+}
+
+impl Drop for Timers {
+    fn drop(&mut self) {
+        self.cancel();
     }
 }
 
@@ -80,15 +104,16 @@ impl Actor for RequestActor {
         _me: ActorRef<RequestMsg>,
         args: RequestArgs,
     ) -> Result<RequestState, ActorProcessingErr> {
-        args.ctx.registry.register(&args.stats);
         args.stats.set_state(args.req.state.as_str());
         Ok(RequestState {
             ctx: args.ctx,
             req: args.req,
             fence: args.fence,
             stats: args.stats,
-            timers: Vec::new(),
+            timers: Timers::default(),
             inflight: HashSet::new(),
+            retries: 0,
+            stopping: false,
         })
     }
 
@@ -108,15 +133,6 @@ impl Actor for RequestActor {
             effects.push(Effect::Followup(Event::AutoApprove));
         }
         run_effects(&me, st, effects);
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _me: ActorRef<RequestMsg>,
-        st: &mut RequestState,
-    ) -> Result<(), ActorProcessingErr> {
-        st.ctx.registry.unregister(&st.stats);
         Ok(())
     }
 
@@ -160,6 +176,7 @@ impl Actor for RequestActor {
                 }
             }
             RequestMsg::Retry(call) => {
+                st.retries = st.retries.saturating_sub(1);
                 if outstanding_calls(&st.req).contains(&call) {
                     run_effects(&me, st, vec![call]);
                 }
@@ -167,8 +184,33 @@ impl Actor for RequestActor {
         }
         metrics::histogram!(names::ACTOR_HANDLER_SECONDS, "kind" => "request")
             .record(started.elapsed().as_secs_f64());
+        if idle(st) {
+            // Anything that reaches the mailbox from now on is dropped with the actor: a
+            // command is routed again by its caller, a deadline fires from the shard's wheel.
+            stop(&me, st, ASLEEP.into());
+        }
         Ok(())
     }
+}
+
+/// The first reason given is the one the ShardActor sees.
+fn stop(me: &ActorRef<RequestMsg>, st: &mut RequestState, reason: String) {
+    if !st.stopping {
+        st.stopping = true;
+        me.stop(Some(reason));
+    }
+}
+
+/// Nothing in flight, nothing queued, no deadline due: the request can sleep as data.
+fn idle(st: &RequestState) -> bool {
+    !st.stopping
+        && !st.req.state.is_terminal()
+        && st.inflight.is_empty()
+        && st.retries == 0
+        && st.stats.mailbox() == 0
+        && timers(&st.req)
+            .iter()
+            .all(|(_, at)| !st.ctx.until(*at).is_zero())
 }
 
 /// The provider call whose outcome this event reports, as (is_grant, grant_id).
@@ -324,23 +366,23 @@ async fn apply_with(
             arm_timers(me, st);
             run_effects(me, st, tr.effects);
             if st.req.state.is_terminal() {
-                me.stop(Some(PASSIVATED.into()));
+                stop(me, st, PASSIVATED.into());
             }
             Ok(st.req.clone())
         }
         Ok(Write::Stale) => {
             metrics::counter!(names::STALE_WRITES).increment(1);
-            me.stop(Some("stale write: rebuilding from the store".into()));
+            stop(me, st, "stale write: rebuilding from the store".into());
             Err(EngineError::Conflict)
         }
         Ok(Write::Missing) => {
-            me.stop(Some("request missing from the store".into()));
+            stop(me, st, "request missing from the store".into());
             Err(EngineError::NotFound { id: st.req.id })
         }
         Err(e) => {
             // The commit may or may not have happened: the database is the truth.
             tracing::warn!(request = %st.req.id, error = %e, "transition outcome unknown; rebuilding");
-            me.stop(Some("store error: outcome unknown".into()));
+            stop(me, st, "store error: outcome unknown".into());
             Err(EngineError::unavailable(format!("the store failed: {e}")))
         }
     }
@@ -363,13 +405,11 @@ fn record_transition(prev: &Request, next: &Request, db_now: chrono::DateTime<ch
 }
 
 fn arm_timers(me: &ActorRef<RequestMsg>, st: &mut RequestState) {
-    for t in st.timers.drain(..) {
-        t.abort();
-    }
+    st.timers.cancel();
     for (kind, at) in timers(&st.req) {
         let delay = st.ctx.until(at);
         let (me, stats) = (me.clone(), st.stats.clone());
-        st.timers.push(tokio::spawn(async move {
+        st.timers.0.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             send(&me, &stats, RequestMsg::Internal(kind.event(at)));
         }));
@@ -398,7 +438,8 @@ fn run_effects(me: &ActorRef<RequestMsg>, st: &mut RequestState, effects: Vec<Ef
     }
 }
 
-fn retry_later(me: &ActorRef<RequestMsg>, st: &RequestState, call: Effect, attempt: u32) {
+fn retry_later(me: &ActorRef<RequestMsg>, st: &mut RequestState, call: Effect, attempt: u32) {
+    st.retries += 1;
     let delay = st.ctx.config.backoff.delay(attempt);
     let (me, stats) = (me.clone(), st.stats.clone());
     tokio::spawn(async move {

@@ -1,19 +1,24 @@
 //! ShardActor: owns the live requests of one shard. It loads them when it starts, creates
 //! new ones (the create is fenced by this shard's lease), routes commands to their actors
 //! without waiting on them, and rebuilds any RequestActor that stops unexpectedly from the
-//! database.
+//! database. Requests with nothing in flight sleep here as data: one timer wheel per shard
+//! holds their next deadlines and starts an actor when one is due, as does the next
+//! command.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
 use super::Command;
-use super::actor::{PASSIVATED, RequestActor, RequestArgs, RequestMsg, send};
+use super::actor::{ASLEEP, PASSIVATED, RequestActor, RequestArgs, RequestMsg, RequestState, send};
 use crate::context::NodeContext;
-use crate::domain::{Refusal, Request, RequestId, Transition};
+use crate::domain::{Refusal, Request, RequestId, State, Transition, outstanding_calls, timers};
 use crate::error::EngineError;
 use crate::stats::{ActorStats, names};
 use crate::store::{Fence, Persist, Write};
@@ -33,7 +38,9 @@ pub enum ShardMsg {
         id: RequestId,
         restarts: u32,
     },
-    /// The live actor of a request, if it has one on this shard.
+    /// The earliest deadline in the wheel may be due.
+    Wake,
+    /// The live actor of a request on this shard, woken if the request sleeps.
     Lookup {
         id: RequestId,
         reply: RpcReplyPort<Option<ActorRef<RequestMsg>>>,
@@ -54,23 +61,57 @@ struct Live {
     restarts: u32,
 }
 
+/// A live request without an actor: its data, its entry in the actor list, and the
+/// deadline it sits in the wheel for.
+struct Asleep {
+    req: Request,
+    stats: Arc<ActorStats>,
+    restarts: u32,
+    due: Option<Instant>,
+}
+
 pub struct ShardState {
     ctx: Arc<NodeContext>,
     fence: Fence,
     stats: Arc<ActorStats>,
     live: HashMap<RequestId, Live>,
     by_actor: HashMap<ActorId, RequestId>,
+    asleep: HashMap<RequestId, Asleep>,
+    /// Next deadline of each sleeping request. An entry whose request woke up (or now
+    /// sleeps until another time) is skipped when it comes due.
+    wheel: BTreeSet<(Instant, RequestId)>,
+    /// The one task that sends `Wake` at the wheel's earliest deadline.
+    alarm: Option<(Instant, JoinHandle<()>)>,
 }
 
 impl ShardState {
+    /// A request joins the shard awake when it has something to do now, asleep otherwise.
+    async fn admit(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        req: Request,
+        stats: Option<Arc<ActorStats>>,
+        restarts: u32,
+    ) -> Result<(), EngineError> {
+        let stats =
+            stats.unwrap_or_else(|| ActorStats::new("request", req.id.to_string(), restarts));
+        self.ctx.registry.register(&stats);
+        if needs_actor(&req, &self.ctx) {
+            self.spawn_request(me, req, stats, restarts).await
+        } else {
+            self.sleep(me, req, stats, restarts);
+            Ok(())
+        }
+    }
+
     async fn spawn_request(
         &mut self,
         me: &ActorRef<ShardMsg>,
         req: Request,
+        stats: Arc<ActorStats>,
         restarts: u32,
     ) -> Result<(), EngineError> {
         let id = req.id;
-        let stats = ActorStats::new("request", id.to_string(), restarts);
         let args = RequestArgs {
             ctx: self.ctx.clone(),
             req,
@@ -91,12 +132,101 @@ impl ShardState {
                 restarts,
             },
         );
-        self.stats.set_state(format!(
-            "epoch {} · {} live",
-            self.fence.epoch,
-            self.live.len()
-        ));
+        self.show();
         Ok(())
+    }
+
+    fn sleep(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        req: Request,
+        stats: Arc<ActorStats>,
+        restarts: u32,
+    ) {
+        stats.set_state(req.state.as_str());
+        let due = timers(&req)
+            .into_iter()
+            .map(|(_, at)| Instant::now() + self.ctx.until(at))
+            .min();
+        if let Some(at) = due {
+            self.wheel.insert((at, req.id));
+            self.set_alarm(me, at);
+        }
+        self.asleep.insert(
+            req.id,
+            Asleep {
+                req,
+                stats,
+                restarts,
+                due,
+            },
+        );
+        self.show();
+    }
+
+    /// Starts the actor of a sleeping request; `false` when it does not sleep here.
+    async fn wake(&mut self, me: &ActorRef<ShardMsg>, id: RequestId) -> Result<bool, EngineError> {
+        let Some(a) = self.asleep.remove(&id) else {
+            return Ok(false);
+        };
+        let (stats, restarts) = (a.stats.clone(), a.restarts);
+        if let Err(e) = self.spawn_request(me, a.req.clone(), stats, restarts).await {
+            // Keep it asleep rather than lose it, and try again in a second.
+            let retry = Instant::now() + Duration::from_secs(1);
+            self.wheel.insert((retry, id));
+            self.set_alarm(me, retry);
+            self.asleep.insert(
+                id,
+                Asleep {
+                    due: Some(retry),
+                    ..a
+                },
+            );
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    fn set_alarm(&mut self, me: &ActorRef<ShardMsg>, at: Instant) {
+        if self.alarm.as_ref().is_some_and(|(armed, _)| *armed <= at) {
+            return;
+        }
+        if let Some((_, task)) = self.alarm.take() {
+            task.abort();
+        }
+        let (me, stats) = (me.clone(), self.stats.clone());
+        let task = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            stats.cast(&me, ShardMsg::Wake);
+        });
+        self.alarm = Some((at, task));
+    }
+
+    /// Wakes every sleeping request whose deadline has come, then re-arms the alarm.
+    async fn ring(&mut self, me: &ActorRef<ShardMsg>) {
+        self.alarm = None;
+        let now = Instant::now();
+        while let Some(&(at, id)) = self.wheel.first() {
+            if at > now {
+                self.set_alarm(me, at);
+                break;
+            }
+            self.wheel.pop_first();
+            if self.asleep.get(&id).is_some_and(|a| a.due == Some(at))
+                && let Err(e) = self.wake(me, id).await
+            {
+                tracing::error!(request = %id, error = %e, "a deadline came but its request actor did not start; retrying in 1 s");
+            }
+        }
+    }
+
+    fn show(&self) {
+        self.stats.set_state(format!(
+            "epoch {} · {} live ({} asleep)",
+            self.fence.epoch,
+            self.live.len() + self.asleep.len(),
+            self.asleep.len()
+        ));
     }
 
     /// Forwards the command with its reply port: the shard never waits on a request actor.
@@ -142,13 +272,15 @@ impl Actor for ShardActor {
             stats: args.stats,
             live: HashMap::new(),
             by_actor: HashMap::new(),
+            asleep: HashMap::new(),
+            wheel: BTreeSet::new(),
+            alarm: None,
         };
         let reqs = st.ctx.store.live_requests(&[st.fence.shard]).await?;
         for req in reqs {
-            st.spawn_request(&me, req, 0).await?;
+            st.admit(&me, req, None, 0).await?;
         }
-        st.stats
-            .set_state(format!("epoch {} · {} live", st.fence.epoch, st.live.len()));
+        st.show();
         metrics::gauge!(names::SHARDS_OWNED).increment(1.0);
         Ok(st)
     }
@@ -160,6 +292,17 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         me.stop_children_and_wait(Some("shard stopping".into()), Some(Duration::from_secs(5)))
             .await;
+        if let Some((_, task)) = st.alarm.take() {
+            task.abort();
+        }
+        for stats in st
+            .live
+            .values()
+            .map(|l| &l.stats)
+            .chain(st.asleep.values().map(|a| &a.stats))
+        {
+            st.ctx.registry.unregister(stats);
+        }
         st.ctx.registry.unregister(&st.stats);
         metrics::gauge!(names::SHARDS_OWNED).decrement(1.0);
         Ok(())
@@ -178,6 +321,13 @@ impl Actor for ShardActor {
                 let _ = reply.send(res);
             }
             ShardMsg::Route { id, cmd, reply } => {
+                match st.wake(&me, id).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return Ok(());
+                    }
+                }
                 if !st.live.contains_key(&id) {
                     match st.ctx.store.get(id).await {
                         Ok(None) => {
@@ -189,7 +339,9 @@ impl Actor for ShardActor {
                             return Ok(());
                         }
                         Ok(Some(req)) => {
-                            if let Err(e) = st.spawn_request(&me, req, 0).await {
+                            let stats = ActorStats::new("request", id.to_string(), 0);
+                            st.ctx.registry.register(&stats);
+                            if let Err(e) = st.spawn_request(&me, req, stats, 0).await {
                                 let _ = reply.send(Err(e));
                                 return Ok(());
                             }
@@ -204,17 +356,19 @@ impl Actor for ShardActor {
                 }
                 st.forward(id, cmd, reply);
             }
+            ShardMsg::Wake => st.ring(&me).await,
             ShardMsg::Lookup { id, reply } => {
+                let _ = st.wake(&me, id).await;
                 let _ = reply.send(st.live.get(&id).map(|l| l.actor.clone()));
             }
             ShardMsg::Rebuild { id, restarts } => {
-                if st.live.contains_key(&id) {
+                if st.live.contains_key(&id) || st.asleep.contains_key(&id) {
                     return Ok(());
                 }
                 match st.ctx.store.get(id).await {
                     Ok(Some(req)) if !req.state.is_terminal() => {
                         metrics::counter!(names::ACTOR_RESTARTS, "kind" => "request").increment(1);
-                        if let Err(e) = st.spawn_request(&me, req, restarts).await {
+                        if let Err(e) = st.admit(&me, req, None, restarts).await {
                             tracing::error!(request = %id, error = %e, "rebuilding a request actor failed; retrying");
                             rebuild_later(&me, &st.stats, id, restarts);
                         }
@@ -236,25 +390,37 @@ impl Actor for ShardActor {
         evt: SupervisionEvent,
         st: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(format!("panicked: {err}"))),
+        let (cell, last, reason) = match evt {
+            SupervisionEvent::ActorTerminated(cell, last, reason) => (cell, last, reason),
+            SupervisionEvent::ActorFailed(cell, err) => {
+                (cell, None, Some(format!("panicked: {err}")))
+            }
             _ => return Ok(()),
         };
         let Some(id) = st.by_actor.remove(&cell.get_id()) else {
             return Ok(());
         };
-        let restarts = st.live.get(&id).map(|l| l.restarts).unwrap_or(0);
-        // Only remove the entry if it belongs to the actor that stopped.
-        if st
-            .live
-            .get(&id)
-            .is_some_and(|l| l.actor.get_id() == cell.get_id())
-        {
-            st.live.remove(&id);
+        // Only act if the entry belongs to the actor that stopped.
+        let Some(live) = st.live.remove_entry(&id).and_then(|(id, l)| {
+            if l.actor.get_id() == cell.get_id() {
+                Some(l)
+            } else {
+                st.live.insert(id, l);
+                None
+            }
+        }) else {
+            return Ok(());
+        };
+        let restarts = live.restarts;
+        if reason.as_deref() == Some(ASLEEP) {
+            // The actor's last state is the newest committed one: it sleeps as data.
+            if let Some(last) = last.and_then(|mut b| b.take::<RequestState>().ok()) {
+                st.sleep(&me, last.req, live.stats, restarts);
+                return Ok(());
+            }
         }
-        st.stats
-            .set_state(format!("epoch {} · {} live", st.fence.epoch, st.live.len()));
+        st.ctx.registry.unregister(&live.stats);
+        st.show();
         if reason.as_deref() != Some(PASSIVATED) {
             tracing::info!(request = %id, reason = ?reason, "request actor stopped; rebuilding from the store");
             st.stats.cast(
@@ -303,7 +469,7 @@ async fn create(
             metrics::counter!(names::TRANSITIONS, "from" => "NONE", "to" => req.state.as_str())
                 .increment(1);
             let _ = ctx.commits.send((req.id, version));
-            st.spawn_request(me, req.clone(), 0).await?;
+            st.admit(me, req.clone(), None, 0).await?;
             Ok(req)
         }
         Write::Stale | Write::Missing => {
@@ -415,7 +581,7 @@ impl ShardHandle {
                 .ask_inner(timeout, |reply| ShardMsg::Route { id, cmd, reply })
                 .await
             {
-                Err(Asked::Dropped) if attempts < 3 => attempts += 1,
+                Err(Asked::Dropped) if attempts < 5 => attempts += 1,
                 Err(Asked::Dropped) => return Err(dropped()),
                 Err(Asked::Failed(e)) => return Err(e),
                 Ok(r) => return Ok(r),
@@ -433,4 +599,12 @@ enum Asked {
 
 fn dropped() -> EngineError {
     EngineError::unavailable("the request actor stopped before answering")
+}
+
+/// A request needs an actor now when a provider call or the auto-approval is outstanding,
+/// or a deadline is already due.
+fn needs_actor(req: &Request, ctx: &NodeContext) -> bool {
+    !outstanding_calls(req).is_empty()
+        || (req.state == State::Pending && req.decision.auto_approve && req.approvals.is_empty())
+        || timers(req).iter().any(|(_, at)| ctx.until(*at).is_zero())
 }

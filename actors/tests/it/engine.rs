@@ -213,6 +213,87 @@ async fn auto_approved_request_lives_its_whole_life_on_sqlite() {
     full_lifecycle(sqlite().await).await;
 }
 
+/// Requests asleep as data in their ShardActors, as the shards report it.
+fn asleep(engine: &Engine) -> usize {
+    engine
+        .actors()
+        .into_iter()
+        .filter(|a| a.kind == "shard")
+        .map(|a| {
+            let n = a.state.rsplit('(').next().unwrap_or_default();
+            n.split(' ')
+                .next()
+                .unwrap_or_default()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+async fn wait_asleep(engine: &Engine, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while asleep(engine) != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} sleeping requests: {:?}",
+            engine.actors()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An idle request sleeps as data (no actor), is listed with its state, wakes for a
+/// command and for its expiry, and is revoked no earlier than it expires.
+#[tokio::test]
+async fn idle_requests_sleep_as_data_and_wake_for_commands_and_deadlines() {
+    let rig = rig_on(postgres().await, rules()).await;
+    let mut s = spec("cloud", 3);
+    s.role = "operator".into();
+    let req = rig.engine.create(alice(), s).await.unwrap();
+    assert_eq!(req.state, State::Pending);
+    // Waiting for a person: no actor, but still listed, with its state.
+    wait_asleep(&rig.engine, 1).await;
+    let listed = rig
+        .engine
+        .actors()
+        .into_iter()
+        .find(|a| a.kind == "request" && a.id == req.id.to_string())
+        .expect("a sleeping request is still listed");
+    assert_eq!(listed.state, "PENDING");
+    assert_eq!(rig.engine.live_request_count(), 1);
+
+    // A command wakes it; the grant runs; ACTIVE and idle, it sleeps until its expiry.
+    let approved = rig.engine.approve(req.id, bob(), "ok").await.unwrap();
+    assert_eq!(approved.state, State::Approved);
+    let active = wait_state(&rig.store, req.id, State::Active).await;
+    wait_asleep(&rig.engine, 1).await;
+
+    // The shard's wheel wakes it for the expiry; the revoke comes after `expires_at`.
+    let ended = wait_state(&rig.store, req.id, State::Expired).await;
+    let gid = primary_grant(&ended);
+    let revoked_at = rig
+        .server
+        .events()
+        .into_iter()
+        .find(|e| e.op == Op::Revoke && e.grant_id == Some(gid))
+        .expect("revoked at the provider")
+        .at;
+    assert!(
+        revoked_at >= active.expires_at.unwrap(),
+        "revoked early: {revoked_at}"
+    );
+    assert_eq!(rig.server.count(Op::Grant, gid), 1);
+    assert_eq!(rig.server.count(Op::Revoke, gid), 1);
+    wait_asleep(&rig.engine, 0).await;
+    assert_eq!(rig.engine.live_request_count(), 0);
+    assert_eq!(
+        audit_kinds(&rig.store, req.id).await.len(),
+        ended.version as usize,
+        "one audit event per version"
+    );
+    rig.engine.shutdown().await;
+}
+
 #[tokio::test]
 async fn killed_request_actor_is_rebuilt_from_the_store() {
     let rig = rig_on(postgres().await, rules()).await;
