@@ -92,6 +92,8 @@ pub struct SequencerState {
     last_window: Instant,
     /// (time, id) of the newest event chained: reading forward starts after it.
     cursor: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    /// The last forward read was a full batch: a backlog is being worked off.
+    behind: bool,
     last_stats: Instant,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
@@ -157,11 +159,14 @@ impl SequencerState {
         // Normally read forward from the newest chained event (nothing already chained is
         // re-read). Once a second, look back over the lookback window for events that
         // committed after later-stamped ones; once per `full_sweep_every`, over everything.
-        let full = self.last_sweep.elapsed() >= cfg.full_sweep_every;
+        // While a backlog is being worked off, these scans (each reads the whole window or
+        // table) run ten times less often: they find stragglers, which can wait.
+        let slower = if self.behind { 10 } else { 1 };
+        let full = self.last_sweep.elapsed() >= cfg.full_sweep_every * slower;
         if full {
             self.last_sweep = Instant::now();
         }
-        let window = !full && self.last_window.elapsed() >= Duration::from_secs(1);
+        let window = !full && self.last_window.elapsed() >= Duration::from_secs(slower.into());
         if window {
             self.last_window = Instant::now();
         }
@@ -177,6 +182,9 @@ impl SequencerState {
             }
             _ => self.args.store.unchained_events(None, cfg.batch).await?,
         };
+        if !full && !window {
+            self.behind = events.len() >= cfg.batch as usize;
+        }
         if events.is_empty() {
             return Ok(0);
         }
@@ -342,6 +350,7 @@ impl Actor for AuditSequencer {
             last_sweep: Instant::now() - Duration::from_secs(3600),
             last_window: Instant::now(),
             cursor: None,
+            behind: false,
             last_stats: Instant::now() - Duration::from_secs(3600),
             ticker: Some(ticker),
         })

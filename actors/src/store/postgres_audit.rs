@@ -107,11 +107,16 @@ impl AuditStore for PgStore {
         let ids: Vec<Uuid> = links.iter().map(|l| l.event_id).collect();
         let prevs: Vec<Vec<u8>> = links.iter().map(|l| l.prev_hash.clone()).collect();
         let hashes: Vec<Vec<u8>> = links.iter().map(|l| l.hash.clone()).collect();
+        // One round trip: the rows appended and the database clock.
         let res = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH fence AS ({fence})
-             INSERT INTO audit_chain (seq, event_id, prev_hash, hash)
-             SELECT * FROM unnest($4::bigint[], $5::uuid[], $6::bytea[], $7::bytea[])
-              WHERE EXISTS (SELECT 1 FROM fence)",
+            "WITH fence AS ({fence}),
+             appended AS (
+                INSERT INTO audit_chain (seq, event_id, prev_hash, hash)
+                SELECT * FROM unnest($4::bigint[], $5::uuid[], $6::bytea[], $7::bytea[])
+                 WHERE EXISTS (SELECT 1 FROM fence)
+                RETURNING 1
+             )
+             SELECT count(*) AS n, statement_timestamp() AS db_now FROM appended",
             fence = fence_sql(1, 2, 3)
         )))
         .bind(fence.shard as i32)
@@ -121,21 +126,31 @@ impl AuditStore for PgStore {
         .bind(&ids)
         .bind(&prevs)
         .bind(&hashes)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await;
-        match res {
+        let row = match res {
             // A competing append took these sequence numbers (or chained these events).
-            Err(e) if is_unique_violation(&e) => Ok(Write::Stale),
-            Err(e) => Err(StoreError::Database {
-                op: "appending to the audit chain",
-                source: e,
-            }),
-            Ok(r) if r.rows_affected() == links.len() as u64 => Ok(Write::Updated {
-                version: links[links.len() - 1].seq,
-                db_now: self.db_now().await?,
-            }),
-            Ok(_) => Ok(Write::Stale),
+            Err(e) if is_unique_violation(&e) => return Ok(Write::Stale),
+            Err(e) => {
+                return Err(StoreError::Database {
+                    op: "appending to the audit chain",
+                    source: e,
+                });
+            }
+            Ok(row) => row,
+        };
+        let n: i64 = row
+            .try_get("n")
+            .map_err(db("appending to the audit chain"))?;
+        if n != links.len() as i64 {
+            return Ok(Write::Stale);
         }
+        Ok(Write::Updated {
+            version: links[links.len() - 1].seq,
+            db_now: row
+                .try_get("db_now")
+                .map_err(db("appending to the audit chain"))?,
+        })
     }
 
     async fn add_checkpoint(
