@@ -41,7 +41,7 @@ pub struct EngineConfig {
     pub call_timeout: Duration,
     /// After a break-glass request, the same requester gets no other for this long.
     pub break_glass_cooldown: Duration,
-    /// Requests of one requester that are not yet final, at most.
+    /// Requests of one requester that are not yet final, at most; 0 for no cap.
     pub max_live_per_requester: i64,
 }
 

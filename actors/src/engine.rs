@@ -418,12 +418,15 @@ impl Engine {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), EngineError> {
         let cfg = &self.ctx.config;
-        let (live, last_break_glass) = self.ctx.store.requester_summary(requester).await?;
-        if live >= cfg.max_live_per_requester {
-            return Err(Refusal::TooManyLive { live }.into());
+        let cap = cfg.max_live_per_requester;
+        if cap > 0 {
+            let live = self.ctx.store.open_requests_of(requester, cap).await?;
+            if live >= cap {
+                return Err(Refusal::TooManyLive { live }.into());
+            }
         }
         if break_glass
-            && let Some(last) = last_break_glass
+            && let Some(last) = self.ctx.store.last_break_glass_of(requester).await?
             && let Ok(cooldown) = chrono::Duration::from_std(cfg.break_glass_cooldown)
             && now < last + cooldown
         {

@@ -203,7 +203,7 @@ pub struct LimitsConfig {
     pub max_page_size: u32,
     /// After a break-glass request, the same person gets no other for this long.
     pub break_glass_cooldown_seconds: u64,
-    /// Open (not yet final) requests one person may have at once.
+    /// Open (not yet final) requests one person may have at once; 0: no cap.
     pub max_live_requests_per_principal: i64,
     /// Mutating calls (create, decide, cancel, revoke, extend, credentials, policy and
     /// principal changes) per principal and minute; 0: no limit.

@@ -191,7 +191,7 @@ impl Server {
             }),
             admin_groups: config.authz.admin_groups.clone(),
             break_glass_cooldown: Duration::from_secs(config.limits.break_glass_cooldown_seconds),
-            max_live_per_requester: config.limits.max_live_requests_per_principal.max(1),
+            max_live_per_requester: config.limits.max_live_requests_per_principal.max(0),
             ..EngineConfig::default()
         };
         let engine = Engine::start(engine_config, store, registry).await?;

@@ -22,7 +22,7 @@ signing_key = "$D/audit.pem"
 [limits]
 # One load-generating user makes thousands of requests: lift the per-person limits.
 mutations_per_minute = 0
-max_live_requests_per_principal = 1000000000
+max_live_requests_per_principal = 0
 [[providers]]
 name = "demo"
 kind = "demo"

@@ -318,9 +318,12 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
         node: &str,
     ) -> StoreResult<Option<ReviewRecord>>;
 
-    /// How many of `requester`'s requests are not final, and when their last break-glass
-    /// request was created.
-    async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)>;
+    /// How many of `requester`'s requests are not final, counting no further than
+    /// `at_most` (the cost follows the answer, not the person's history).
+    async fn open_requests_of(&self, requester: &str, at_most: i64) -> StoreResult<i64>;
+
+    /// When `requester`'s last break-glass request was created.
+    async fn last_break_glass_of(&self, requester: &str) -> StoreResult<Option<Timestamp>>;
 
     /// Records the verified email `subject`'s token carried (written only when it changed).
     async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()>;

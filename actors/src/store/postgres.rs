@@ -565,17 +565,30 @@ impl Store for PgStore {
         }))
     }
 
-    async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)> {
-        sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state NOT IN
-                        ('EXPIRED','REVOKED','REJECTED','CANCELLED','TIMED_OUT','FAILED')),
-                    max(created_at) FILTER (WHERE break_glass)
-               FROM requests WHERE requester = $1",
+    async fn open_requests_of(&self, requester: &str, at_most: i64) -> StoreResult<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM (
+                SELECT 1 FROM requests
+                 WHERE requester = $1
+                   AND state NOT IN ('EXPIRED','REVOKED','REJECTED','CANCELLED','TIMED_OUT','FAILED')
+                 LIMIT $2
+             ) open",
+        )
+        .bind(requester)
+        .bind(at_most.max(0))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting a requester's open requests"))
+    }
+
+    async fn last_break_glass_of(&self, requester: &str) -> StoreResult<Option<Timestamp>> {
+        sqlx::query_scalar(
+            "SELECT max(created_at) FROM requests WHERE requester = $1 AND break_glass",
         )
         .bind(requester)
         .fetch_one(&self.pool)
         .await
-        .map_err(db("summarising a requester"))
+        .map_err(db("reading a requester's last break-glass request"))
     }
 
     async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()> {

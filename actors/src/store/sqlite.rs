@@ -751,19 +751,31 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn requester_summary(&self, requester: &str) -> StoreResult<(i64, Option<Timestamp>)> {
-        let (live, last): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT coalesce(sum(CASE WHEN state NOT IN
-                        ('EXPIRED','REVOKED','REJECTED','CANCELLED','TIMED_OUT','FAILED')
-                        THEN 1 ELSE 0 END), 0),
-                    max(CASE WHEN break_glass THEN created_at END)
-               FROM requests WHERE requester = ?1",
+    async fn open_requests_of(&self, requester: &str, at_most: i64) -> StoreResult<i64> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM (
+                SELECT 1 FROM requests
+                 WHERE requester = ?1
+                   AND state NOT IN ('EXPIRED','REVOKED','REJECTED','CANCELLED','TIMED_OUT','FAILED')
+                 LIMIT ?2
+             )",
+        )
+        .bind(requester)
+        .bind(at_most.max(0))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting a requester's open requests"))
+    }
+
+    async fn last_break_glass_of(&self, requester: &str) -> StoreResult<Option<Timestamp>> {
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT max(created_at) FROM requests WHERE requester = ?1 AND break_glass <> 0",
         )
         .bind(requester)
         .fetch_one(&self.pool)
         .await
-        .map_err(db("summarising a requester"))?;
-        Ok((live, last.map(from_micros).transpose()?))
+        .map_err(db("reading a requester's last break-glass request"))?;
+        last.map(from_micros).transpose()
     }
 
     async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()> {

@@ -57,6 +57,7 @@ store_contract!(
         policies_read_back_with_their_creation_time,
         identities_keep_the_last_verified_email,
         reviews_are_listed_until_closed_once,
+        open_requests_and_last_break_glass_of_a_requester,
     ]
 );
 
@@ -93,6 +94,7 @@ store_contract!(
         policies_read_back_with_their_creation_time,
         identities_keep_the_last_verified_email,
         reviews_are_listed_until_closed_once,
+        open_requests_and_last_break_glass_of_a_requester,
     ]
 );
 

@@ -857,3 +857,34 @@ pub(super) async fn reviews_are_listed_until_closed_once(db: Db) {
     assert_eq!(events[0].0.request_id, Some(self_approved.id.0));
     assert_eq!(events[0].0.request_version, None);
 }
+
+pub async fn open_requests_and_last_break_glass_of_a_requester(db: Db) {
+    let none = |store: jitsudo_actors::store::SharedStore| async move {
+        (
+            store.open_requests_of("alice", 10).await.unwrap(),
+            store.last_break_glass_of("alice").await.unwrap(),
+        )
+    };
+    assert_eq!(none(db.store.clone()).await, (0, None));
+    let first = stored(&db, &new_request(decision(false, 1))).await;
+    stored(&db, &new_request(decision(false, 1))).await;
+    stored(&db, &new_request(decision(false, 1))).await;
+    assert_eq!(db.store.open_requests_of("alice", 10).await.unwrap(), 3);
+    // The count stops at `at_most`: the cap's check costs what the cap allows, not more.
+    assert_eq!(db.store.open_requests_of("alice", 2).await.unwrap(), 2);
+    assert_eq!(db.store.open_requests_of("bob", 10).await.unwrap(), 0);
+    // A final request is not open.
+    let cancelled = apply(&db, &first, Event::Cancel { by: alice() }).await;
+    assert_eq!(cancelled.state, State::Cancelled);
+    assert_eq!(db.store.open_requests_of("alice", 10).await.unwrap(), 2);
+    assert_eq!(db.store.last_break_glass_of("alice").await.unwrap(), None);
+
+    let mut bg = new_request(decision(false, 1));
+    bg.next.spec.break_glass = true;
+    let bg = stored(&db, &bg).await;
+    assert_eq!(
+        db.store.last_break_glass_of("alice").await.unwrap(),
+        Some(bg.created_at)
+    );
+    assert_eq!(db.store.last_break_glass_of("bob").await.unwrap(), None);
+}
