@@ -65,6 +65,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// See [`NodeContext::expiry_records`]: an eighth of the store's 16 connections.
+const EXPIRY_RECORDS_AT_ONCE: usize = 2;
+
 pub struct NodeContext {
     pub config: EngineConfig,
     pub incarnation: Uuid,
@@ -77,6 +80,11 @@ pub struct NodeContext {
     /// Every version committed on this node, as (request, version): watchers wake on it
     /// instead of polling (a watcher still polls now and then for other nodes' commits).
     pub commits: tokio::sync::broadcast::Sender<(crate::domain::RequestId, i64)>,
+    /// Records of expiries (ENDING, then EXPIRED) in flight at once. A burst of expiries
+    /// would otherwise fill every database connection with their commits and take the
+    /// CPU the revokes themselves need: the revokes go out first (they need no commit before
+    /// them), their records follow at this pace.
+    pub expiry_records: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl NodeContext {
@@ -98,6 +106,9 @@ impl NodeContext {
             registry,
             clock_offset_us: AtomicI64::new(i64::MIN),
             commits: tokio::sync::broadcast::channel(4096).0,
+            expiry_records: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                EXPIRY_RECORDS_AT_ONCE,
+            )),
         };
         ctx.observe_db_clock(db_now);
         ctx

@@ -55,7 +55,7 @@ impl Default for ProviderLimits {
     fn default() -> Self {
         ProviderLimits {
             call_timeout: Duration::from_secs(10),
-            concurrency: 64,
+            concurrency: 128,
         }
     }
 }

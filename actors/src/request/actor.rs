@@ -16,6 +16,7 @@ use std::sync::Arc;
 use jitsudo_providers::{GrantState, ProviderError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -55,6 +56,11 @@ pub struct RequestArgs {
     pub req: Request,
     pub fence: Fence,
     pub stats: Arc<ActorStats>,
+    /// Outcomes of the revokes its ShardActor issued when the request's expiry came while
+    /// it slept: delivered after the expiry itself.
+    pub revoked: Vec<Event>,
+    /// The slot in [`NodeContext::expiry_records`] it was woken with, held until it stops.
+    pub record_slot: Option<OwnedSemaphorePermit>,
 }
 
 pub struct RequestState {
@@ -69,6 +75,9 @@ pub struct RequestState {
     retries: usize,
     /// A stop was asked for (the actor finishes its current message first).
     stopping: bool,
+    /// See [`RequestArgs::revoked`]; taken in `post_start`.
+    revoked: Vec<Event>,
+    record_slot: Option<OwnedSemaphorePermit>,
 }
 
 /// Deadline timer tasks, cancelled when replaced or dropped.
@@ -114,6 +123,8 @@ impl Actor for RequestActor {
             inflight: HashSet::new(),
             retries: 0,
             stopping: false,
+            revoked: args.revoked,
+            record_slot: args.record_slot,
         })
     }
 
@@ -124,6 +135,20 @@ impl Actor for RequestActor {
         me: ActorRef<RequestMsg>,
         st: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
+        let revoked = std::mem::take(&mut st.revoked);
+        if let (false, Some(expires_at)) = (revoked.is_empty(), st.req.expires_at) {
+            send(
+                &me,
+                &st.stats,
+                RequestMsg::Internal(Event::Expiry { expires_at }),
+            );
+            for outcome in revoked {
+                if let Some(call) = settles(&outcome) {
+                    st.inflight.insert(call);
+                }
+                send(&me, &st.stats, RequestMsg::Internal(outcome));
+            }
+        }
         arm_timers(&me, st);
         let mut effects = outstanding_calls(&st.req);
         if st.req.state == State::Pending
@@ -184,6 +209,10 @@ impl Actor for RequestActor {
         }
         metrics::histogram!(names::ACTOR_HANDLER_SECONDS, "kind" => "request")
             .record(started.elapsed().as_secs_f64());
+        if st.stats.mailbox() == 0 {
+            // The expiry and the revoke outcomes it was woken with are recorded.
+            st.record_slot = None;
+        }
         if idle(st) {
             // Anything that reaches the mailbox from now on is dropped with the actor: a
             // command is routed again by its caller, a deadline fires from the shard's wheel.
@@ -214,7 +243,7 @@ fn idle(st: &RequestState) -> bool {
 }
 
 /// The provider call whose outcome this event reports, as (is_grant, grant_id).
-fn settles(ev: &Event) -> Option<(bool, Uuid)> {
+pub(super) fn settles(ev: &Event) -> Option<(bool, Uuid)> {
     match ev {
         Event::GrantSucceeded { grant_id, .. } | Event::GrantFailed { grant_id, .. } => {
             Some((true, *grant_id))
@@ -354,6 +383,14 @@ async fn apply_with(
         node: ctx.node(),
         idempotency: None,
     };
+    let expiry_record = (st.req.state == State::Active || st.req.state == State::Ending)
+        && tr.next.ending == Some(EndingCause::Expired);
+    // An actor woken for its expiry's records already holds a slot (see `ShardMsg::Revoked`).
+    let _permit = if expiry_record && st.record_slot.is_none() {
+        ctx.expiry_records.acquire().await.ok()
+    } else {
+        None
+    };
     match ctx.store.transition(&st.fence, persist).await {
         Ok(Write::Updated { version, db_now }) => {
             ctx.observe_db_clock(db_now);
@@ -457,15 +494,29 @@ fn spawn_call(
     grant_id: Uuid,
     grant: bool,
 ) {
-    let Some(entry) = req.grant(grant_id) else {
+    let Some(call) = provider_call(ctx, req, grant_id, grant) else {
         return;
     };
+    let (me, stats) = (me.clone(), stats.clone());
+    tokio::spawn(async move {
+        let event = call.await;
+        send(&me, &stats, RequestMsg::Internal(event));
+    });
+}
+
+/// The grant or revoke call for `grant_id` of `req` (as committed, or as about to be
+/// committed), as a future yielding the event that reports its outcome; `None` when the
+/// request has no such grant.
+pub(super) fn provider_call(
+    ctx: &Arc<NodeContext>,
+    req: &Request,
+    grant_id: Uuid,
+    grant: bool,
+) -> Option<impl Future<Output = Event> + Send + 'static> {
+    let entry = req.grant(grant_id)?;
     let provider = ctx.providers.get(&req.spec.provider).cloned();
-    let (Some(spec), Some(record)) = (req.grant_spec(entry), req.grant_record(entry)) else {
-        return;
-    };
+    let (spec, record) = (req.grant_spec(entry)?, req.grant_record(entry)?);
     let not_after = record.not_after;
-    let (me, stats, ctx) = (me.clone(), stats.clone(), ctx.clone());
     if !grant
         && req.ending == Some(EndingCause::Expired)
         && entry.purpose == GrantPurpose::Primary
@@ -475,17 +526,18 @@ fn spawn_call(
         metrics::histogram!(names::EXPIRY_ISSUE_LAG).record(lag);
     }
     let provider_name = req.spec.provider.clone();
-    tokio::spawn(async move {
+    let ctx = ctx.clone();
+    Some(async move {
         let missing = || ProviderError::Unavailable {
             provider: provider_name.clone(),
             reason: "this provider is not configured on this node".into(),
         };
-        let event = if grant {
+        if grant {
             let res = match &provider {
                 Some(p) => p.grant(spec).await,
                 None => Err(missing()),
             };
-            match res {
+            return match res {
                 Ok(rec) => Event::GrantSucceeded {
                     grant_id,
                     provider_ref: rec.provider_ref,
@@ -495,34 +547,32 @@ fn spawn_call(
                     class: e.class(),
                     message: e.to_string(),
                 },
-            }
-        } else {
-            let res = match &provider {
-                Some(p) => p.revoke(record.clone()).await,
-                None => Err(missing()),
             };
-            match res {
-                Ok(()) => Event::RevokeSucceeded { grant_id },
-                Err(e) => {
-                    // Past its absolute end the provider may have removed the grant natively.
-                    let gone = match (&provider, ctx.now() >= not_after) {
-                        (Some(p), true) => matches!(p.inspect(record).await, Ok(GrantState::Gone)),
-                        _ => false,
-                    };
-                    if gone {
-                        Event::GoneAtProvider {
-                            grant_id,
-                            evidence: format!("inspect: gone after not_after; revoke failed: {e}"),
-                        }
-                    } else {
-                        Event::RevokeFailed {
-                            grant_id,
-                            message: e.to_string(),
-                        }
+        }
+        let res = match &provider {
+            Some(p) => p.revoke(record.clone()).await,
+            None => Err(missing()),
+        };
+        match res {
+            Ok(()) => Event::RevokeSucceeded { grant_id },
+            Err(e) => {
+                // Past its absolute end the provider may have removed the grant natively.
+                let gone = match (&provider, ctx.now() >= not_after) {
+                    (Some(p), true) => matches!(p.inspect(record).await, Ok(GrantState::Gone)),
+                    _ => false,
+                };
+                if gone {
+                    Event::GoneAtProvider {
+                        grant_id,
+                        evidence: format!("inspect: gone after not_after; revoke failed: {e}"),
+                    }
+                } else {
+                    Event::RevokeFailed {
+                        grant_id,
+                        message: e.to_string(),
                     }
                 }
             }
-        };
-        send(&me, &stats, RequestMsg::Internal(event));
-    });
+        }
+    })
 }

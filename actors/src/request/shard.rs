@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -16,9 +17,14 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use ractor_cluster::RactorMessage;
 
 use super::Command;
-use super::actor::{ASLEEP, PASSIVATED, RequestActor, RequestArgs, RequestMsg, RequestState, send};
+use super::actor::{
+    ASLEEP, PASSIVATED, RequestActor, RequestArgs, RequestMsg, RequestState, provider_call, send,
+};
 use crate::context::NodeContext;
-use crate::domain::{Refusal, Request, RequestId, State, Transition, outstanding_calls, timers};
+use crate::domain::{
+    Effect, Event, Refusal, Request, RequestId, State, Timestamp, Transition, outstanding_calls,
+    step, timers,
+};
 use crate::error::EngineError;
 use crate::stats::{ActorStats, names};
 use crate::store::{Fence, Persist, Write};
@@ -40,6 +46,14 @@ pub enum ShardMsg {
     },
     /// The earliest deadline in the wheel may be due.
     Wake,
+    /// The revokes issued for a sleeping request's expiry came back, and a slot for
+    /// recording it is free.
+    Revoked {
+        id: RequestId,
+        expires_at: Timestamp,
+        outcomes: Vec<Event>,
+        slot: OwnedSemaphorePermit,
+    },
     /// The live actor of a request on this shard, woken if the request sleeps.
     Lookup {
         id: RequestId,
@@ -97,7 +111,8 @@ impl ShardState {
             stats.unwrap_or_else(|| ActorStats::new("request", req.id.to_string(), restarts));
         self.ctx.registry.register(&stats);
         if needs_actor(&req, &self.ctx) {
-            self.spawn_request(me, req, stats, restarts).await
+            self.spawn_request(me, req, stats, restarts, Vec::new(), None)
+                .await
         } else {
             self.sleep(me, req, stats, restarts);
             Ok(())
@@ -110,6 +125,8 @@ impl ShardState {
         req: Request,
         stats: Arc<ActorStats>,
         restarts: u32,
+        revoked: Vec<Event>,
+        record_slot: Option<OwnedSemaphorePermit>,
     ) -> Result<(), EngineError> {
         let id = req.id;
         let args = RequestArgs {
@@ -117,6 +134,8 @@ impl ShardState {
             req,
             fence: self.fence.clone(),
             stats: stats.clone(),
+            revoked,
+            record_slot,
         };
         let (actor, _) = Actor::spawn_linked(None, RequestActor, args, me.get_cell())
             .await
@@ -166,11 +185,24 @@ impl ShardState {
 
     /// Starts the actor of a sleeping request; `false` when it does not sleep here.
     async fn wake(&mut self, me: &ActorRef<ShardMsg>, id: RequestId) -> Result<bool, EngineError> {
+        self.wake_revoked(me, id, Vec::new(), None).await
+    }
+
+    async fn wake_revoked(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        id: RequestId,
+        revoked: Vec<Event>,
+        record_slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<bool, EngineError> {
         let Some(a) = self.asleep.remove(&id) else {
             return Ok(false);
         };
         let (stats, restarts) = (a.stats.clone(), a.restarts);
-        if let Err(e) = self.spawn_request(me, a.req.clone(), stats, restarts).await {
+        if let Err(e) = self
+            .spawn_request(me, a.req.clone(), stats, restarts, revoked, record_slot)
+            .await
+        {
             // Keep it asleep rather than lose it, and try again in a second.
             let retry = Instant::now() + Duration::from_secs(1);
             self.wheel.insert((retry, id));
@@ -203,21 +235,124 @@ impl ShardState {
     }
 
     /// Wakes every sleeping request whose deadline has come, then re-arms the alarm.
+    /// Expiries go first: their revokes are issued before any actor starts (revocation is
+    /// safe to repeat and needs no commit before it, DESIGN.md §6), so that a burst of
+    /// expiries is not revoked at the pace of actor starts and commits.
     async fn ring(&mut self, me: &ActorRef<ShardMsg>) {
         self.alarm = None;
         let now = Instant::now();
+        let mut due = Vec::new();
         while let Some(&(at, id)) = self.wheel.first() {
             if at > now {
                 self.set_alarm(me, at);
                 break;
             }
             self.wheel.pop_first();
-            if self.asleep.get(&id).is_some_and(|a| a.due == Some(at))
-                && let Err(e) = self.wake(me, id).await
-            {
+            if self.asleep.get(&id).is_some_and(|a| a.due == Some(at)) {
+                due.push(id);
+            }
+        }
+        for id in due {
+            // An expiry: its revokes go out now, the actor starts when they are back.
+            if self.issue_expiry_revokes(me, id) {
+                continue;
+            }
+            if let Err(e) = self.wake(me, id).await {
                 tracing::error!(request = %id, error = %e, "a deadline came but its request actor did not start; retrying in 1 s");
             }
         }
+    }
+
+    /// The revokes of a sleeping request's expiry came back: its actor starts with them (or,
+    /// if a command woke it meanwhile, they go to that actor).
+    async fn revoked(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        id: RequestId,
+        expires_at: Timestamp,
+        outcomes: Vec<Event>,
+        slot: OwnedSemaphorePermit,
+    ) {
+        if let Some(live) = self.live.get(&id) {
+            send(
+                &live.actor,
+                &live.stats,
+                RequestMsg::Internal(Event::Expiry { expires_at }),
+            );
+            for outcome in outcomes {
+                send(&live.actor, &live.stats, RequestMsg::Internal(outcome));
+            }
+            return;
+        }
+        if let Err(e) = self.wake_revoked(me, id, outcomes, Some(slot)).await {
+            tracing::error!(request = %id, error = %e, "an expired request's actor did not start; retrying in 1 s");
+        }
+    }
+
+    /// For a sleeping ACTIVE request past its expiry: issues the revokes its expiry calls
+    /// for (DESIGN.md §6: revocation is safe to repeat and needs no commit before it), in one
+    /// task that reports back with `Revoked`. A burst of expiries is thus revoked at the
+    /// provider's pace, not at the pace of actor starts and commits. `false` when this is
+    /// not such a request.
+    fn issue_expiry_revokes(&self, me: &ActorRef<ShardMsg>, id: RequestId) -> bool {
+        let Some(req) = self.asleep.get(&id).map(|a| &a.req) else {
+            return false;
+        };
+        let Some(expires_at) = req.expires_at.filter(|_| req.state == State::Active) else {
+            return false;
+        };
+        let Ok(tr) = step(
+            req,
+            Event::Expiry { expires_at },
+            self.ctx.now(),
+            self.ctx.rules(),
+        ) else {
+            return false;
+        };
+        let calls: Vec<_> = tr
+            .effects
+            .iter()
+            .filter_map(|effect| match *effect {
+                Effect::CallRevoke { grant_id } => {
+                    provider_call(&self.ctx, &tr.next, grant_id, false)
+                }
+                _ => None,
+            })
+            .collect();
+        if calls.is_empty() {
+            return false;
+        }
+        let (me, stats, slots) = (
+            me.clone(),
+            self.stats.clone(),
+            self.ctx.expiry_records.clone(),
+        );
+        tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            for call in calls {
+                running.spawn(call);
+            }
+            // A call that panicked reports nothing: the actor's expiry issues it again.
+            let mut outcomes = Vec::new();
+            while let Some(done) = running.join_next().await {
+                outcomes.extend(done.ok());
+            }
+            // The actor starts when its records can be written: a burst's actor starts and
+            // commits do not compete with its revokes.
+            let Ok(slot) = slots.acquire_owned().await else {
+                return;
+            };
+            stats.cast(
+                &me,
+                ShardMsg::Revoked {
+                    id,
+                    expires_at,
+                    outcomes,
+                    slot,
+                },
+            );
+        });
+        true
     }
 
     fn show(&self) {
@@ -341,7 +476,9 @@ impl Actor for ShardActor {
                         Ok(Some(req)) => {
                             let stats = ActorStats::new("request", id.to_string(), 0);
                             st.ctx.registry.register(&stats);
-                            if let Err(e) = st.spawn_request(&me, req, stats, 0).await {
+                            if let Err(e) =
+                                st.spawn_request(&me, req, stats, 0, Vec::new(), None).await
+                            {
                                 let _ = reply.send(Err(e));
                                 return Ok(());
                             }
@@ -357,6 +494,12 @@ impl Actor for ShardActor {
                 st.forward(id, cmd, reply);
             }
             ShardMsg::Wake => st.ring(&me).await,
+            ShardMsg::Revoked {
+                id,
+                expires_at,
+                outcomes,
+                slot,
+            } => st.revoked(&me, id, expires_at, outcomes, slot).await,
             ShardMsg::Lookup { id, reply } => {
                 let _ = st.wake(&me, id).await;
                 let _ = reply.send(st.live.get(&id).map(|l| l.actor.clone()));
