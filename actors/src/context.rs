@@ -65,8 +65,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// See [`NodeContext::expiry_records`]: an eighth of the store's 16 connections.
-const EXPIRY_RECORDS_AT_ONCE: usize = 2;
+/// See [`NodeContext::expiry_records`]: a quarter of the store's 16 connections.
+const EXPIRY_RECORDS_AT_ONCE: usize = 4;
 
 pub struct NodeContext {
     pub config: EngineConfig,
