@@ -55,7 +55,7 @@ impl Default for AuditConfig {
             signing_key: None,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
-            batch: 1000,
+            batch: 2000,
             poll: Duration::from_millis(200),
             lookback: Duration::from_secs(60),
             full_sweep_every: Duration::from_secs(30),
