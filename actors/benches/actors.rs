@@ -1130,7 +1130,7 @@ async fn chain(s: &Settings, db: &BenchDb) -> Result<ChainResult> {
     };
     let chain_secs = t.elapsed().as_secs_f64();
     seq.actor.stop(None);
-    let stats = store.audit_stats().await?;
+    let stats = store.audit_stats(None).await?;
     println!(
         "chain: {chained} of {events} events chained in {chain_secs:.1} s; chain length after each second: {progress:?}"
     );

@@ -132,7 +132,7 @@ pub async fn verify(store: &dyn Store, key: Option<&VerifyingKey>) -> StoreResul
         }),
         _ => None,
     };
-    let stats = store.audit_stats().await?;
+    let stats = store.audit_stats(None).await?;
     let gaps: Vec<VersionGap> = store.version_gaps(1000).await?;
     Ok(VerifyReport {
         chain_length,

@@ -94,7 +94,10 @@ pub trait AuditStore: Send + Sync {
 
     async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>>;
 
-    async fn audit_stats(&self) -> StoreResult<AuditStats>;
+    /// Chain length (the tip's `seq`), and the count and oldest time of unchained events —
+    /// of all events, or, with `since`, of those stamped from then on (the cheap form the
+    /// sequencer's metrics use: older stragglers are found by its periodic full sweep).
+    async fn audit_stats(&self, since: Option<Timestamp>) -> StoreResult<AuditStats>;
 
     async fn version_gaps(&self, limit: u32) -> StoreResult<Vec<VersionGap>>;
 }

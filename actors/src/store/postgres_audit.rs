@@ -237,13 +237,19 @@ impl AuditStore for PgStore {
         rows.iter().map(checkpoint).collect()
     }
 
-    async fn audit_stats(&self) -> StoreResult<AuditStats> {
+    async fn audit_stats(&self, since: Option<Timestamp>) -> StoreResult<AuditStats> {
         let r = sqlx::query(
-            "SELECT (SELECT count(*) FROM audit_chain) AS chained,
-                    (SELECT count(*) FROM audit_events e WHERE NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)) AS unchained,
-                    (SELECT min(e.at) FROM audit_events e WHERE NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)) AS oldest,
+            "WITH unchained AS (
+                SELECT e.at FROM audit_events e
+                 WHERE ($1::timestamptz IS NULL OR e.at >= $1)
+                   AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
+             )
+             SELECT (SELECT coalesce(max(seq), 0) FROM audit_chain) AS chained,
+                    (SELECT count(*) FROM unchained) AS unchained,
+                    (SELECT min(at) FROM unchained) AS oldest,
                     statement_timestamp() AS db_now",
         )
+        .bind(since)
         .fetch_one(&self.pool)
         .await
         .map_err(db("reading audit statistics"))?;

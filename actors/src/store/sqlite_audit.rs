@@ -230,12 +230,13 @@ impl AuditStore for SqliteStore {
             .collect()
     }
 
-    async fn audit_stats(&self) -> StoreResult<AuditStats> {
+    async fn audit_stats(&self, since: Option<Timestamp>) -> StoreResult<AuditStats> {
         let r = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT (SELECT count(*) FROM audit_chain) AS chained,
-                    (SELECT count(*) FROM audit_events e WHERE {UNCHAINED}) AS unchained,
-                    (SELECT min(e.at) FROM audit_events e WHERE {UNCHAINED}) AS oldest"
+            "SELECT (SELECT coalesce(max(seq), 0) FROM audit_chain) AS chained,
+                    (SELECT count(*) FROM audit_events e WHERE (?1 IS NULL OR e.at >= ?1) AND {UNCHAINED}) AS unchained,
+                    (SELECT min(e.at) FROM audit_events e WHERE (?1 IS NULL OR e.at >= ?1) AND {UNCHAINED}) AS oldest"
         )))
+        .bind(since.map(micros))
         .fetch_one(&self.pool)
         .await
         .map_err(db("reading audit statistics"))?;

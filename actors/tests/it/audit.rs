@@ -95,7 +95,7 @@ async fn events(db: &Db, n: usize) -> Vec<RequestId> {
 async fn wait_all_chained(store: &SharedStore) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let s = store.audit_stats().await.unwrap();
+        let s = store.audit_stats(None).await.unwrap();
         if s.unchained == 0 && s.chain_length > 0 {
             return;
         }
@@ -317,6 +317,21 @@ async fn events_after_the_last_checkpoint_and_unchained_ones_are_reported() {
     assert_eq!(r.events_after_last_checkpoint, 0);
     assert_eq!(r.unchained, 5);
     assert!(r.oldest_unchained_age_seconds.is_some());
+    // The windowed form the sequencer's metrics read counts only events from `since` on.
+    let all = db.store.audit_stats(None).await.unwrap();
+    let oldest = all.oldest_unchained_at.expect("unchained events");
+    let window = db.store.audit_stats(Some(oldest)).await.unwrap();
+    assert_eq!(
+        (window.unchained, window.oldest_unchained_at),
+        (5, Some(oldest))
+    );
+    let later = oldest + chrono::Duration::hours(1);
+    let none = db.store.audit_stats(Some(later)).await.unwrap();
+    assert_eq!((none.unchained, none.oldest_unchained_at), (0, None));
+    assert_eq!(
+        none.chain_length, 30,
+        "the chain's length whatever the window"
+    );
     // Chained but not yet checkpointed.
     let seq = sequencer(
         &db.store,
