@@ -1,9 +1,9 @@
 //! A compiled, immutable set of Rego modules and its evaluation into a [`Decision`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regorus::utils::limits::ExecutionTimerConfig;
@@ -43,6 +43,10 @@ pub enum PolicyError {
 /// A runaway rule (a huge comprehension) must not hold a request actor for long; real
 /// policies take microseconds.
 const EVAL_TIME_LIMIT: Duration = Duration::from_secs(1);
+
+/// Ticket patterns a set remembers (a policy computing them from the input could make
+/// many: the memory is cleared when full).
+const KNOWN_PATTERNS: usize = 64;
 
 const ELIGIBILITY: &str = "jitsudo.eligibility";
 const APPROVAL: &str = "jitsudo.approval";
@@ -130,6 +134,8 @@ struct Inner {
     declared: BTreeSet<Rule>,
     stamps: Vec<PolicyStamp>,
     fingerprint: String,
+    /// Ticket patterns the set produced, and whether each compiles.
+    patterns: Mutex<HashMap<String, Result<(), String>>>,
 }
 
 impl fmt::Debug for PolicySet {
@@ -150,6 +156,7 @@ impl PolicySet {
                 declared: BTreeSet::new(),
                 stamps: Vec::new(),
                 fingerprint: fingerprint(&[]),
+                patterns: Mutex::default(),
             }),
         }
     }
@@ -254,6 +261,7 @@ impl PolicySet {
                 declared,
                 stamps,
                 fingerprint: fingerprint(&sources),
+                patterns: Mutex::default(),
             }),
         })
     }
@@ -329,7 +337,7 @@ impl PolicySet {
         };
         let ticket_pattern = ev.string(Rule::TicketPattern)?;
         if let Some(pattern) = &ticket_pattern
-            && let Err(e) = full_match(pattern)
+            && let Err(e) = self.check_pattern(pattern)
         {
             return Err(bad(
                 Rule::TicketPattern,
@@ -381,6 +389,25 @@ impl PolicySet {
         };
         ev.flush_prints();
         Ok(allowed)
+    }
+
+    /// Whether a ticket pattern compiles, remembered per set: a policy's patterns are few,
+    /// and compiling one costs more than the rest of a decision.
+    fn check_pattern(&self, pattern: &str) -> Result<(), String> {
+        let mut known = self
+            .inner
+            .patterns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(verdict) = known.get(pattern) {
+            return verdict.clone();
+        }
+        let verdict = full_match(pattern).map(|_| ()).map_err(|e| e.to_string());
+        if known.len() >= KNOWN_PATTERNS {
+            known.clear();
+        }
+        known.insert(pattern.to_owned(), verdict.clone());
+        verdict
     }
 
     fn decision_without_policy(&self) -> Decision {

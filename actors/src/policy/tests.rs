@@ -198,12 +198,15 @@ fn wrong_type_from_a_rule_is_an_error_naming_the_rule() {
             source("approval", &format!("package jitsudo.approval\n{body}\n")),
         ])
         .unwrap();
-        let err = set
-            .evaluate(&PolicyInput::new(alice(), demo("viewer", 60), now()))
-            .unwrap_err();
-        match &err {
-            PolicyError::BadValue { rule: r, .. } => assert_eq!(r, rule, "{body}"),
-            other => panic!("{body}: expected BadValue, got {other:?}"),
+        // Twice: the second answer comes from what the set remembers of the pattern.
+        for _ in 0..2 {
+            let err = set
+                .evaluate(&PolicyInput::new(alice(), demo("viewer", 60), now()))
+                .unwrap_err();
+            match &err {
+                PolicyError::BadValue { rule: r, .. } => assert_eq!(r, rule, "{body}"),
+                other => panic!("{body}: expected BadValue, got {other:?}"),
+            }
         }
     }
     let set = PolicySet::compile(vec![source(
