@@ -2,9 +2,9 @@
 //! (`harness = false`) that prints a table and a markdown snippet.
 //!
 //! - `memory`: RSS growth per live request. An Engine with the demo provider and the dev
-//!   example policies; N auto-approved `viewer` requests of 1 h (they stay ACTIVE, each with
-//!   its RequestActor and its armed expiry timer), or PENDING ones with a 30 min approval
-//!   timer (`JITSUDO_BENCH_MEMORY_STATE=pending`).
+//!   example policies; N auto-approved `viewer` requests of 1 h (they stay ACTIVE, each
+//!   asleep in its ShardActor with its expiry armed in the shard's wheel), or PENDING ones
+//!   with a 30 min approval deadline (`JITSUDO_BENCH_MEMORY_STATE=pending`).
 //! - `expiry`: N requests against the http provider's TestServer whose `expires_at` fall in
 //!   one second; issue lag (revoke seen at the server − `expires_at`), confirmed lag
 //!   (`ended_at` − `expires_at`) and the commit rate of the burst.
