@@ -43,6 +43,9 @@ pub struct EngineConfig {
     pub break_glass_cooldown: Duration,
     /// Requests of one requester that are not yet final, at most; 0 for no cap.
     pub max_live_per_requester: i64,
+    /// How often each ShardActor looks in the database for overdue requests it does not
+    /// know about (the safety net behind its timers).
+    pub sweep_every: Duration,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +64,7 @@ impl Default for EngineConfig {
             call_timeout: Duration::from_secs(30),
             break_glass_cooldown: Duration::from_secs(15 * 60),
             max_live_per_requester: 25,
+            sweep_every: Duration::from_secs(5),
         }
     }
 }

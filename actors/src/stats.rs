@@ -19,6 +19,7 @@ pub mod names {
     pub const TRANSITIONS: &str = "jitsudo_request_transitions_total";
     pub const REFUSALS: &str = "jitsudo_request_refusals_total";
     pub const STALE_WRITES: &str = "jitsudo_fenced_stale_writes_total";
+    pub const SWEEP_RECOVERED: &str = "jitsudo_sweep_recovered_total";
     pub const EXPIRY_ISSUE_LAG: &str = "jitsudo_expiry_issue_lag_seconds";
     pub const EXPIRY_LAG: &str = "jitsudo_expiry_lag_seconds";
     pub const REVOCATIONS_STUCK: &str = "jitsudo_revocations_stuck";

@@ -46,6 +46,8 @@ pub enum ShardMsg {
     },
     /// The earliest deadline in the wheel may be due.
     Wake,
+    /// Look in the database for overdue requests (the safety net).
+    Sweep,
     /// The revokes issued for a sleeping request's expiry came back, and a slot for
     /// recording it is free.
     Revoked {
@@ -82,6 +84,8 @@ struct Asleep {
     stats: Arc<ActorStats>,
     restarts: u32,
     due: Option<Instant>,
+    /// Its expiry's revokes are in flight (`ShardMsg::Revoked` will start its actor).
+    revoking: bool,
 }
 
 pub struct ShardState {
@@ -96,6 +100,8 @@ pub struct ShardState {
     wheel: BTreeSet<(Instant, RequestId)>,
     /// The one task that sends `Wake` at the wheel's earliest deadline.
     alarm: Option<(Instant, JoinHandle<()>)>,
+    /// Sends `Sweep` every `sweep_every`.
+    sweeper: Option<JoinHandle<()>>,
 }
 
 impl ShardState {
@@ -178,6 +184,7 @@ impl ShardState {
                 stats,
                 restarts,
                 due,
+                revoking: false,
             },
         );
         self.show();
@@ -255,6 +262,9 @@ impl ShardState {
         for id in due {
             // An expiry: its revokes go out now, the actor starts when they are back.
             if self.issue_expiry_revokes(me, id) {
+                if let Some(a) = self.asleep.get_mut(&id) {
+                    a.revoking = true;
+                }
                 continue;
             }
             if let Err(e) = self.wake(me, id).await {
@@ -355,6 +365,48 @@ impl ShardState {
         true
     }
 
+    /// The safety net behind the timers: requests of this shard that the database says are
+    /// overdue but that this shard does not know about (or whose deadline its wheel missed)
+    /// are loaded and woken; their actors act on the overdue deadline at once. Requests
+    /// with a live actor are at work already (a revoke retrying, say) and are left alone.
+    async fn sweep(&mut self, me: &ActorRef<ShardMsg>) {
+        let overdue = match self
+            .ctx
+            .store
+            .overdue_requests(self.fence.shard, SWEEP_GRACE, SWEEP_STUCK, SWEEP_BATCH)
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(shard = self.fence.shard, error = %e, "the overdue sweep could not read the store");
+                return;
+            }
+        };
+        for id in overdue {
+            let asleep = self.asleep.get(&id).map(|a| a.revoking);
+            if self.live.contains_key(&id) || asleep == Some(true) {
+                continue;
+            }
+            metrics::counter!(names::SWEEP_RECOVERED).increment(1);
+            if asleep.is_some() {
+                tracing::warn!(request = %id, "overdue but asleep: the sweep wakes it");
+                if let Err(e) = self.wake(me, id).await {
+                    tracing::error!(request = %id, error = %e, "the sweep could not wake an overdue request");
+                }
+            } else {
+                tracing::warn!(request = %id, "overdue and unknown to its shard: the sweep loads it");
+                let loaded = match self.ctx.store.get(id).await {
+                    Ok(Some(req)) if !req.state.is_terminal() => self.admit(me, req, None, 0).await,
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(EngineError::unavailable(format!("the store failed: {e}"))),
+                };
+                if let Err(e) = loaded {
+                    tracing::error!(request = %id, error = %e, "the sweep could not load an overdue request");
+                }
+            }
+        }
+    }
+
     fn show(&self) {
         self.stats.set_state(format!(
             "epoch {} · {} live ({} asleep)",
@@ -410,12 +462,25 @@ impl Actor for ShardActor {
             asleep: HashMap::new(),
             wheel: BTreeSet::new(),
             alarm: None,
+            sweeper: None,
         };
         let reqs = st.ctx.store.live_requests(&[st.fence.shard]).await?;
         for req in reqs {
             st.admit(&me, req, None, 0).await?;
         }
         st.show();
+        let (every, me2, stats) = (st.ctx.config.sweep_every, me.clone(), st.stats.clone());
+        st.sweeper = Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                ticks.tick().await;
+                // One sweep in the mailbox at a time.
+                if stats.mailbox() == 0 && !stats.cast(&me2, ShardMsg::Sweep) {
+                    break;
+                }
+            }
+        }));
         metrics::gauge!(names::SHARDS_OWNED).increment(1.0);
         Ok(st)
     }
@@ -427,7 +492,10 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         me.stop_children_and_wait(Some("shard stopping".into()), Some(Duration::from_secs(5)))
             .await;
-        if let Some((_, task)) = st.alarm.take() {
+        for task in [st.alarm.take().map(|(_, t)| t), st.sweeper.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         for stats in st
@@ -494,6 +562,7 @@ impl Actor for ShardActor {
                 st.forward(id, cmd, reply);
             }
             ShardMsg::Wake => st.ring(&me).await,
+            ShardMsg::Sweep => st.sweep(&me).await,
             ShardMsg::Revoked {
                 id,
                 expires_at,
@@ -743,6 +812,15 @@ enum Asked {
 fn dropped() -> EngineError {
     EngineError::unavailable("the request actor stopped before answering")
 }
+
+/// How late (by the database clock) a deadline must be before the sweep acts: timers fire
+/// well within this.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
+/// How long an ENDING request may go unchanged before the sweep looks at it (a live actor
+/// retrying its revokes is left alone).
+const SWEEP_STUCK: Duration = Duration::from_secs(60);
+/// Overdue requests taken per sweep; the rest come with the next.
+const SWEEP_BATCH: u32 = 500;
 
 /// A request needs an actor now when a provider call or the auto-approval is outstanding,
 /// or a deadline is already due.

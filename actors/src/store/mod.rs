@@ -282,6 +282,18 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
     /// Non-terminal requests of the given shards, oldest first.
     async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>>;
 
+    /// The safety net's candidates in `shard`, by the database clock: requests whose
+    /// deadline passed more than `grace` ago (ACTIVE past `expires_at`, PENDING past the
+    /// approval deadline, APPROVED past the grant deadline), and ENDING ones unchanged for
+    /// longer than `stuck`. At most `limit`, most overdue first.
+    async fn overdue_requests(
+        &self,
+        shard: u32,
+        grace: std::time::Duration,
+        stuck: std::time::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<RequestId>>;
+
     /// Audit events of one request: its versions in order, then the events not tied to a
     /// version (such as `credentials.issued`) in time order.
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>>;

@@ -430,6 +430,37 @@ impl Store for PgStore {
         rows.iter().map(Self::decode).collect()
     }
 
+    async fn overdue_requests(
+        &self,
+        shard: u32,
+        grace: std::time::Duration,
+        stuck: std::time::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<RequestId>> {
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM (
+                SELECT id, CASE state WHEN 'ACTIVE' THEN expires_at
+                                      WHEN 'PENDING' THEN approval_deadline
+                                      WHEN 'APPROVED' THEN grant_deadline
+                                      ELSE updated_at END AS due,
+                       CASE state WHEN 'ENDING' THEN $3 ELSE $2 END AS late
+                  FROM requests
+                 WHERE shard = $1 AND state IN ('PENDING', 'APPROVED', 'ACTIVE', 'ENDING')
+             ) r
+             WHERE due < statement_timestamp() - late * interval '1 microsecond'
+             ORDER BY due LIMIT $4",
+        )
+        .bind(shard as i32)
+        .bind(micros(grace))
+        .bind(micros(stuck))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking for overdue requests"))?;
+        Ok(ids.into_iter().map(RequestId).collect())
+    }
+
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, kind, actor, request_id, request_version, node, details

@@ -604,6 +604,48 @@ impl Store for SqliteStore {
         rows.iter().map(Self::decode).collect()
     }
 
+    async fn overdue_requests(
+        &self,
+        shard: u32,
+        grace: std::time::Duration,
+        stuck: std::time::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<RequestId>> {
+        let now = micros(Utc::now());
+        let before = |d: std::time::Duration| {
+            now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        };
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM (
+                SELECT id, CASE state WHEN 'ACTIVE' THEN expires_at
+                                      WHEN 'PENDING' THEN approval_deadline
+                                      WHEN 'APPROVED' THEN grant_deadline
+                                      ELSE updated_at END AS due,
+                       CASE state WHEN 'ENDING' THEN ?3 ELSE ?2 END AS cutoff
+                  FROM requests
+                 WHERE shard = ?1 AND state IN ('PENDING', 'APPROVED', 'ACTIVE', 'ENDING')
+             )
+             WHERE due < cutoff
+             ORDER BY due LIMIT ?4",
+        )
+        .bind(i64::from(shard))
+        .bind(before(grace))
+        .bind(before(stuck))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("looking for overdue requests"))?;
+        ids.iter()
+            .map(|id| {
+                Uuid::from_str(id)
+                    .map(RequestId)
+                    .map_err(|_| StoreError::Corrupt {
+                        what: format!("request id {id:?}"),
+                    })
+            })
+            .collect()
+    }
+
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, kind, actor, request_id, request_version, node, details

@@ -294,6 +294,48 @@ async fn idle_requests_sleep_as_data_and_wake_for_commands_and_deadlines() {
     rig.engine.shutdown().await;
 }
 
+/// The safety net: a request committed behind the shard's back (as a node that died right
+/// after its commit would leave it) has no timer anywhere; the shard's sweep finds it in
+/// the database once its deadline is late, and it is acted on.
+#[tokio::test]
+async fn the_sweep_acts_on_an_overdue_request_its_shard_never_knew() {
+    let mut cfg = config(rules());
+    cfg.sweep_every = Duration::from_millis(300);
+    let rig = rig_with(postgres().await, cfg).await;
+    let mut d = decision(false, 1);
+    d.approval_timeout_seconds = 1;
+    let tr = new_request(d);
+    let ctx = rig.engine.context();
+    let fence = rig
+        .store
+        .renew_shards(ctx.node(), ctx.incarnation, ctx.config.lease_ttl)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.fence)
+        .find(|f| f.shard == tr.next.id.shard(ctx.config.shards))
+        .expect("the engine holds every shard");
+    let ob = outbox(&tr);
+    rig.store
+        .create(&fence, persist(&tr, &ob, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.engine.live_request_count(),
+        0,
+        "its shard does not know it"
+    );
+
+    let ended = wait_state(&rig.store, tr.next.id, State::TimedOut).await;
+    assert_eq!(ended.version, 2);
+    let late = ended.ended_at.expect("ended") - ended.approval_deadline.expect("a deadline");
+    assert!(
+        late >= chrono::Duration::seconds(2),
+        "acted on by the sweep (after its 2 s grace), not by a timer: {late}"
+    );
+    rig.engine.shutdown().await;
+}
+
 #[tokio::test]
 async fn killed_request_actor_is_rebuilt_from_the_store() {
     let rig = rig_on(postgres().await, rules()).await;

@@ -58,6 +58,7 @@ store_contract!(
         identities_keep_the_last_verified_email,
         reviews_are_listed_until_closed_once,
         open_requests_and_last_break_glass_of_a_requester,
+        overdue_requests_are_found_by_the_database_clock,
     ]
 );
 
@@ -95,6 +96,7 @@ store_contract!(
         identities_keep_the_last_verified_email,
         reviews_are_listed_until_closed_once,
         open_requests_and_last_break_glass_of_a_requester,
+        overdue_requests_are_found_by_the_database_clock,
     ]
 );
 

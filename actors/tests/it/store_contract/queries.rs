@@ -888,3 +888,37 @@ pub async fn open_requests_and_last_break_glass_of_a_requester(db: Db) {
     );
     assert_eq!(db.store.last_break_glass_of("bob").await.unwrap(), None);
 }
+
+pub async fn overdue_requests_are_found_by_the_database_clock(db: Db) {
+    let hour = Duration::from_secs(3600);
+    let mut d = decision(false, 1);
+    d.approval_timeout_seconds = 1;
+    let soon = stored(&db, &new_request(d.clone())).await;
+    let later = stored(&db, &new_request(decision(false, 1))).await;
+    let overdue = |grace: Duration| {
+        let (store, shard) = (db.store.clone(), soon.id.shard(SHARDS));
+        async move {
+            store
+                .overdue_requests(shard, grace, hour, 100)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        !overdue(Duration::ZERO).await.contains(&soon.id),
+        "not due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(overdue(Duration::ZERO).await.contains(&soon.id));
+    assert!(!overdue(hour).await.contains(&soon.id), "within the grace");
+    let mut later_shard = db
+        .store
+        .overdue_requests(later.id.shard(SHARDS), Duration::ZERO, hour, 100)
+        .await
+        .unwrap();
+    later_shard.retain(|id| *id == later.id);
+    assert!(later_shard.is_empty(), "its deadline is 30 min away");
+    // Final requests are never overdue.
+    apply(&db, &soon, Event::Cancel { by: alice() }).await;
+    assert!(!overdue(Duration::ZERO).await.contains(&soon.id));
+}
