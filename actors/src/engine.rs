@@ -18,13 +18,16 @@ use crate::domain::{
     RequestId, RequestSpec, State, Timestamp, check_text, grant_id_for, same_person,
 };
 use crate::error::EngineError;
+use crate::membership::Membership;
 use crate::node::{NodeArgs, NodeMsg, NodeSupervisor};
 use crate::notify::NotifierHandle;
 use crate::policy::{PolicyHandle, PolicyInput};
 use crate::provider::ProviderHandle;
 use crate::request::{Command, ShardHandle};
 use crate::stats::{ActorRegistry, ActorSnapshot};
-use crate::store::{Fence, ListFilter, PrincipalRecord, SharedStore, StoreError};
+use crate::store::{
+    AUDIT_LEASE, Fence, ListFilter, Member, PrincipalRecord, ShardRecord, SharedStore, StoreError,
+};
 
 pub struct Engine {
     ctx: Arc<NodeContext>,
@@ -45,6 +48,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let incarnation = Uuid::now_v7();
         let n = store.init_shards(config.shards).await?;
+        crate::membership::join(&store, &config.node, incarnation, config.lease_ttl).await?;
         let fences = acquire_all(&store, &config, incarnation, n).await?;
         let registry = ActorRegistry::default();
         let shards: Arc<RwLock<Vec<Option<ShardHandle>>>> =
@@ -124,6 +128,11 @@ impl Engine {
                 registry,
                 db_now,
             ));
+            Actor::spawn_linked(None, Membership, ctx.clone(), cell.clone())
+                .await
+                .map_err(|e| {
+                    EngineError::unavailable(format!("could not start membership: {e}"))
+                })?;
             for fence in &fences {
                 let h = ShardHandle::spawn(ctx.clone(), fence.clone(), cell.clone()).await?;
                 if let Ok(mut s) = shards.write() {
@@ -169,6 +178,51 @@ impl Engine {
     /// This node's outbox drainer; `nudge()` it after a re-drive.
     pub fn notifier(&self) -> &NotifierHandle {
         &self.notifier
+    }
+
+    /// The cluster as the database sees it: every node that has heartbeated (alive when
+    /// its heartbeat is younger than the lease TTL, by the database clock) and every
+    /// shard's owner, epoch and lease.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, EngineError> {
+        let (db_now, members) = self.ctx.store.members().await?;
+        let (mut shards, singletons): (Vec<_>, Vec<_>) = self
+            .ctx
+            .store
+            .shard_table()
+            .await?
+            .into_iter()
+            .partition(|s| s.shard < self.ctx.config.shards);
+        shards.sort_by_key(|s| s.shard);
+        let audit_sequencer = singletons.into_iter().find(|s| s.shard == AUDIT_LEASE);
+        let ttl = chrono::Duration::from_std(self.ctx.config.lease_ttl)
+            .unwrap_or(chrono::Duration::seconds(5));
+        let members = members
+            .into_iter()
+            .map(|m| {
+                let heartbeat_age = db_now - m.heartbeat_at;
+                let shards_owned = shards
+                    .iter()
+                    .filter(|s| {
+                        s.owner == m.node
+                            && s.incarnation == m.incarnation
+                            && s.lease_expires_at.is_some_and(|t| t > db_now)
+                    })
+                    .count();
+                MemberStatus {
+                    alive: heartbeat_age < ttl,
+                    heartbeat_age,
+                    shards_owned,
+                    member: m,
+                }
+            })
+            .collect();
+        Ok(ClusterStatus {
+            db_now,
+            lease_ttl: self.ctx.config.lease_ttl,
+            members,
+            shards,
+            audit_sequencer,
+        })
     }
 
     /// The live actor tree of this node.
@@ -570,6 +624,36 @@ impl Engine {
         self.node.stop(Some("shutdown".into()));
         let _ = self.node_done.await;
     }
+}
+
+/// See [`Engine::cluster_status`].
+#[derive(Clone, Debug)]
+pub struct ClusterStatus {
+    pub db_now: chrono::DateTime<chrono::Utc>,
+    pub lease_ttl: Duration,
+    pub members: Vec<MemberStatus>,
+    /// The request shards, by number.
+    pub shards: Vec<ShardRecord>,
+    /// The `audit` lease: which node sequences the audit chain.
+    pub audit_sequencer: Option<ShardRecord>,
+}
+
+impl ClusterStatus {
+    /// Times a shard changed hands (a takeover, or a node's restart): each one bumped the
+    /// shard's epoch past the first.
+    pub fn epoch_changes(&self) -> i64 {
+        self.shards.iter().map(|s| (s.epoch - 1).max(0)).sum()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MemberStatus {
+    pub member: Member,
+    pub heartbeat_age: chrono::Duration,
+    /// The heartbeat is younger than the lease TTL.
+    pub alive: bool,
+    /// Shards whose unexpired lease this incarnation holds.
+    pub shards_owned: usize,
 }
 
 /// Takes every shard; on a restart the previous incarnation's leases may still be live for

@@ -8,6 +8,7 @@ pub mod context;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod membership;
 pub mod node;
 pub mod notify;
 pub mod policy;
@@ -17,5 +18,5 @@ pub mod stats;
 pub mod store;
 
 pub use context::EngineConfig;
-pub use engine::Engine;
+pub use engine::{ClusterStatus, Engine, MemberStatus};
 pub use error::EngineError;

@@ -9,12 +9,14 @@ mod outbox;
 mod postgres;
 mod postgres_admin;
 mod postgres_audit;
+mod postgres_cluster;
 mod postgres_outbox;
 mod postgres_requests;
 mod rows;
 mod sqlite;
 mod sqlite_admin;
 mod sqlite_audit;
+mod sqlite_cluster;
 mod sqlite_outbox;
 mod sqlite_requests;
 
@@ -230,6 +232,40 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
 }
 
+/// What a node's heartbeat writes into `nodes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat<'a> {
+    pub node: &'a str,
+    pub incarnation: Uuid,
+    pub cluster_addr: &'a str,
+    pub api_addr: &'a str,
+    /// The node's estimate of database clock − its own clock.
+    pub clock_offset_us: i64,
+}
+
+/// A node as the `nodes` table knows it; times and age by the database clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub node: String,
+    pub incarnation: Uuid,
+    pub cluster_addr: String,
+    pub api_addr: String,
+    pub started_at: Timestamp,
+    pub heartbeat_at: Timestamp,
+    pub clock_offset_us: i64,
+}
+
+/// A shard's owner row and lease expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardRecord {
+    pub shard: u32,
+    pub owner: String,
+    pub incarnation: Uuid,
+    pub epoch: i64,
+    pub acquired_at: Timestamp,
+    pub lease_expires_at: Option<Timestamp>,
+}
+
 /// A shard lease as acquired or renewed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -269,6 +305,21 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
 
     /// Lets this incarnation's leases lapse now, so the next owner need not wait.
     async fn release_shards(&self, node: &str, incarnation: Uuid) -> StoreResult<()>;
+
+    /// Records a node's heartbeat (database clock). `false`, writing nothing, while another
+    /// incarnation of the same node name has a heartbeat younger than `ttl`: two processes
+    /// never run as one node.
+    async fn heartbeat(&self, hb: &Heartbeat<'_>, ttl: Duration) -> StoreResult<bool>;
+
+    /// A clean stop: this incarnation's heartbeat is marked as long past, so that the node
+    /// shows as gone at once and its next start need not wait for it to age out.
+    async fn leave(&self, node: &str, incarnation: Uuid) -> StoreResult<()>;
+
+    /// Every node that has heartbeated, by name, and the database clock of the read.
+    async fn members(&self) -> StoreResult<(Timestamp, Vec<Member>)>;
+
+    /// Every shard's owner, epoch and lease expiry, by shard.
+    async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>>;
 
     /// Inserts a new request (fenced by the owner of its shard) with its audit event and
     /// outbox rows. `Stale` if the fence does not hold; `Duplicate` if the id exists.

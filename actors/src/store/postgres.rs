@@ -393,6 +393,22 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn heartbeat(&self, hb: &Heartbeat<'_>, ttl: Duration) -> StoreResult<bool> {
+        super::postgres_cluster::heartbeat(&self.pool, hb, ttl).await
+    }
+
+    async fn leave(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
+        super::postgres_cluster::leave(&self.pool, node, incarnation).await
+    }
+
+    async fn members(&self) -> StoreResult<(Timestamp, Vec<Member>)> {
+        super::postgres_cluster::members(&self.pool).await
+    }
+
+    async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>> {
+        super::postgres_cluster::shard_table(&self.pool).await
+    }
+
     async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
         self.write(fence, p, true).await
     }

@@ -565,6 +565,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn heartbeat(&self, hb: &Heartbeat<'_>, ttl: Duration) -> StoreResult<bool> {
+        super::sqlite_cluster::heartbeat(&self.pool, hb, ttl).await
+    }
+
+    async fn leave(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
+        super::sqlite_cluster::leave(&self.pool, node, incarnation).await
+    }
+
+    async fn members(&self) -> StoreResult<(Timestamp, Vec<Member>)> {
+        super::sqlite_cluster::members(&self.pool).await
+    }
+
+    async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>> {
+        super::sqlite_cluster::shard_table(&self.pool).await
+    }
+
     async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
         self.write(fence, p, true).await
     }

@@ -336,6 +336,71 @@ async fn the_sweep_acts_on_an_overdue_request_its_shard_never_knew() {
     rig.engine.shutdown().await;
 }
 
+/// Membership: a running node heartbeats and owns its shards; a second process under the
+/// same node name is refused; a clean stop leaves, so the next start need not wait.
+#[tokio::test]
+async fn nodes_heartbeat_and_one_name_is_one_process() {
+    let rig = rig_on(postgres().await, rules()).await;
+    let ctx = rig.engine.context().clone();
+    let status = rig.engine.cluster_status().await.unwrap();
+    let me = status
+        .members
+        .iter()
+        .find(|m| m.member.node == "node-a")
+        .expect("this node is a member");
+    assert!(me.alive, "{me:?}");
+    assert_eq!(me.member.incarnation, ctx.incarnation);
+    assert!(me.heartbeat_age < chrono::Duration::seconds(3), "{me:?}");
+    assert_eq!(me.shards_owned, ctx.config.shards as usize);
+    assert_eq!(status.shards.len(), ctx.config.shards as usize);
+    assert!(status.shards.iter().all(|s| s.owner == "node-a"));
+    assert_eq!(status.epoch_changes(), 0, "a fresh database");
+    let audit = status
+        .audit_sequencer
+        .as_ref()
+        .expect("the audit lease is held");
+    assert_eq!(audit.owner, "node-a");
+
+    // Heartbeats keep coming.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = rig.engine.cluster_status().await.unwrap();
+    let me = later
+        .members
+        .iter()
+        .find(|m| m.member.node == "node-a")
+        .unwrap();
+    assert!(
+        me.alive && me.heartbeat_age < chrono::Duration::seconds(3),
+        "{me:?}"
+    );
+
+    // A second process configured with the same node name does not start.
+    let err = Engine::start(rig.config.clone(), rig.store.clone(), rig.registry.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("another process is running as node `node-a`"),
+        "{err}"
+    );
+
+    // A clean stop leaves at once: the next start does not wait, and bumps every epoch.
+    rig.engine.shutdown().await;
+    let started = std::time::Instant::now();
+    let next = Engine::start(rig.config.clone(), rig.store.clone(), rig.registry.clone())
+        .await
+        .expect("restarts");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited for its own old heartbeat: {:?}",
+        started.elapsed()
+    );
+    let status = next.cluster_status().await.unwrap();
+    assert_eq!(status.epoch_changes(), i64::from(ctx.config.shards));
+    next.shutdown().await;
+}
+
 #[tokio::test]
 async fn killed_request_actor_is_rebuilt_from_the_store() {
     let rig = rig_on(postgres().await, rules()).await;

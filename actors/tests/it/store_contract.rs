@@ -59,6 +59,8 @@ store_contract!(
         reviews_are_listed_until_closed_once,
         open_requests_and_last_break_glass_of_a_requester,
         overdue_requests_are_found_by_the_database_clock,
+        heartbeats_keep_one_process_per_node_name,
+        shard_table_lists_owners_epochs_and_leases,
     ]
 );
 
@@ -97,6 +99,8 @@ store_contract!(
         reviews_are_listed_until_closed_once,
         open_requests_and_last_break_glass_of_a_requester,
         overdue_requests_are_found_by_the_database_clock,
+        heartbeats_keep_one_process_per_node_name,
+        shard_table_lists_owners_epochs_and_leases,
     ]
 );
 

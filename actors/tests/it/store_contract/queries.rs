@@ -922,3 +922,71 @@ pub async fn overdue_requests_are_found_by_the_database_clock(db: Db) {
     apply(&db, &soon, Event::Cancel { by: alice() }).await;
     assert!(!overdue(Duration::ZERO).await.contains(&soon.id));
 }
+
+pub async fn heartbeats_keep_one_process_per_node_name(db: Db) {
+    use jitsudo_actors::store::Heartbeat;
+    let ttl = Duration::from_millis(400);
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let hb = |incarnation| Heartbeat {
+        node: "node-x",
+        incarnation,
+        cluster_addr: "10.0.0.1:7946",
+        api_addr: "10.0.0.1:8443",
+        clock_offset_us: -1200,
+    };
+    let member = |store: jitsudo_actors::store::SharedStore| async move {
+        let (now, members) = store.members().await.unwrap();
+        let m = members
+            .into_iter()
+            .find(|m| m.node == "node-x")
+            .expect("listed");
+        (now, m)
+    };
+    assert!(db.store.heartbeat(&hb(first), ttl).await.unwrap());
+    let (now, m) = member(db.store.clone()).await;
+    assert_eq!(
+        (
+            m.incarnation,
+            m.cluster_addr.as_str(),
+            m.api_addr.as_str(),
+            m.clock_offset_us
+        ),
+        (first, "10.0.0.1:7946", "10.0.0.1:8443", -1200)
+    );
+    assert!(now >= m.heartbeat_at);
+    let started = m.started_at;
+    // Beating again keeps the start time.
+    assert!(db.store.heartbeat(&hb(first), ttl).await.unwrap());
+    let (_, again) = member(db.store.clone()).await;
+    assert_eq!(again.started_at, started);
+    assert!(again.heartbeat_at >= m.heartbeat_at);
+    // A second process under the same name is refused while the first is alive.
+    assert!(!db.store.heartbeat(&hb(second), ttl).await.unwrap());
+    assert_eq!(member(db.store.clone()).await.1.incarnation, first);
+    // Once the first's heartbeat is older than the TTL, a new incarnation takes the row.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert!(db.store.heartbeat(&hb(second), ttl).await.unwrap());
+    let (_, taken) = member(db.store.clone()).await;
+    assert_eq!(taken.incarnation, second);
+    assert!(taken.started_at > started);
+    // Leaving marks the heartbeat as long past: the name is free at once.
+    db.store.leave("node-x", second).await.unwrap();
+    let (now, gone) = member(db.store.clone()).await;
+    assert!(now - gone.heartbeat_at > chrono::Duration::hours(1));
+    assert!(db.store.heartbeat(&hb(first), ttl).await.unwrap());
+}
+
+pub async fn shard_table_lists_owners_epochs_and_leases(db: Db) {
+    let fences = db.fences().await;
+    let table = db.store.shard_table().await.unwrap();
+    assert_eq!(table.len(), SHARDS as usize);
+    for row in &table {
+        let fence = fences
+            .iter()
+            .find(|f| f.shard == row.shard)
+            .expect("a fence per shard");
+        assert_eq!((&row.owner, row.epoch), (&fence.owner, fence.epoch));
+        assert_eq!(row.incarnation, db.incarnation);
+        assert!(row.lease_expires_at.is_some_and(|t| t > row.acquired_at));
+    }
+}
