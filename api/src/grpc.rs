@@ -386,6 +386,15 @@ impl AdminService for Api {
             .await)
     }
 
+    async fn get_cluster_status(
+        &self,
+        req: Request<v1::GetClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        rpc!(self, "GetClusterStatus", req, |state, c, _m| state
+            .cluster_status(&c)
+            .await)
+    }
+
     async fn list_actors(
         &self,
         req: Request<v1::ListActorsRequest>,

@@ -959,6 +959,43 @@ impl AppState {
         })
     }
 
+    pub async fn cluster_status(&self, c: &Caller) -> Result<v1::ClusterStatus, ApiError> {
+        c.require_admin_or_auditor("reading the cluster status")?;
+        let s = self.engine.cluster_status().await?;
+        let ms = |d: chrono::Duration| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+        let shard = |r: &jitsudo_actors::store::ShardRecord| v1::ClusterShard {
+            shard: r.shard,
+            owner: r.owner.clone(),
+            epoch: r.epoch,
+            acquired_at: Some(convert::ts(r.acquired_at)),
+            lease_expires_at: r.lease_expires_at.map(convert::ts),
+            leased: r.lease_expires_at.is_some_and(|t| t > s.db_now),
+        };
+        Ok(v1::ClusterStatus {
+            db_now: Some(convert::ts(s.db_now)),
+            lease_ttl_seconds: s.lease_ttl.as_secs_f64(),
+            members: s
+                .members
+                .iter()
+                .map(|m| v1::ClusterMember {
+                    node: m.member.node.clone(),
+                    incarnation: m.member.incarnation.to_string(),
+                    cluster_addr: m.member.cluster_addr.clone(),
+                    api_addr: m.member.api_addr.clone(),
+                    started_at: Some(convert::ts(m.member.started_at)),
+                    heartbeat_at: Some(convert::ts(m.member.heartbeat_at)),
+                    heartbeat_age_ms: ms(m.heartbeat_age),
+                    alive: m.alive,
+                    clock_offset_ms: m.member.clock_offset_us as f64 / 1000.0,
+                    shards_owned: m.shards_owned as u32,
+                })
+                .collect(),
+            shards: s.shards.iter().map(shard).collect(),
+            audit_sequencer: s.audit_sequencer.as_ref().map(shard),
+            epoch_changes: s.epoch_changes(),
+        })
+    }
+
     pub fn list_actors(&self, c: &Caller) -> Result<v1::ListActorsResponse, ApiError> {
         c.require_admin_or_auditor("listing actors")?;
         Ok(v1::ListActorsResponse {

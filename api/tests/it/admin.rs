@@ -105,6 +105,30 @@ async fn admin_service_reports_version_node_actors_and_reloads_policies() {
     assert!(node.live_requests >= 1, "{node:?}");
     assert!(node.started_at.is_some());
 
+    let cluster = ok(admin
+        .get_cluster_status(v1::GetClusterStatusRequest {})
+        .await);
+    let me = cluster
+        .members
+        .iter()
+        .find(|m| m.node == "api-it")
+        .unwrap_or_else(|| panic!("this node is a member: {cluster:?}"));
+    assert!(me.alive && me.heartbeat_age_ms < 3000.0, "{me:?}");
+    assert_eq!(me.shards_owned, 4);
+    assert_eq!(cluster.shards.len(), 4);
+    assert!(
+        cluster
+            .shards
+            .iter()
+            .all(|s| s.owner == "api-it" && s.leased)
+    );
+    assert!(
+        cluster
+            .audit_sequencer
+            .as_ref()
+            .is_some_and(|a| a.owner == "api-it")
+    );
+
     let actors = ok(admin.list_actors(v1::ListActorsRequest {}).await);
     assert_eq!(actors.node, "api-it");
     let live = actors

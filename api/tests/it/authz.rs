@@ -95,6 +95,7 @@ enum Op {
     SetOwnTrustTier,
     GetVersion,
     GetNodeStatus,
+    GetClusterStatus,
     ListActors,
     ListDeadLetters,
     RedriveDeadLetter,
@@ -131,6 +132,7 @@ const MATRIX: &[(Op, [Expect; 5])] = &[
     (Op::SetOwnTrustTier, [N, N, N, N, N]),
     (Op::GetVersion, [Y, Y, Y, Y, Y]),
     (Op::GetNodeStatus, [N, N, N, Y, Y]),
+    (Op::GetClusterStatus, [N, N, N, Y, Y]),
     (Op::ListActors, [N, N, N, Y, Y]),
     (Op::ListDeadLetters, [N, N, N, Y, Y]),
     (
@@ -421,6 +423,11 @@ async fn call(j: &Jitsudo, op: Op, role: Role, t: &Target) -> Result<(), Status>
         ),
         Op::GetVersion => unit(g.admin.get_version(v1::GetVersionRequest {}).await),
         Op::GetNodeStatus => unit(g.admin.get_node_status(v1::GetNodeStatusRequest {}).await),
+        Op::GetClusterStatus => unit(
+            g.admin
+                .get_cluster_status(v1::GetClusterStatusRequest {})
+                .await,
+        ),
         Op::ListActors => unit(g.admin.list_actors(v1::ListActorsRequest {}).await),
         Op::ListDeadLetters => unit(
             g.admin

@@ -1,4 +1,4 @@
-//! `jitsudo server status|version|actors|reload-policies`.
+//! `jitsudo server status|cluster|version|actors|reload-policies`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -9,12 +9,15 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::error::CliResult;
-use crate::output::{details, local_time};
+use crate::output::{details, local_time, table};
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
     /// This node: shards, live requests, clock offset to the database, policy set.
     Status,
+    /// The cluster: members (heartbeat age, clock offset, shards), shard owners and
+    /// epochs, and the node that sequences the audit chain.
+    Cluster,
     /// The server's and this CLI's versions.
     Version,
     /// The live actor tree of the node (kind, id, state, mailbox, restarts).
@@ -63,6 +66,14 @@ pub async fn server(app: &App, c: ServerCommand) -> CliResult<ExitCode> {
                 ])
             })?;
         }
+        ServerCommand::Cluster => {
+            let s = admin
+                .get_cluster_status(v1::GetClusterStatusRequest {})
+                .await
+                .map_err(|s| api.err(s))?
+                .into_inner();
+            app.out.emit(&s, |_| cluster_view(&s))?;
+        }
         ServerCommand::Version => {
             let v = admin
                 .get_version(v1::GetVersionRequest {})
@@ -107,9 +118,73 @@ pub async fn server(app: &App, c: ServerCommand) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Members, then shard ownership summarised per owner (every shard with `-o json`).
+pub fn cluster_view(s: &v1::ClusterStatus) -> String {
+    let members = table(
+        &[
+            "NODE",
+            "ALIVE",
+            "HEARTBEAT",
+            "CLOCK OFFSET",
+            "SHARDS",
+            "STARTED",
+        ],
+        s.members
+            .iter()
+            .map(|m| {
+                vec![
+                    m.node.clone(),
+                    if m.alive { "yes" } else { "no" }.into(),
+                    format!("{:.1} s ago", m.heartbeat_age_ms / 1000.0),
+                    format!("{:.1} ms", m.clock_offset_ms),
+                    m.shards_owned.to_string(),
+                    local_time(&m.started_at),
+                ]
+            })
+            .collect(),
+    );
+    let mut owners: BTreeMap<(&str, bool), Vec<u32>> = BTreeMap::new();
+    for shard in &s.shards {
+        owners
+            .entry((shard.owner.as_str(), shard.leased))
+            .or_default()
+            .push(shard.shard);
+    }
+    let shards = table(
+        &["OWNER", "LEASE", "SHARDS"],
+        owners
+            .into_iter()
+            .map(|((owner, leased), shards)| {
+                vec![
+                    owner.to_owned(),
+                    if leased { "held" } else { "lapsed" }.into(),
+                    number_ranges(shards.into_iter().map(u64::from).collect()),
+                ]
+            })
+            .collect(),
+    );
+    let sequencer = match &s.audit_sequencer {
+        Some(a) if a.leased => format!("{} (epoch {})", a.owner, a.epoch),
+        Some(a) => format!("none (last: {}, lease lapsed)", a.owner),
+        None => "none yet".into(),
+    };
+    format!(
+        "{members}\n\n{shards}\n\n{}",
+        details(&[
+            ("Audit sequencer", sequencer),
+            (
+                "Epoch changes",
+                format!("{} (takeovers and restarts)", s.epoch_changes)
+            ),
+            ("Lease TTL", format!("{} s", s.lease_ttl_seconds)),
+        ])
+    )
+}
+
 /// The order kinds are shown in: the node's supervision tree, top down.
-const KIND_ORDER: [&str; 7] = [
+const KIND_ORDER: [&str; 8] = [
     "node",
+    "membership",
     "policy",
     "provider",
     "audit_sequencer",
@@ -200,7 +275,7 @@ fn natural(id: &str) -> (u8, u64, &str) {
 /// `0-61, 63` for numeric ids, else the first three and a count.
 fn id_ranges(ids: &[&str]) -> String {
     let nums: Option<Vec<u64>> = ids.iter().map(|i| i.parse().ok()).collect();
-    let Some(mut nums) = nums else {
+    let Some(nums) = nums else {
         let shown = ids.iter().take(3).copied().collect::<Vec<_>>().join(", ");
         return if ids.len() > 3 {
             format!("{shown}, …")
@@ -208,6 +283,11 @@ fn id_ranges(ids: &[&str]) -> String {
             shown
         };
     };
+    number_ranges(nums)
+}
+
+/// `0-61, 63`.
+fn number_ranges(mut nums: Vec<u64>) -> String {
     nums.sort_unstable();
     let mut parts = Vec::new();
     let mut i = 0;

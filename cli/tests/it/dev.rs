@@ -444,6 +444,15 @@ fn policies_eval_and_the_server() {
     assert!(tree.starts_with("node dev"), "{tree}");
     assert!(tree.contains("request"), "{tree}");
     assert!(tree.contains("mailbox"), "{tree}");
+    let cluster = carol.run(&["server", "cluster"]).ok().stdout;
+    assert!(
+        cluster.contains("NODE") && cluster.contains("Audit sequencer  dev (epoch"),
+        "{cluster}"
+    );
+    let cluster = carol.json(&["server", "cluster"]);
+    assert_eq!(cluster["members"][0]["node"], "dev");
+    assert_eq!(cluster["members"][0]["alive"], true);
+    assert_eq!(cluster["shards"].as_array().map(Vec::len), Some(64));
     let status = carol.json(&["server", "status"]);
     assert_eq!(status["devMode"], true);
     let version = carol.json(&["server", "version"]);
