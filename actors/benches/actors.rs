@@ -87,6 +87,8 @@ struct Settings {
     memory_warmup: usize,
     expiry_n: usize,
     chain_events: usize,
+    /// Live requests in the shard that is taken over.
+    takeover_n: usize,
     concurrency: usize,
     pgbench: Option<PathBuf>,
     pgbench_scale: u32,
@@ -113,7 +115,7 @@ impl Settings {
         let admin_url = std::env::var("JITSUDO_BENCH_DATABASE_URL")
             .or_else(|_| std::env::var("DATABASE_URL"))
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let known = ["memory", "expiry", "chain", "pgbench"];
+        let known = ["memory", "expiry", "chain", "takeover", "pgbench"];
         let mut parts: Vec<String> = std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with('-'))
@@ -149,6 +151,7 @@ impl Settings {
             memory_warmup: env_usize("JITSUDO_BENCH_MEMORY_WARMUP", 1_000)?,
             expiry_n: env_usize("JITSUDO_BENCH_EXPIRY_N", 10_000)?,
             chain_events: env_usize("JITSUDO_BENCH_CHAIN_EVENTS", 100_000)?,
+            takeover_n: env_usize("JITSUDO_BENCH_TAKEOVER_N", 10_000)?,
             concurrency: env_usize("JITSUDO_BENCH_CONCURRENCY", 64)?.max(1),
             pgbench,
             pgbench_scale: env_usize("JITSUDO_BENCH_PGBENCH_SCALE", 16)? as u32,
@@ -438,6 +441,77 @@ async fn stop_engine(engine: Arc<Engine>) -> Duration {
         Err(_) => eprintln!("engine still shared; not shut down"),
     }
     t.elapsed()
+}
+
+// ---------------------------------------------------------------------------------------
+// takeover
+
+#[derive(Debug)]
+struct TakeoverResult {
+    n: usize,
+    /// `Engine::start` of the successor: join, acquire the shard, load its live requests
+    /// and arm every deadline.
+    start_secs: f64,
+    /// Live requests the successor lists right after its start returned.
+    listed: usize,
+    asleep: usize,
+}
+
+/// N ACTIVE requests in one shard (a node configured with one shard); the node stops
+/// cleanly (its lease released), and another node takes the shard over: the time until
+/// `Engine::start` returns, by which every live request is loaded and its deadline armed.
+async fn takeover(s: &Settings, db: &BenchDb) -> Result<TakeoverResult> {
+    let n = s.takeover_n;
+    let store = store::open(&db.url, Mode::Dev).await?;
+    let providers = Registry::new().with(Arc::new(DemoProvider::new()) as Arc<dyn Provider>);
+    let one_shard = |node: &str| EngineConfig {
+        shards: 1,
+        ..config(node)
+    };
+    let first = Arc::new(
+        Engine::start(
+            one_shard("bench-takeover-a"),
+            store.clone(),
+            providers.clone(),
+        )
+        .await?,
+    );
+    for p in dev_example_policies() {
+        first.policy().apply(&p.name, &p.rego, "bench").await?;
+    }
+    let spec_for: SpecFor = Arc::new(|_| Ok(spec("demo", "viewer", 3600)));
+    let (_, failed) = create_many(&first, n, s.concurrency, false, spec_for).await;
+    let mut c = db.connect().await?;
+    let active = wait_state(
+        &mut c,
+        "ACTIVE",
+        (n - failed) as i64,
+        Duration::from_secs(300),
+    )
+    .await?;
+    println!("takeover: {active} ACTIVE requests in one shard ({failed} creates failed)");
+    stop_engine(first).await;
+
+    let t = Instant::now();
+    let second = Engine::start(one_shard("bench-takeover-b"), store.clone(), providers).await?;
+    let start_secs = t.elapsed().as_secs_f64();
+    let listed = second.live_request_count();
+    let asleep = second
+        .actors()
+        .into_iter()
+        .filter(|a| a.kind == "shard")
+        .filter_map(|a| {
+            let n = a.state.rsplit('(').next()?;
+            n.split(' ').next()?.parse::<usize>().ok()
+        })
+        .sum();
+    second.shutdown().await;
+    Ok(TakeoverResult {
+        n: active as usize,
+        start_secs,
+        listed,
+        asleep,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1246,6 +1320,7 @@ struct Results {
     memory: Option<MemoryResult>,
     expiry: Option<ExpiryResult>,
     chain: Option<ChainResult>,
+    takeover: Option<TakeoverResult>,
     baselines: Option<Baselines>,
 }
 
@@ -1286,6 +1361,16 @@ fn report(r: &Results) {
                 m.shutdown_secs
             ),
             String::new(),
+        ));
+    }
+    if let Some(t) = &r.takeover {
+        rows.push((
+            format!("takeover of a shard holding {} live requests", t.n),
+            format!(
+                "{:.2} s until the successor's start returned, every deadline armed ({} listed, {} asleep in the wheel)",
+                t.start_secs, t.listed, t.asleep
+            ),
+            "≤ 2 s".into(),
         ));
     }
     if let Some(e) = &r.expiry {
@@ -1517,11 +1602,18 @@ async fn main() -> Result<()> {
     let memory = part(&s, "memory", |s, db| async move { memory(&s, &db).await }).await;
     let expiry = part(&s, "expiry", |s, db| async move { expiry(&s, &db).await }).await;
     let chain = part(&s, "chain", |s, db| async move { chain(&s, &db).await }).await;
+    let takeover = part(
+        &s,
+        "takeover",
+        |s, db| async move { takeover(&s, &db).await },
+    )
+    .await;
     let baselines = part(&s, "pgbench", |s, db| async move { pgbench(&s, &db).await }).await;
     let results = Results {
         memory,
         expiry,
         chain,
+        takeover,
         baselines,
     };
     report(&results);

@@ -230,7 +230,7 @@ impl Engine {
         self.ctx.registry.snapshot()
     }
 
-    /// Live (non-terminal) requests served by this node: one request actor each.
+    /// Live (non-terminal) requests served by this node, awake or asleep.
     pub fn live_request_count(&self) -> usize {
         self.ctx.registry.count("request")
     }
@@ -601,7 +601,9 @@ impl Engine {
         .await
     }
 
-    /// The live actor of a request on this node (none for terminal requests).
+    /// The actor of a live request on this node, started if the request sleeps (none for
+    /// terminal requests). For diagnostics and tests: a woken idle request falls asleep
+    /// again after its next message.
     pub async fn request_actor(
         &self,
         id: RequestId,
