@@ -230,13 +230,15 @@ fn stop(me: &ActorRef<RequestMsg>, st: &mut RequestState, reason: String) {
     }
 }
 
-/// Nothing in flight, nothing queued, no deadline due: the request can sleep as data.
+/// Nothing in flight or owed to a provider, nothing queued, no deadline due: the request
+/// can sleep as data.
 fn idle(st: &RequestState) -> bool {
     !st.stopping
         && !st.req.state.is_terminal()
         && st.inflight.is_empty()
         && st.retries == 0
         && st.stats.mailbox() == 0
+        && outstanding_calls(&st.req).is_empty()
         && timers(&st.req)
             .iter()
             .all(|(_, at)| !st.ctx.until(*at).is_zero())

@@ -360,11 +360,20 @@ async fn nodes_heartbeat_and_one_name_is_one_process() {
     assert_eq!(status.shards.len(), ctx.config.shards as usize);
     assert!(status.shards.iter().all(|s| s.owner == "node-a"));
     assert_eq!(status.epoch_changes(), 0, "a fresh database");
-    let audit = status
-        .audit_sequencer
-        .as_ref()
-        .expect("the audit lease is held");
-    assert_eq!(audit.owner, "node-a");
+    // The audit sequencer takes its lease on its first tick, just after the start.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = rig.engine.cluster_status().await.unwrap();
+        if let Some(audit) = status.audit_sequencer {
+            assert_eq!(audit.owner, "node-a");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody took the audit lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Heartbeats keep coming.
     tokio::time::sleep(Duration::from_millis(2500)).await;

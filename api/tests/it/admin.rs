@@ -122,12 +122,23 @@ async fn admin_service_reports_version_node_actors_and_reloads_policies() {
             .iter()
             .all(|s| s.owner == "api-it" && s.leased)
     );
-    assert!(
-        cluster
-            .audit_sequencer
-            .as_ref()
-            .is_some_and(|a| a.owner == "api-it")
-    );
+    // The audit sequencer takes its lease on its first tick after the start.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let cluster = ok(admin
+            .get_cluster_status(v1::GetClusterStatusRequest {})
+            .await);
+        if let Some(audit) = cluster.audit_sequencer {
+            assert_eq!(audit.owner, "api-it");
+            assert!(audit.leased, "{audit:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody took the audit lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let actors = ok(admin.list_actors(v1::ListActorsRequest {}).await);
     assert_eq!(actors.node, "api-it");
