@@ -151,10 +151,7 @@ impl Actor for RequestActor {
         }
         arm_timers(&me, st);
         let mut effects = outstanding_calls(&st.req);
-        if st.req.state == State::Pending
-            && st.req.decision.auto_approve
-            && st.req.approvals.is_empty()
-        {
+        if super::auto_approval_pending(&st.req) {
             effects.push(Effect::Followup(Event::AutoApprove));
         }
         run_effects(&me, st, effects);
@@ -238,10 +235,7 @@ fn idle(st: &RequestState) -> bool {
         && st.inflight.is_empty()
         && st.retries == 0
         && st.stats.mailbox() == 0
-        && outstanding_calls(&st.req).is_empty()
-        && timers(&st.req)
-            .iter()
-            .all(|(_, at)| !st.ctx.until(*at).is_zero())
+        && !super::has_work_now(&st.req, &st.ctx)
 }
 
 /// The provider call whose outcome this event reports, as (is_grant, grant_id).

@@ -22,8 +22,7 @@ use super::actor::{
 };
 use crate::context::NodeContext;
 use crate::domain::{
-    Effect, Event, Refusal, Request, RequestId, State, Timestamp, Transition, outstanding_calls,
-    step, timers,
+    Effect, Event, Refusal, Request, RequestId, State, Timestamp, Transition, step, timers,
 };
 use crate::error::EngineError;
 use crate::stats::{ActorStats, names};
@@ -116,7 +115,7 @@ impl ShardState {
         let stats =
             stats.unwrap_or_else(|| ActorStats::new("request", req.id.to_string(), restarts));
         self.ctx.registry.register(&stats);
-        if needs_actor(&req, &self.ctx) {
+        if super::has_work_now(&req, &self.ctx) {
             self.spawn_request(me, req, stats, restarts, Vec::new(), None)
                 .await
         } else {
@@ -821,11 +820,3 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 const SWEEP_STUCK: Duration = Duration::from_secs(60);
 /// Overdue requests taken per sweep; the rest come with the next.
 const SWEEP_BATCH: u32 = 500;
-
-/// A request needs an actor now when a provider call or the auto-approval is outstanding,
-/// or a deadline is already due.
-fn needs_actor(req: &Request, ctx: &NodeContext) -> bool {
-    !outstanding_calls(req).is_empty()
-        || (req.state == State::Pending && req.decision.auto_approve && req.approvals.is_empty())
-        || timers(req).iter().any(|(_, at)| ctx.until(*at).is_zero())
-}
