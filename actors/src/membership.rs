@@ -77,18 +77,7 @@ impl Actor for Membership {
         let stats = ActorStats::new("membership", ctx.node().to_owned(), 0);
         ctx.registry.register(&stats);
         stats.set_state("joined");
-        let beats = stats.clone();
-        let ticker = tokio::spawn(async move {
-            let mut every = tokio::time::interval(HEARTBEAT_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                // One beat queued at a time: a slow database must not pile them up.
-                if beats.mailbox() == 0 && !beats.cast(&me, MembershipMsg::Beat) {
-                    break;
-                }
-            }
-        });
+        let ticker = stats.tick_every(me, HEARTBEAT_EVERY, || MembershipMsg::Beat);
         Ok(MembershipState {
             ctx,
             stats,

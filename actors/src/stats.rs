@@ -93,6 +93,29 @@ impl ActorStats {
         self.mailbox.load(Ordering::Relaxed)
     }
 
+    /// Casts `tick()` to `actor` every `period`, the first after one period, and only while
+    /// the previous one has been taken: a slow handler never finds a pile of ticks. The task
+    /// ends when the actor is gone; abort it to stop sooner.
+    pub fn tick_every<M: ractor::Message>(
+        self: &Arc<Self>,
+        actor: ractor::ActorRef<M>,
+        period: std::time::Duration,
+        tick: fn() -> M,
+    ) -> tokio::task::JoinHandle<()> {
+        let stats = self.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + period;
+            let mut every = tokio::time::interval_at(start, period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                if stats.mailbox() == 0 && !stats.cast(&actor, tick()) {
+                    break;
+                }
+            }
+        })
+    }
+
     pub fn set_state(&self, s: impl Into<String>) {
         if let Ok(mut g) = self.state.lock() {
             *g = s.into();

@@ -332,19 +332,7 @@ impl Actor for AuditSequencer {
     ) -> Result<SequencerState, ActorProcessingErr> {
         let stats = ActorStats::new("audit_sequencer", args.node.clone(), 0);
         args.registry.register(&stats);
-        let poll = args.config.poll;
-        let stats2 = stats.clone();
-        let ticker = tokio::spawn(async move {
-            let mut every = tokio::time::interval(poll);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                every.tick().await;
-                // One tick in the mailbox at a time: a slow database must not pile them up.
-                if stats2.mailbox() == 0 && !stats2.cast(&me, SequencerMsg::Tick) {
-                    break;
-                }
-            }
-        });
+        let ticker = stats.tick_every(me, args.config.poll, || SequencerMsg::Tick);
         Ok(SequencerState {
             args,
             stats,

@@ -468,18 +468,10 @@ impl Actor for ShardActor {
             st.admit(&me, req, None, 0).await?;
         }
         st.show();
-        let (every, me2, stats) = (st.ctx.config.sweep_every, me.clone(), st.stats.clone());
-        st.sweeper = Some(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                ticks.tick().await;
-                // One sweep in the mailbox at a time.
-                if stats.mailbox() == 0 && !stats.cast(&me2, ShardMsg::Sweep) {
-                    break;
-                }
-            }
-        }));
+        st.sweeper = Some(
+            st.stats
+                .tick_every(me.clone(), st.ctx.config.sweep_every, || ShardMsg::Sweep),
+        );
         metrics::gauge!(names::SHARDS_OWNED).increment(1.0);
         Ok(st)
     }
