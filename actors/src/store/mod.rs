@@ -232,6 +232,10 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
 }
 
+/// The time a live request waits for, by state, as SQL both backends share: the deadline
+/// its timer is armed for, or (ENDING) its last change. The overdue sweep compares it.
+pub(super) const DUE_SQL: &str = "CASE state WHEN 'ACTIVE' THEN expires_at WHEN 'PENDING' THEN approval_deadline WHEN 'APPROVED' THEN grant_deadline ELSE updated_at END";
+
 /// What a node's heartbeat writes into `nodes`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Heartbeat<'a> {

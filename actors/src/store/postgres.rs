@@ -454,19 +454,16 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreResult<Vec<RequestId>> {
         let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-        let ids: Vec<Uuid> = sqlx::query_scalar(
+        let ids: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM (
-                SELECT id, CASE state WHEN 'ACTIVE' THEN expires_at
-                                      WHEN 'PENDING' THEN approval_deadline
-                                      WHEN 'APPROVED' THEN grant_deadline
-                                      ELSE updated_at END AS due,
+                SELECT id, {DUE_SQL} AS due,
                        CASE state WHEN 'ENDING' THEN $3 ELSE $2 END AS late
                   FROM requests
                  WHERE shard = $1 AND state IN ('PENDING', 'APPROVED', 'ACTIVE', 'ENDING')
              ) r
              WHERE due < statement_timestamp() - late * interval '1 microsecond'
-             ORDER BY due LIMIT $4",
-        )
+             ORDER BY due LIMIT $4"
+        )))
         .bind(shard as i32)
         .bind(micros(grace))
         .bind(micros(stuck))

@@ -631,19 +631,16 @@ impl Store for SqliteStore {
         let before = |d: std::time::Duration| {
             now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         };
-        let ids: Vec<String> = sqlx::query_scalar(
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT id FROM (
-                SELECT id, CASE state WHEN 'ACTIVE' THEN expires_at
-                                      WHEN 'PENDING' THEN approval_deadline
-                                      WHEN 'APPROVED' THEN grant_deadline
-                                      ELSE updated_at END AS due,
+                SELECT id, {DUE_SQL} AS due,
                        CASE state WHEN 'ENDING' THEN ?3 ELSE ?2 END AS cutoff
                   FROM requests
                  WHERE shard = ?1 AND state IN ('PENDING', 'APPROVED', 'ACTIVE', 'ENDING')
              )
              WHERE due < cutoff
-             ORDER BY due LIMIT ?4",
-        )
+             ORDER BY due LIMIT ?4"
+        )))
         .bind(i64::from(shard))
         .bind(before(grace))
         .bind(before(stuck))
