@@ -22,7 +22,7 @@ pub struct EngineConfig {
     pub node: String,
     /// Number of shards; fixed at the database's initialisation.
     pub shards: u32,
-    /// Shard lease time-to-live; renewed every third of it.
+    /// Shard lease time-to-live; renewed every fifth of it.
     pub lease_ttl: Duration,
     pub rules: Rules,
     /// Back-off between retries of failed grant and revoke calls.
@@ -89,6 +89,11 @@ pub struct NodeContext {
     /// CPU the revokes themselves need: the revokes go out first (they need no commit before
     /// them), their records follow at this pace.
     pub expiry_records: std::sync::Arc<tokio::sync::Semaphore>,
+    /// This node's own view of its shard leases: grant calls start only while it says
+    /// they stand (self-fencing, DESIGN.md §6).
+    pub lease: std::sync::Arc<crate::ownership::LeaseClock>,
+    /// Set by [`crate::Engine::crash`]: stop without releasing leases or leaving.
+    pub(crate) crashing: std::sync::atomic::AtomicBool,
 }
 
 impl NodeContext {
@@ -113,9 +118,17 @@ impl NodeContext {
             expiry_records: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 EXPIRY_RECORDS_AT_ONCE,
             )),
+            lease: std::sync::Arc::new(crate::ownership::LeaseClock::new(Duration::ZERO)),
+            crashing: std::sync::atomic::AtomicBool::new(false),
         };
         ctx.observe_db_clock(db_now);
         ctx
+    }
+
+    /// Shares the lease clock the node supervisor keeps.
+    pub fn with_lease(mut self, lease: std::sync::Arc<crate::ownership::LeaseClock>) -> Self {
+        self.lease = lease;
+        self
     }
 
     pub fn node(&self) -> &str {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod membership;
 pub mod node;
 pub mod notify;
+pub mod ownership;
 pub mod policy;
 pub mod provider;
 pub mod request;

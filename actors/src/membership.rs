@@ -94,7 +94,9 @@ impl Actor for Membership {
             t.abort();
         }
         let ctx = &st.ctx;
-        if let Err(e) = ctx.store.leave(ctx.node(), ctx.incarnation).await {
+        if ctx.crashing.load(std::sync::atomic::Ordering::Acquire) {
+            // As a crash: the heartbeat ages out by itself.
+        } else if let Err(e) = ctx.store.leave(ctx.node(), ctx.incarnation).await {
             tracing::warn!(error = %e, "could not mark this node as gone; its heartbeat ages out by itself");
         }
         st.ctx.registry.unregister(&st.stats);

@@ -1,28 +1,33 @@
-//! NodeSupervisor: the root of a node's actor tree. It holds this node's shard leases
-//! (renewing them every third of the TTL, releasing them on a clean stop so the next owner
-//! need not wait) and supervises the policy, provider and shard actors.
+//! NodeSupervisor: the root of a node's actor tree. It holds this node's shard leases and
+//! supervises the policy, provider and shard actors. Every round (a fifth of the lease TTL)
+//! it renews its leases, stops the ShardActor of any shard it lost, and moves towards its
+//! fair share (`ownership::plan`): it drains and hands over shards it holds beyond it, and
+//! takes lapsed ones below it (loading their live requests and arming their deadlines).
+//! On a clean stop it releases every lease, so the next owner need not wait.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorMessage;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::context::NodeContext;
+use crate::ownership::{self, LeaseClock, View};
 use crate::request::ShardHandle;
-use crate::stats::{ActorRegistry, ActorStats};
+use crate::stats::{ActorRegistry, ActorStats, names};
 use crate::store::{Fence, SharedStore};
 
 #[derive(RactorMessage)]
 pub enum NodeMsg {
-    /// Renew this node's shard leases.
-    Renew,
-    /// The actor tree is built: supervise its shards from now on.
-    Adopt {
-        ctx: Arc<NodeContext>,
-        fences: Vec<Fence>,
-    },
+    /// Renew this node's leases and move towards its fair share; the reply, if asked for,
+    /// is (shards held, fair share).
+    Balance(Option<RpcReplyPort<(usize, usize)>>),
+    /// The actor tree is built: shards can be started from now on.
+    Adopt { ctx: Arc<NodeContext> },
 }
 
 pub struct NodeSupervisor;
@@ -32,16 +37,208 @@ pub struct NodeArgs {
     pub node: String,
     pub incarnation: Uuid,
     pub lease_ttl: Duration,
+    pub shard_count: u32,
     pub shards: Arc<RwLock<Vec<Option<ShardHandle>>>>,
     pub registry: ActorRegistry,
+    pub lease: Arc<LeaseClock>,
 }
 
 pub struct NodeState {
     args: NodeArgs,
     stats: Arc<ActorStats>,
     ctx: Option<Arc<NodeContext>>,
-    fences: Vec<Fence>,
+    owned: BTreeMap<u32, Fence>,
+    /// Shard actors stopped on purpose (handed over or lost): not restarted.
+    retired: HashSet<ActorId>,
     ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How often a node renews its leases and rebalances: a fifth of the TTL, so that a
+/// renewal can fail three times in a row before the self-fence (TTL − margin) closes.
+pub fn round_every(ttl: Duration) -> Duration {
+    ttl / 5
+}
+
+/// The self-fencing margin: a fifth of the TTL (1 s with the default 5 s).
+pub fn fence_margin(ttl: Duration) -> Duration {
+    ttl / 5
+}
+
+impl NodeState {
+    fn set_shard(&self, shard: u32, h: Option<ShardHandle>) {
+        if let Ok(mut s) = self.args.shards.write()
+            && let Some(slot) = s.get_mut(shard as usize)
+        {
+            *slot = h;
+        }
+    }
+
+    /// Stops a shard's actor (and with it every request actor of the shard) and forgets
+    /// the shard. Expiry revokes already issued finish; the next owner records them.
+    async fn retire(&mut self, shard: u32, why: &str) {
+        self.owned.remove(&shard);
+        let h = self
+            .args
+            .shards
+            .read()
+            .ok()
+            .and_then(|s| s.get(shard as usize).cloned().flatten());
+        self.set_shard(shard, None);
+        if let Some(h) = h {
+            self.retired.insert(h.actor.get_id());
+            if let Err(e) = h
+                .actor
+                .stop_and_wait(Some(why.into()), Some(Duration::from_secs(10)))
+                .await
+            {
+                tracing::warn!(shard, error = %e, "a shard actor did not stop in time");
+            }
+        }
+    }
+
+    async fn start_shard(&mut self, me: &ActorRef<NodeMsg>, fence: Fence) {
+        let Some(ctx) = self.ctx.clone() else { return };
+        let shard = fence.shard;
+        match ShardHandle::spawn(ctx, fence.clone(), me.get_cell()).await {
+            Ok(h) => {
+                self.owned.insert(shard, fence);
+                self.set_shard(shard, Some(h));
+            }
+            Err(e) => {
+                // It lapses by itself; another round (here or elsewhere) takes it again.
+                tracing::error!(shard, error = %e, "starting a shard actor failed; releasing it");
+                let a = &self.args;
+                let _ = a
+                    .store
+                    .release_shards(&a.node, a.incarnation, Some(&[shard]))
+                    .await;
+            }
+        }
+    }
+
+    /// One round: renew, drop what was lost, hand over or take towards the fair share.
+    async fn balance(&mut self, me: &ActorRef<NodeMsg>) -> (usize, usize) {
+        let a = &self.args;
+        let (store, ttl) = (a.store.clone(), a.lease_ttl);
+        let sent = Instant::now();
+        match store.renew_shards(&a.node, a.incarnation, ttl).await {
+            Ok(leases) => {
+                a.lease.renewed(sent, ttl);
+                let kept: BTreeSet<u32> = leases.iter().map(|l| l.fence.shard).collect();
+                let lost: Vec<u32> = self
+                    .owned
+                    .keys()
+                    .filter(|s| !kept.contains(s))
+                    .copied()
+                    .collect();
+                for shard in lost {
+                    tracing::error!(
+                        shard,
+                        "this node's lease on the shard was lost (another node took it); stopping its actors"
+                    );
+                    metrics::counter!(names::SHARD_LEASES_LOST).increment(1);
+                    self.retire(shard, "shard lease lost").await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing shard leases failed");
+                self.stats.set_state(format!(
+                    "lease renewal failing ({} s usable): {e}",
+                    a.lease.remaining().as_secs_f64()
+                ));
+                return (self.owned.len(), 0);
+            }
+        }
+        metrics::gauge!(names::LEASE_REMAINING).set(self.args.lease.remaining().as_secs_f64());
+        if self.ctx.is_none() {
+            return (self.owned.len(), 0);
+        }
+        let plan = match self.plan().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the cluster's membership failed");
+                return (self.owned.len(), 0);
+            }
+        };
+        if !plan.release.is_empty() {
+            for shard in &plan.release {
+                self.retire(*shard, "shard handed over").await;
+            }
+            let a = &self.args;
+            match a
+                .store
+                .release_shards(&a.node, a.incarnation, Some(&plan.release))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(shards = ?plan.release, "handed shards over to the fair share");
+                    metrics::counter!(names::SHARD_HANDOVERS).increment(plan.release.len() as u64);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "releasing handed-over shards failed; they lapse by themselves")
+                }
+            }
+        }
+        if !plan.acquire.is_empty() {
+            let a = &self.args;
+            let sent = Instant::now();
+            match a
+                .store
+                .acquire_shards(&a.node, a.incarnation, &plan.acquire, ttl)
+                .await
+            {
+                Ok(leases) => {
+                    if !leases.is_empty() {
+                        self.args.lease.renewed(sent, ttl);
+                    }
+                    for l in leases {
+                        if l.fence.epoch > 1 {
+                            metrics::counter!(names::SHARD_TAKEOVERS).increment(1);
+                        }
+                        tracing::info!(shard = l.fence.shard, epoch = l.fence.epoch, "took shard");
+                        self.start_shard(me, l.fence).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "taking lapsed shards failed"),
+            }
+        }
+        self.stats.set_state(format!(
+            "{} of {} shards (fair share {})",
+            self.owned.len(),
+            self.args.shard_count,
+            plan.target
+        ));
+        (self.owned.len(), plan.target)
+    }
+
+    async fn plan(&self) -> Result<ownership::Plan, crate::store::StoreError> {
+        let a = &self.args;
+        let (db_now, members) = a.store.members().await?;
+        let table: Vec<_> = a
+            .store
+            .shard_table()
+            .await?
+            .into_iter()
+            .filter(|r| r.shard < a.shard_count)
+            .collect();
+        let ttl = chrono::Duration::from_std(a.lease_ttl).unwrap_or(chrono::Duration::seconds(5));
+        let mut live: BTreeSet<String> = members
+            .into_iter()
+            .filter(|m| db_now - m.heartbeat_at < ttl)
+            .map(|m| m.node)
+            .collect();
+        live.insert(a.node.clone());
+        let mine: BTreeSet<u32> = self.owned.keys().copied().collect();
+        Ok(ownership::plan(&View {
+            me: &a.node,
+            live: &live,
+            table: &table,
+            db_now,
+            shards: a.shard_count,
+            ttl: a.lease_ttl,
+            mine: &mine,
+        }))
+    }
 }
 
 impl Actor for NodeSupervisor {
@@ -57,22 +254,13 @@ impl Actor for NodeSupervisor {
         let stats = ActorStats::new("node", args.node.clone(), 0);
         args.registry.register(&stats);
         stats.set_state("starting");
-        let period = args.lease_ttl / 3;
-        let ticker = tokio::spawn(async move {
-            let mut every = tokio::time::interval(period);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                if me.cast(NodeMsg::Renew).is_err() {
-                    break;
-                }
-            }
-        });
+        let ticker = stats.tick_every(me, round_every(args.lease_ttl), || NodeMsg::Balance(None));
         Ok(NodeState {
             args,
             stats,
             ctx: None,
-            fences: Vec::new(),
+            owned: BTreeMap::new(),
+            retired: HashSet::new(),
             ticker: Some(ticker),
         })
     }
@@ -87,12 +275,17 @@ impl Actor for NodeSupervisor {
         }
         me.stop_children_and_wait(Some("node stopping".into()), Some(Duration::from_secs(10)))
             .await;
+        let crashed = st
+            .ctx
+            .as_ref()
+            .is_some_and(|c| c.crashing.load(Ordering::Acquire));
         // Children are gone: let the leases lapse now so a successor takes over at once.
-        if let Err(e) = st
-            .args
-            .store
-            .release_shards(&st.args.node, st.args.incarnation)
-            .await
+        if !crashed
+            && let Err(e) = st
+                .args
+                .store
+                .release_shards(&st.args.node, st.args.incarnation, None)
+                .await
         {
             tracing::warn!(error = %e, "releasing shard leases failed; they lapse by themselves");
         }
@@ -102,40 +295,21 @@ impl Actor for NodeSupervisor {
 
     async fn handle(
         &self,
-        _me: ActorRef<NodeMsg>,
+        me: ActorRef<NodeMsg>,
         msg: NodeMsg,
         st: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::Renew => {
-                let a = &st.args;
-                match a
-                    .store
-                    .renew_shards(&a.node, a.incarnation, a.lease_ttl)
-                    .await
-                {
-                    Ok(leases) => {
-                        if leases.len() < st.fences.len() {
-                            tracing::error!(
-                                owned = st.fences.len(),
-                                renewed = leases.len(),
-                                "shard leases were lost"
-                            );
-                        }
-                        st.stats.set_state(format!("{} shard leases", leases.len()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "renewing shard leases failed");
-                        st.stats.set_state(format!("lease renewal failing: {e}"));
-                    }
+            NodeMsg::Balance(reply) => {
+                if reply.is_none() {
+                    st.stats.dequeued(); // a tick
+                }
+                let res = st.balance(&me).await;
+                if let Some(r) = reply {
+                    let _ = r.send(res);
                 }
             }
-            NodeMsg::Adopt { ctx, fences } => {
-                st.ctx = Some(ctx);
-                st.fences = fences;
-                st.stats
-                    .set_state(format!("{} shard leases", st.fences.len()));
-            }
+            NodeMsg::Adopt { ctx } => st.ctx = Some(ctx),
         }
         Ok(())
     }
@@ -153,6 +327,9 @@ impl Actor for NodeSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("panicked: {err}")),
             _ => return Ok(()),
         };
+        if st.retired.remove(&cell.get_id()) {
+            return Ok(());
+        }
         // A shard actor that died is started again on the same lease.
         let shard = st.args.shards.read().ok().and_then(|s| {
             s.iter()
@@ -160,23 +337,17 @@ impl Actor for NodeSupervisor {
                 .find(|h| h.actor.get_id() == cell.get_id())
                 .map(|h| h.shard)
         });
-        let (Some(shard), Some(ctx)) = (shard, st.ctx.clone()) else {
+        let Some(shard) = shard else {
             tracing::error!(actor = ?cell.get_id(), reason = %why, "a node actor stopped");
             return Ok(());
         };
-        let Some(fence) = st.fences.iter().find(|f| f.shard == shard).cloned() else {
+        let Some(fence) = st.owned.get(&shard).cloned() else {
             return Ok(());
         };
         tracing::warn!(shard, reason = %why, "shard actor stopped; restarting it");
-        metrics::counter!(crate::stats::names::ACTOR_RESTARTS, "kind" => "shard").increment(1);
-        match ShardHandle::spawn(ctx, fence, me.get_cell()).await {
-            Ok(h) => {
-                if let Ok(mut s) = st.args.shards.write() {
-                    s[shard as usize] = Some(h);
-                }
-            }
-            Err(e) => tracing::error!(shard, error = %e, "restarting a shard actor failed"),
-        }
+        metrics::counter!(names::ACTOR_RESTARTS, "kind" => "shard").increment(1);
+        st.set_shard(shard, None);
+        st.start_shard(&me, fence).await;
         Ok(())
     }
 }

@@ -27,6 +27,11 @@ pub mod names {
     pub const PROVIDER_CALLS: &str = "jitsudo_provider_calls_total";
     pub const POLICY_EVAL_SECONDS: &str = "jitsudo_policy_evaluation_seconds";
     pub const SHARDS_OWNED: &str = "jitsudo_shard_leases_owned";
+    pub const SHARD_TAKEOVERS: &str = "jitsudo_shard_takeovers_total";
+    pub const SHARD_HANDOVERS: &str = "jitsudo_shard_handovers_total";
+    pub const SHARD_LEASES_LOST: &str = "jitsudo_shard_leases_lost_total";
+    pub const GRANTS_FENCED: &str = "jitsudo_grants_self_fenced_total";
+    pub const LEASE_REMAINING: &str = "jitsudo_lease_usable_seconds";
     pub const OUTBOX_DEPTH: &str = "jitsudo_outbox_depth";
     pub const OUTBOX_OLDEST_AGE: &str = "jitsudo_outbox_oldest_age_seconds";
     pub const OUTBOX_DEAD_LETTERS: &str = "jitsudo_outbox_dead_letters";

@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jitsudo_providers::{GrantState, ProviderError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -529,7 +530,20 @@ pub(super) fn provider_call(
             reason: "this provider is not configured on this node".into(),
         };
         if grant {
+            // Self-fencing: a grant starts only while this node's own clock says its lease
+            // stands (revokes need no lease). A short wait covers a renewal just late.
+            let waited = tokio::time::Instant::now();
+            while !ctx.lease.usable() && waited.elapsed() < ctx.lease.margin() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let res = match &provider {
+                Some(_) if !ctx.lease.usable() => {
+                    metrics::counter!(names::GRANTS_FENCED).increment(1);
+                    Err(ProviderError::Unavailable {
+                        provider: provider_name.clone(),
+                        reason: "held back: this node's shard lease is not confirmed (self-fenced); retried once it is, or by the next owner".into(),
+                    })
+                }
                 Some(p) => p.grant(spec).await,
                 None => Err(missing()),
             };

@@ -299,7 +299,8 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreResult<Vec<Lease>>;
 
-    /// Extends the leases this incarnation still owns; returns them.
+    /// Extends the leases this incarnation still holds (unexpired: a lapsed or released
+    /// lease is taken again only by `acquire_shards`, at a new epoch); returns them.
     async fn renew_shards(
         &self,
         node: &str,
@@ -307,8 +308,14 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreResult<Vec<Lease>>;
 
-    /// Lets this incarnation's leases lapse now, so the next owner need not wait.
-    async fn release_shards(&self, node: &str, incarnation: Uuid) -> StoreResult<()>;
+    /// Lets this incarnation's leases lapse now (all of them, or only the listed shards: a
+    /// handover), so the next owner need not wait.
+    async fn release_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        only: Option<&[u32]>,
+    ) -> StoreResult<()>;
 
     /// Records a node's heartbeat (database clock). `false`, writing nothing, while another
     /// incarnation of the same node name has a heartbeat younger than `ttl`: two processes

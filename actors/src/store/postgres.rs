@@ -368,6 +368,7 @@ impl Store for PgStore {
             "UPDATE shard_renewals r SET expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond'
                FROM shard_owners o
               WHERE o.shard = r.shard AND o.epoch = r.epoch AND o.owner = $1 AND o.incarnation = $2
+                AND r.expires_at > statement_timestamp()
              RETURNING r.shard, r.epoch, r.expires_at",
         )
         .bind(node)
@@ -379,14 +380,22 @@ impl Store for PgStore {
         rows.iter().map(|r| Self::lease(r, node)).collect()
     }
 
-    async fn release_shards(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
+    async fn release_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        only: Option<&[u32]>,
+    ) -> StoreResult<()> {
+        let only: Option<Vec<i32>> = only.map(|s| s.iter().map(|s| *s as i32).collect());
         sqlx::query(
             "UPDATE shard_renewals r SET expires_at = statement_timestamp() - interval '1 millisecond'
                FROM shard_owners o
-              WHERE o.shard = r.shard AND o.epoch = r.epoch AND o.owner = $1 AND o.incarnation = $2",
+              WHERE o.shard = r.shard AND o.epoch = r.epoch AND o.owner = $1 AND o.incarnation = $2
+                AND ($3::int[] IS NULL OR r.shard = ANY($3))",
         )
         .bind(node)
         .bind(incarnation)
+        .bind(only)
         .execute(&self.pool)
         .await
         .map_err(db("releasing shard leases"))?;

@@ -536,12 +536,14 @@ impl Store for SqliteStore {
         let now = micros(Utc::now());
         sqlx::query(
             "UPDATE shard_renewals SET expires_at = ?3
-              WHERE EXISTS (SELECT 1 FROM shard_owners o WHERE o.shard = shard_renewals.shard
+              WHERE expires_at > ?4
+                AND EXISTS (SELECT 1 FROM shard_owners o WHERE o.shard = shard_renewals.shard
                               AND o.epoch = shard_renewals.epoch AND o.owner = ?1 AND o.incarnation = ?2)",
         )
         .bind(node)
         .bind(incarnation.to_string())
         .bind(now.saturating_add(ttl_us(ttl)))
+        .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(db("renewing shard leases"))?;
@@ -550,12 +552,22 @@ impl Store for SqliteStore {
         Ok(leases)
     }
 
-    async fn release_shards(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
-        sqlx::query(
+    async fn release_shards(
+        &self,
+        node: &str,
+        incarnation: Uuid,
+        only: Option<&[u32]>,
+    ) -> StoreResult<()> {
+        // Shard numbers are integers: listing them in the statement is safe.
+        let filter = only.map_or(String::new(), |s| {
+            let list: Vec<String> = s.iter().map(u32::to_string).collect();
+            format!(" AND shard_renewals.shard IN ({})", list.join(","))
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE shard_renewals SET expires_at = ?3
               WHERE EXISTS (SELECT 1 FROM shard_owners o WHERE o.shard = shard_renewals.shard
-                              AND o.epoch = shard_renewals.epoch AND o.owner = ?1 AND o.incarnation = ?2)",
-        )
+                              AND o.epoch = shard_renewals.epoch AND o.owner = ?1 AND o.incarnation = ?2){filter}"
+        )))
         .bind(node)
         .bind(incarnation.to_string())
         .bind(micros(Utc::now()) - 1)

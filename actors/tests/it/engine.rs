@@ -141,7 +141,7 @@ async fn audit_kinds(store: &SharedStore, id: RequestId) -> Vec<String> {
         .collect()
 }
 
-fn primary_grant(req: &Request) -> uuid::Uuid {
+pub fn primary_grant(req: &Request) -> uuid::Uuid {
     req.grants[0].grant_id
 }
 

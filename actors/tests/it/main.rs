@@ -2,6 +2,7 @@
 //! against the http provider's reference server. One binary for the crate (link time).
 
 mod audit;
+mod cluster;
 mod engine;
 mod engine_api;
 mod fixtures;

@@ -33,6 +33,7 @@ store_contract!(
         stale_version_writes_nothing,
         wrong_epoch_is_stale,
         lapsed_lease_is_stale,
+        handover_releases_only_the_listed_shards,
         unknown_request_is_missing,
         duplicate_create_is_refused,
         failure_mid_way_writes_nothing,
@@ -73,6 +74,7 @@ store_contract!(
         stale_version_writes_nothing,
         wrong_epoch_is_stale,
         lapsed_lease_is_stale,
+        handover_releases_only_the_listed_shards,
         unknown_request_is_missing,
         duplicate_create_is_refused,
         failure_mid_way_writes_nothing,
@@ -269,7 +271,7 @@ async fn lapsed_lease_is_stale(db: Db) {
     let (req, fence) = created(&db).await;
     // Let this node's leases lapse: a fenced write must now be refused.
     db.store
-        .release_shards(&db.node, db.incarnation)
+        .release_shards(&db.node, db.incarnation, None)
         .await
         .unwrap();
     let tr = domain::step(
@@ -428,10 +430,43 @@ async fn approval_guard_is_checked_by_the_store(db: Db) {
     );
 }
 
+async fn handover_releases_only_the_listed_shards(db: Db) {
+    let held = db.fences().await;
+    assert_eq!(held.len(), SHARDS as usize);
+    let ttl = Duration::from_secs(30);
+    db.store
+        .release_shards(&db.node, db.incarnation, Some(&[1, 2]))
+        .await
+        .unwrap();
+    let mut kept: Vec<u32> = db
+        .store
+        .renew_shards(&db.node, db.incarnation, ttl)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.fence.shard)
+        .collect();
+    kept.sort();
+    assert_eq!(kept, vec![0, 3]);
+    // The next owner takes exactly the handed-over shards, at the next epoch.
+    let all: Vec<u32> = (0..SHARDS).collect();
+    let taken = db
+        .store
+        .acquire_shards("node-b", uuid::Uuid::now_v7(), &all, ttl)
+        .await
+        .unwrap();
+    let got: Vec<(u32, i64)> = taken
+        .iter()
+        .map(|l| (l.fence.shard, l.fence.epoch))
+        .collect();
+    let epoch = |s: u32| held.iter().find(|f| f.shard == s).unwrap().epoch;
+    assert_eq!(got, vec![(1, epoch(1) + 1), (2, epoch(2) + 1)]);
+}
+
 async fn takeover_bumps_the_epoch_and_fences_the_old_owner(db: Db) {
     let (req, fence_a) = created(&db).await;
     db.store
-        .release_shards(&db.node, db.incarnation)
+        .release_shards(&db.node, db.incarnation, None)
         .await
         .unwrap();
     let leases = db

@@ -1,0 +1,173 @@
+//! Several engines on one PostgreSQL, in one process: fair shares, handover on join and on
+//! a clean stop, takeover after a crash (DESIGN.md §6). The chaos tests do the same with
+//! real processes and cut networks.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jitsudo_actors::domain::State;
+use jitsudo_actors::{Engine, EngineConfig};
+use jitsudo_providers::http::Op;
+
+use crate::engine::{Rig, config, primary_grant, rig_with, rules, wait_state};
+use crate::fixtures::*;
+
+const TTL: Duration = Duration::from_secs(2);
+/// Long enough that a handover by release and one by lapse cannot be mistaken.
+const SLOW_TTL: Duration = Duration::from_secs(4);
+
+fn cluster_config(node: &str) -> EngineConfig {
+    with_ttl(node, TTL)
+}
+
+fn with_ttl(node: &str, lease_ttl: Duration) -> EngineConfig {
+    EngineConfig {
+        node: node.into(),
+        shards: 8,
+        lease_ttl,
+        ..config(rules())
+    }
+}
+
+async fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let started = tokio::time::Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+fn set(v: Vec<u32>) -> BTreeSet<u32> {
+    v.into_iter().collect()
+}
+
+/// A joining node is handed its fair share; after the other crashes, the survivor takes
+/// its shards over and expires its grant on time.
+#[tokio::test]
+async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash() {
+    let Rig {
+        engine: a,
+        server,
+        store,
+        registry,
+        _db,
+        ..
+    } = rig_with(postgres().await, cluster_config("node-a")).await;
+    assert_eq!(a.shards_owned().len(), 8, "a lone node holds every shard");
+
+    // b's start returns once a has handed it its share.
+    let b = Engine::start(cluster_config("node-b"), store.clone(), registry.clone())
+        .await
+        .expect("b starts");
+    assert_eq!(b.shards_owned().len(), 4);
+    wait_until("a at its share", Duration::from_secs(5), || {
+        a.shards_owned().len() == 4
+    })
+    .await;
+    let (on_a, on_b) = (set(a.shards_owned()), set(b.shards_owned()));
+    assert!(on_a.is_disjoint(&on_b), "{on_a:?} {on_b:?}");
+    let status = b.cluster_status().await.unwrap();
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.alive && m.shards_owned == 4)
+    );
+    assert_eq!(status.epoch_changes(), 4, "four shards changed hands once");
+
+    // Each node creates requests on shards it holds.
+    let short = a.create(alice(), spec("cloud", 5)).await.unwrap();
+    assert!(on_a.contains(&short.id.shard(8)));
+    let long = b.create(alice(), spec("cloud", 600)).await.unwrap();
+    assert!(on_b.contains(&long.id.shard(8)));
+    // A node that does not hold a request's shard says so, retryably.
+    let err = a.revoke(long.id, alice(), "wrong node").await.unwrap_err();
+    assert!(err.to_string().contains("does not hold"), "{err}");
+    let active = wait_state(&store, short.id, State::Active).await;
+    wait_state(&store, long.id, State::Active).await;
+
+    // a crashes: no release, no leave. b takes its shards once the leases lapse.
+    let crashed = tokio::time::Instant::now();
+    a.crash().await;
+    let took = wait_until("b holds every shard", Duration::from_secs(15), || {
+        b.shards_owned().len() == 8
+    })
+    .await;
+    assert!(
+        crashed.elapsed() >= TTL / 2,
+        "taken before a's lease could have lapsed"
+    );
+    eprintln!("takeover after the crash: {:?}", took);
+    // b expires a's grant, on time (it had taken over before the expiry).
+    let ended = wait_state(&store, short.id, State::Expired).await;
+    let gid = primary_grant(&active);
+    assert_eq!(server.count(Op::Grant, gid), 1);
+    assert_eq!(server.count(Op::Revoke, gid), 1);
+    let lag = ended.ended_at.unwrap() - active.expires_at.unwrap();
+    assert!(
+        lag < chrono::Duration::seconds(2),
+        "expired {lag} after its end"
+    );
+    let status = b.cluster_status().await.unwrap();
+    let b_row = status
+        .members
+        .iter()
+        .find(|m| m.member.node == "node-b")
+        .unwrap();
+    assert_eq!(b_row.shards_owned, 8);
+    assert!(
+        status
+            .members
+            .iter()
+            .any(|m| m.member.node == "node-a" && !m.alive)
+    );
+    // b's own request was untouched.
+    assert_eq!(
+        store.get(long.id).await.unwrap().unwrap().state,
+        State::Active
+    );
+    b.shutdown().await;
+}
+
+/// A clean stop hands every shard over at once (no lease TTL to wait for), and the live
+/// requests on them carry on at the next owner.
+#[tokio::test]
+async fn a_clean_stop_hands_shards_over_without_waiting_for_the_ttl() {
+    let Rig {
+        engine: a,
+        server: _cloud,
+        store,
+        registry,
+        _db,
+        ..
+    } = rig_with(postgres().await, with_ttl("node-a", SLOW_TTL)).await;
+    let b = Engine::start(
+        with_ttl("node-b", SLOW_TTL),
+        store.clone(),
+        registry.clone(),
+    )
+    .await
+    .expect("b starts");
+    let mut on_a = Vec::new();
+    for _ in 0..6 {
+        on_a.push(a.create(alice(), spec("cloud", 600)).await.unwrap());
+    }
+    for r in &on_a {
+        wait_state(&store, r.id, State::Active).await;
+    }
+    a.shutdown().await;
+    let took = wait_until("b holds every shard", Duration::from_secs(10), || {
+        b.shards_owned().len() == 8
+    })
+    .await;
+    // Lapsing would take at least TTL − a round (3.2 s) after a's last renewal; b's rounds
+    // come every 0.8 s.
+    assert!(took < SLOW_TTL / 2, "waited for lapsed leases: {took:?}");
+    // b serves a's requests now.
+    let ending = b.revoke(on_a[0].id, alice(), "done").await.unwrap();
+    assert_eq!(ending.state, State::Ending);
+    wait_state(&store, on_a[0].id, State::Revoked).await;
+    assert_eq!(b.live_request_count(), 5);
+    b.shutdown().await;
+}
