@@ -31,7 +31,12 @@ pub enum PolicyMsg {
         author: String,
         reply: RpcReplyPort<Result<bool, EngineError>>,
     },
+    /// Reload if another node changed the policies (the revision moved).
+    Poll,
 }
+
+/// How often a node looks for policy changes made on other nodes.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct PolicyActor;
 
@@ -41,14 +46,20 @@ pub struct PolicyArgs {
     pub current: Arc<RwLock<Arc<PolicySet>>>,
     pub stats: Arc<ActorStats>,
     pub registry: ActorRegistry,
+    /// The store's policy revision the published set was read at.
+    pub revision: std::sync::atomic::AtomicI64,
 }
 
 impl PolicyArgs {
     async fn reload(&self) -> Result<String, EngineError> {
+        // Read the revision first: a change racing this reload moves it again.
+        let revision = self.store.policy_revision().await?;
         let sources = self.store.policies().await?;
         let set = PolicySet::compile(sources)?;
         let fp = set.fingerprint().to_owned();
         self.publish(set);
+        self.revision
+            .store(revision, std::sync::atomic::Ordering::Relaxed);
         Ok(fp)
     }
 
@@ -110,11 +121,13 @@ impl Actor for PolicyActor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<Self::Msg>,
+        me: ActorRef<Self::Msg>,
         args: PolicyArgs,
     ) -> Result<PolicyArgs, ActorProcessingErr> {
         args.registry.register(&args.stats);
         args.reload().await?;
+        // Ends by itself when the actor is gone.
+        drop(args.stats.tick_every(me, POLL_EVERY, || PolicyMsg::Poll));
         Ok(args)
     }
 
@@ -153,6 +166,20 @@ impl Actor for PolicyActor {
             } => {
                 let _ = reply.send(state.delete(name, author).await);
             }
+            PolicyMsg::Poll => {
+                let seen = state.revision.load(std::sync::atomic::Ordering::Relaxed);
+                match state.store.policy_revision().await {
+                    Ok(now) if now != seen => {
+                        if let Err(e) = state.reload().await {
+                            tracing::error!(error = %e, "policies changed on another node but do not compile here; keeping the current set");
+                        } else {
+                            tracing::info!("policies changed on another node; reloaded");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not read the policy revision"),
+                }
+            }
         }
         Ok(())
     }
@@ -181,6 +208,7 @@ impl PolicyHandle {
             current: current.clone(),
             stats: stats.clone(),
             registry,
+            revision: std::sync::atomic::AtomicI64::new(-1),
         };
         let (actor, _) = Actor::spawn_linked(None, PolicyActor, args, supervisor).await?;
         Ok(PolicyHandle {

@@ -439,6 +439,10 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
     /// The latest version of every policy that is not deleted.
     async fn policies(&self) -> StoreResult<Vec<PolicySource>>;
 
+    /// A number that changes whenever a policy is applied or deleted anywhere (rows are
+    /// only ever added): every node polls it to pick up other nodes' changes.
+    async fn policy_revision(&self) -> StoreResult<i64>;
+
     /// The latest version of a policy with the time it was stored; `None` if the policy is
     /// unknown or its latest version deletes it.
     async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>>;

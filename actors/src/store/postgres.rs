@@ -512,6 +512,13 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn policy_revision(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM policies")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the policy revision"))
+    }
+
     async fn policies(&self) -> StoreResult<Vec<PolicySource>> {
         let rows = sqlx::query(
             "SELECT DISTINCT ON (name) name, version, rego, author, deleted FROM policies ORDER BY name, version DESC",

@@ -698,6 +698,13 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn policy_revision(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM policies")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the policy revision"))
+    }
+
     async fn policies(&self) -> StoreResult<Vec<PolicySource>> {
         let rows = sqlx::query(
             "SELECT p.name, p.version, p.rego, p.author, p.deleted FROM policies p

@@ -75,6 +75,21 @@ async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash
             .all(|m| m.alive && m.shards_owned == 4)
     );
     assert_eq!(status.epoch_changes(), 4, "four shards changed hands once");
+    // A policy applied on one node reaches the other by its revision poll.
+    a.policy()
+        .apply(
+            "extra",
+            "package jitsudo.extra\n\nnote := \"applied on a\"\n",
+            "carol",
+        )
+        .await
+        .expect("compiles");
+    let want = a.policy().current().fingerprint().to_owned();
+    let seen = wait_until("b has a's policies", Duration::from_secs(5), || {
+        b.policy().current().fingerprint() == want
+    })
+    .await;
+    eprintln!("policy change reached the other node in {seen:?}");
 
     // Each node creates requests on shards it holds.
     let short = a.create(alice(), spec("cloud", 5)).await.unwrap();
