@@ -56,8 +56,8 @@ impl PgStore {
             "production"
         };
         let stored: String = sqlx::query_scalar(
-            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('mode', $1) ON CONFLICT (key) DO NOTHING RETURNING value)
-             SELECT value FROM ins UNION ALL SELECT value FROM cluster_meta WHERE key = 'mode' LIMIT 1",
+            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('mode', $1) ON CONFLICT (key) DO UPDATE SET value = cluster_meta.value RETURNING value)
+             SELECT value FROM ins",
         )
         .bind(want)
         .fetch_one(&self.pool)
@@ -300,8 +300,8 @@ impl Store for PgStore {
 
     async fn init_shards(&self, shards: u32) -> StoreResult<u32> {
         let stored: String = sqlx::query_scalar(
-            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('shards', $1) ON CONFLICT (key) DO NOTHING RETURNING value)
-             SELECT value FROM ins UNION ALL SELECT value FROM cluster_meta WHERE key = 'shards' LIMIT 1",
+            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('shards', $1) ON CONFLICT (key) DO UPDATE SET value = cluster_meta.value RETURNING value)
+             SELECT value FROM ins",
         )
         .bind(shards.to_string())
         .fetch_one(&self.pool)

@@ -34,6 +34,7 @@ store_contract!(
         wrong_epoch_is_stale,
         lapsed_lease_is_stale,
         handover_releases_only_the_listed_shards,
+        concurrent_first_starts_agree_on_the_shard_count,
         unknown_request_is_missing,
         duplicate_create_is_refused,
         failure_mid_way_writes_nothing,
@@ -75,6 +76,7 @@ store_contract!(
         wrong_epoch_is_stale,
         lapsed_lease_is_stale,
         handover_releases_only_the_listed_shards,
+        concurrent_first_starts_agree_on_the_shard_count,
         unknown_request_is_missing,
         duplicate_create_is_refused,
         failure_mid_way_writes_nothing,
@@ -428,6 +430,20 @@ async fn approval_guard_is_checked_by_the_store(db: Db) {
         db.store.get(req.id).await.unwrap().unwrap().state,
         State::Pending
     );
+}
+
+async fn concurrent_first_starts_agree_on_the_shard_count(db: Db) {
+    // Nodes of a new cluster start together: every one of them must read the count the
+    // first one stored, none may fail on the race.
+    let starts: Vec<_> = (0..8)
+        .map(|_| {
+            let store = db.store.clone();
+            tokio::spawn(async move { store.init_shards(SHARDS).await })
+        })
+        .collect();
+    for s in starts {
+        assert_eq!(s.await.unwrap().expect("init_shards"), SHARDS);
+    }
 }
 
 async fn handover_releases_only_the_listed_shards(db: Db) {

@@ -156,6 +156,94 @@ async fn s2_sigstop_of_an_owner_for_two_ttls_then_sigcont() {
     );
 }
 
+/// 3. SIGSTOP of an owner between a grant intent and its grant call (the call arrives at
+/// the cloud late, or not at all), long enough for another node to take over, grant,
+/// expire and revoke: the late grant does nothing (tombstone), the request ends expired,
+/// and the cloud saw exactly one effective grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_sigstop_between_grant_intent_and_grant_call() {
+    let _one = SERIAL.lock().await;
+    let mut c = Cluster::start(Opts::default()).await;
+    fair(&c, 3, Duration::from_secs(30)).await;
+    let ttl = Duration::from_secs(c.opts.lease_ttl_seconds);
+    let victim = 0;
+    // Its grant call reaches the cloud three TTLs late.
+    c.cloud.fail_next(
+        jitsudo_providers::http::Op::Grant,
+        1,
+        jitsudo_providers::http::server::FailureKind::Late(ttl * 3),
+    );
+    let ids = c.create_many(victim, 1, &[3]).await;
+    // Freeze it the moment its grant call is on the wire (held at the cloud).
+    let sent = Instant::now() + Duration::from_secs(10);
+    while c.cloud.queued_faults(jitsudo_providers::http::Op::Grant) > 0 {
+        assert!(Instant::now() < sent, "the grant call never left the node");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    c.freeze(victim);
+    let frozen = Instant::now();
+    // Another node takes the shard over, grants, the grant expires and is revoked.
+    let pool = c.pool().await;
+    let id: uuid::Uuid = ids[0].parse().unwrap();
+    let deadline = Instant::now() + ttl * 6;
+    loop {
+        let state: String = sqlx::query_scalar("SELECT state FROM requests WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("request");
+        if state == "EXPIRED" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request is {state} after the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = frozen.elapsed();
+    // Past the late call's decision at the cloud, then thaw.
+    tokio::time::sleep((ttl * 3 + Duration::from_secs(1)).saturating_sub(frozen.elapsed())).await;
+    c.thaw(victim);
+    let report = c.check(&ids, 1).await;
+    let grant_outcomes: Vec<_> = c
+        .cloud
+        .events()
+        .into_iter()
+        .filter(|e| e.op == jitsudo_providers::http::Op::Grant)
+        .map(|e| e.outcome)
+        .collect();
+    use jitsudo_providers::http::server::Outcome;
+    assert_eq!(
+        grant_outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Granted)
+            .count(),
+        1,
+        "{grant_outcomes:?}"
+    );
+    assert!(
+        grant_outcomes.iter().all(|o| matches!(
+            o,
+            Outcome::Granted | Outcome::AlreadyGranted | Outcome::Tombstoned
+        )),
+        "{grant_outcomes:?}"
+    );
+    assert!(
+        grant_outcomes.contains(&Outcome::Tombstoned),
+        "the frozen node's late grant was not refused: {grant_outcomes:?}"
+    );
+    record(
+        "s3 SIGSTOP between intent and call",
+        &report,
+        &format!(
+            "; ended at the new owner {:.2} s into the freeze; the frozen node's grant arrived {} s late and was tombstoned",
+            ended.as_secs_f64(),
+            (ttl * 3).as_secs()
+        ),
+    );
+}
+
 /// 5. One node cut from PostgreSQL only: the others take its shards; expiries are revoked
 /// (by its own timers or the new owners) and recorded; it rejoins once the link is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,10 @@ pub enum FailureKind {
     /// The call takes effect, then the answer is this status anyway (a cloud that applied a
     /// change and reported a failure).
     StatusAfterEffect(u16),
+    /// The call arrives this much later: it is decided (and takes effect, if it still can)
+    /// only after the delay — the late call of a caller frozen between its decision and
+    /// its call. Only as a queued `fail_next` fault.
+    Late(Duration),
 }
 
 /// What the server did with one call.
@@ -105,6 +109,18 @@ struct Faults {
 }
 
 impl Faults {
+    /// Takes the next queued fault of `op` if it is a `Late` one.
+    fn take_late(&mut self, op: Op) -> Option<Duration> {
+        match self.next.get(&op).and_then(|q| q.first()) {
+            Some((_, FailureKind::Late(d))) => {
+                let d = *d;
+                self.take(op);
+                Some(d)
+            }
+            _ => None,
+        }
+    }
+
     fn take(&mut self, op: Op) -> Option<FailureKind> {
         if let Some(queue) = self.next.get_mut(&op)
             && let Some((remaining, kind)) = queue.first_mut()
@@ -312,6 +328,17 @@ impl TestServer {
         }
     }
 
+    /// Calls of `op` that queued `fail_next` faults are still waiting for (0 once every
+    /// queued fault has met its call: a `Late` call has then arrived and is held).
+    pub fn queued_faults(&self, op: Op) -> usize {
+        self.shared
+            .lock()
+            .faults
+            .next
+            .get(&op)
+            .map_or(0, |q| q.iter().map(|(n, _)| *n).sum())
+    }
+
     /// Every call of `op` fails with `kind` once the queued `fail_next` faults are used up.
     pub fn set_fail_always(&self, op: Op, kind: FailureKind) {
         self.shared.lock().faults.always.insert(op, kind);
@@ -391,6 +418,10 @@ impl IntoResponse for Reply {
 }
 
 async fn handle(shared: Arc<Shared>, op: Op, headers: HeaderMap, body: Bytes) -> Reply {
+    let late = shared.lock().faults.take_late(op);
+    if let Some(late) = late {
+        tokio::time::sleep(late).await;
+    }
     let (reply, delay) = decide(&shared, op, &headers, &body);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -476,7 +507,8 @@ fn decide(shared: &Shared, op: Op, headers: &HeaderMap, body: &[u8]) -> (Reply, 
             log(&mut cloud, grant_id, outcome, &reply, fault);
             (reply, None)
         }
-        None => {
+        // A `Late` fault was waited out before deciding.
+        None | Some(FailureKind::Late(_)) => {
             let (outcome, reply) = apply(&mut cloud, input, now);
             log(&mut cloud, grant_id, outcome, &reply, None);
             (reply, None)

@@ -301,3 +301,35 @@ async fn shutdown_stops_the_server_and_calls_become_unavailable() {
     assert_eq!(err.class(), ErrorClass::Retryable, "{err}");
     assert!(server.events().is_empty());
 }
+
+/// A late call (its caller frozen between deciding and calling) is decided only when it
+/// arrives: a revoke of the same grant that came first leaves a tombstone, and the late
+/// grant does nothing.
+#[tokio::test]
+async fn a_late_grant_after_the_revoke_is_tombstoned() {
+    let (server, provider) = http_pair().await;
+    let provider = std::sync::Arc::new(provider);
+    let spec = spec();
+    let record = GrantRecord::from_spec(&spec);
+    server.fail_next(Op::Grant, 1, FailureKind::Late(Duration::from_millis(400)));
+    let late = {
+        let (p, s) = (provider.clone(), spec.clone());
+        tokio::spawn(async move { p.grant(&s).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    provider
+        .revoke(&record)
+        .await
+        .expect("revoke before the late grant");
+    let err = late.await.unwrap().expect_err("the late grant is refused");
+    assert!(matches!(err, ProviderError::Tombstoned { .. }), "{err:?}");
+    assert!(!server.is_active(spec.grant_id));
+    let outcomes: Vec<_> = server.events().iter().map(|e| (e.op, e.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Op::Revoke, Outcome::RevokedNothing),
+            (Op::Grant, Outcome::Tombstoned)
+        ]
+    );
+}
