@@ -46,6 +46,10 @@ pub struct EngineConfig {
     /// How often each ShardActor looks in the database for overdue requests it does not
     /// know about (the safety net behind its timers).
     pub sweep_every: Duration,
+    /// The cluster mesh (routing between nodes); `None` on a single node.
+    pub mesh: Option<crate::mesh::MeshConfig>,
+    /// This node's API address as clients reach it (shown in `server cluster`).
+    pub api_addr: String,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +69,8 @@ impl Default for EngineConfig {
             break_glass_cooldown: Duration::from_secs(15 * 60),
             max_live_per_requester: 25,
             sweep_every: Duration::from_secs(5),
+            mesh: None,
+            api_addr: String::new(),
         }
     }
 }

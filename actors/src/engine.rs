@@ -141,6 +141,34 @@ impl Engine {
                 .map_err(|e| {
                     EngineError::unavailable(format!("could not start membership: {e}"))
                 })?;
+            Actor::spawn_linked(
+                None,
+                crate::mesh::Router,
+                crate::mesh::RouterArgs {
+                    ctx: ctx.clone(),
+                    shards: shards.clone(),
+                },
+                cell.clone(),
+            )
+            .await
+            .map_err(|e| EngineError::unavailable(format!("could not start the router: {e}")))?;
+            if let Some(mesh) = &ctx.config.mesh {
+                let server = crate::mesh::start_server(&ctx, mesh, cell.clone()).await?;
+                Actor::spawn_linked(
+                    None,
+                    crate::mesh::Dialer,
+                    crate::mesh::DialerArgs {
+                        ctx: ctx.clone(),
+                        server,
+                        mesh: mesh.clone(),
+                    },
+                    cell.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    EngineError::unavailable(format!("could not start the mesh dialer: {e}"))
+                })?;
+            }
             let _ = node.cast(NodeMsg::Adopt { ctx: ctx.clone() });
             take_fair_share(&node, &ctx.config).await?;
             Ok::<_, EngineError>((ctx, notifier, db_now))
@@ -549,10 +577,10 @@ impl Engine {
             .await?)
     }
 
+    /// Carries out a command on the node holding the request's shard: this one, or
+    /// another through the mesh (`mesh::route`).
     pub async fn command(&self, id: RequestId, cmd: Command) -> Result<Request, EngineError> {
-        self.shard(id)?
-            .route(id, cmd, self.ctx.config.call_timeout)
-            .await
+        crate::mesh::route(&self.ctx, &self.shards, id, cmd).await
     }
 
     pub async fn approve(

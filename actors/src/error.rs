@@ -44,12 +44,113 @@ pub enum EngineError {
     /// The caller would grant something to themselves.
     #[error("nobody may change their own {what}; ask another admin to do it")]
     SelfBenefit { what: &'static str },
+    /// The node that holds the request's shard answered this (a routed call).
+    #[error("{message}")]
+    Remote { kind: ErrorKind, message: String },
+}
+
+/// What kind of failure an [`EngineError`] is, as a client sees it; the API maps each to
+/// one gRPC code (and HTTP status). Routed calls carry it across the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    PermissionDenied,
+    AlreadyExists,
+    ResourceExhausted,
+    FailedPrecondition,
+    NotFound,
+    Aborted,
+    Unavailable,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Aborted => "aborted",
+            ErrorKind::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::InvalidArgument,
+            ErrorKind::PermissionDenied,
+            ErrorKind::AlreadyExists,
+            ErrorKind::ResourceExhausted,
+            ErrorKind::FailedPrecondition,
+            ErrorKind::NotFound,
+            ErrorKind::Aborted,
+            ErrorKind::Unavailable,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl Refusal {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Refusal::Invalid { .. }
+            | Refusal::Policy(_)
+            | Refusal::ExtensionExceedsMaximum { .. } => ErrorKind::InvalidArgument,
+            Refusal::SelfApproval
+            | Refusal::NotAnApprover
+            | Refusal::NotRequester
+            | Refusal::NotAllowedToRevoke
+            | Refusal::SelfReview => ErrorKind::PermissionDenied,
+            Refusal::AlreadyApproved | Refusal::Duplicate => ErrorKind::AlreadyExists,
+            Refusal::TooManyLive { .. } => ErrorKind::ResourceExhausted,
+            _ => ErrorKind::FailedPrecondition,
+        }
+    }
 }
 
 impl EngineError {
     pub fn unavailable(reason: impl Into<String>) -> Self {
         EngineError::Unavailable {
             reason: reason.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Refused(r) => r.kind(),
+            EngineError::NotFound { .. } => ErrorKind::NotFound,
+            EngineError::UnknownProvider { .. } | EngineError::IdempotencyConflict { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            EngineError::Policy(_)
+            | EngineError::Delivery { .. }
+            | EngineError::InvalidConfig { .. } => ErrorKind::FailedPrecondition,
+            EngineError::Provider(p) => match p.class() {
+                jitsudo_providers::ErrorClass::Permanent => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Unavailable,
+            },
+            EngineError::Conflict => ErrorKind::Aborted,
+            EngineError::Unavailable { .. } | EngineError::Store(_) => ErrorKind::Unavailable,
+            EngineError::Overloaded { .. } => ErrorKind::ResourceExhausted,
+            EngineError::SelfBenefit { .. } => ErrorKind::PermissionDenied,
+            EngineError::Remote { kind, .. } => *kind,
+        }
+    }
+
+    /// The message a client may see: store failures are not detailed (they are logged).
+    pub fn public_message(&self) -> String {
+        match self {
+            EngineError::Refused(r) => r.to_string(),
+            EngineError::Policy(p) => format!("policy evaluation failed: {p}"),
+            EngineError::Provider(p) => p.to_string(),
+            EngineError::Store(s) => {
+                tracing::error!(error = %s, "store failure");
+                "the store is unavailable; retry".to_string()
+            }
+            other => other.to_string(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod membership;
+pub mod mesh;
 pub mod node;
 pub mod notify;
 pub mod ownership;

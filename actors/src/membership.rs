@@ -115,8 +115,12 @@ impl Actor for Membership {
         let hb = Heartbeat {
             node: ctx.node(),
             incarnation: ctx.incarnation,
-            cluster_addr: "",
-            api_addr: "",
+            cluster_addr: ctx
+                .config
+                .mesh
+                .as_ref()
+                .map_or("", |m| m.advertise.as_str()),
+            api_addr: &ctx.config.api_addr,
             clock_offset_us: ctx.clock_offset().num_microseconds().unwrap_or(0),
         };
         match ctx.store.heartbeat(&hb, ctx.config.lease_ttl).await {

@@ -28,6 +28,10 @@ pub struct CertFiles {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The cluster mesh's node certificate: the server's names, good for server and
+    /// client authentication (mutual TLS between nodes).
+    pub node_cert: PathBuf,
+    pub node_key: PathBuf,
 }
 
 fn write(path: PathBuf, data: &str, private: bool) -> Result<PathBuf, CertError> {
@@ -53,8 +57,9 @@ fn write(path: PathBuf, data: &str, private: bool) -> Result<PathBuf, CertError>
     Ok(path)
 }
 
-/// A CA, a server certificate for `hosts` (DNS names or IP addresses) and a client
-/// certificate for `client_name`, all written as PEM into `dir`.
+/// A CA, a server certificate for `hosts` (DNS names or IP addresses), a client
+/// certificate for `client_name` and a node certificate for the cluster mesh (the server's
+/// names, server and client use), all written as PEM into `dir`.
 pub fn generate(dir: &Path, hosts: &[String], client_name: &str) -> Result<CertFiles, CertError> {
     std::fs::create_dir_all(dir).map_err(|source| CertError::Write {
         path: dir.into(),
@@ -95,6 +100,17 @@ pub fn generate(dir: &Path, hosts: &[String], client_name: &str) -> Result<CertF
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client.signed_by(&client_key, &issuer)?;
 
+    let node_key = KeyPair::generate()?;
+    let mut node = server.clone();
+    node.distinguished_name = rcgen::DistinguishedName::new();
+    node.distinguished_name
+        .push(DnType::CommonName, "jitsudod node");
+    node.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let node_cert = node.signed_by(&node_key, &issuer)?;
+
     Ok(CertFiles {
         ca_cert: write(dir.join("ca.pem"), &ca_cert.pem(), false)?,
         server_cert: write(dir.join("server.pem"), &server_cert.pem(), false)?,
@@ -109,5 +125,7 @@ pub fn generate(dir: &Path, hosts: &[String], client_name: &str) -> Result<CertF
             &client_key.serialize_pem(),
             true,
         )?,
+        node_cert: write(dir.join("node.pem"), &node_cert.pem(), false)?,
+        node_key: write(dir.join("node-key.pem"), &node_key.serialize_pem(), true)?,
     })
 }

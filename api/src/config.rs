@@ -28,6 +28,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub node: NodeConfig,
+    pub cluster: ClusterSection,
     pub auth: AuthSection,
     pub authz: AuthzConfig,
     pub audit: AuditSection,
@@ -116,6 +117,48 @@ impl Default for NodeConfig {
             name: "jitsudod".into(),
             shards: 64,
             lease_ttl_seconds: 5,
+        }
+    }
+}
+
+/// The mesh between the nodes of a cluster (routing). Unset `listen`: no mesh — a single
+/// node, or a cluster whose nodes answer only for the shards they hold.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The cluster port, e.g. `0.0.0.0:8444`.
+    pub listen: Option<SocketAddr>,
+    /// `host:port` the other nodes dial; the host must be in `tls_cert`. Default: `listen`
+    /// (which then must not be a wildcard address).
+    pub advertise: Option<String>,
+    /// This node's certificate for the mesh: server and client use (`jitsudod certs`
+    /// writes `node.pem`).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signed every node's certificate; peers without one are refused.
+    pub ca: Option<PathBuf>,
+    /// A file holding the shared cookie (the same on every node).
+    pub cookie_file: Option<PathBuf>,
+}
+
+impl ClusterSection {
+    /// The advertised address, checked.
+    pub fn advertise(&self) -> Result<Option<String>, String> {
+        let Some(listen) = self.listen else {
+            return Ok(None);
+        };
+        match &self.advertise {
+            Some(a)
+                if a.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+            {
+                Ok(Some(a.clone()))
+            }
+            Some(a) => Err(format!("[cluster] advertise = {a:?} is not host:port")),
+            None if listen.ip().is_unspecified() => Err(format!(
+                "[cluster] listen = {listen} is a wildcard address: set [cluster] advertise to the host:port the other nodes dial"
+            )),
+            None => Ok(Some(listen.to_string())),
         }
     }
 }
@@ -337,6 +380,35 @@ mod tests {
             .iter()
             .map(|(a, b)| ((*a).into(), (*b).into()))
             .collect()
+    }
+
+    /// cluster-config/three-node: three valid files that agree on everything a cluster
+    /// shares and differ in what must be unique.
+    #[test]
+    fn the_three_node_example_is_valid_and_consistent() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config/three-node");
+        let nodes: Vec<Config> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let path = dir.join(format!("node-{n}.toml"));
+                Config::load(Some(&path), Vec::new())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            })
+            .collect();
+        let names: std::collections::BTreeSet<_> = nodes.iter().map(|c| &c.node.name).collect();
+        let listens: std::collections::BTreeSet<_> =
+            nodes.iter().map(|c| c.server.listen).collect();
+        assert_eq!((names.len(), listens.len()), (3, 3));
+        for c in &nodes {
+            assert_eq!(c.node.shards, nodes[0].node.shards);
+            assert_eq!(c.node.lease_ttl_seconds, nodes[0].node.lease_ttl_seconds);
+            assert_eq!(c.database.url, nodes[0].database.url);
+            assert_eq!(c.audit.signing_key, nodes[0].audit.signing_key);
+            assert_eq!(
+                c.server.page_token_key_file,
+                nodes[0].server.page_token_key_file
+            );
+        }
     }
 
     #[test]

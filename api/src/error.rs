@@ -6,8 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jitsudo_actors::EngineError;
-use jitsudo_actors::domain::Refusal;
-use jitsudo_providers::ErrorClass;
+use jitsudo_actors::error::ErrorKind;
 use tonic::Code;
 
 #[derive(Debug)]
@@ -121,55 +120,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn refusal_code(r: &Refusal) -> Code {
-    match r {
-        Refusal::Invalid { .. } | Refusal::Policy(_) | Refusal::ExtensionExceedsMaximum { .. } => {
-            Code::InvalidArgument
-        }
-        Refusal::SelfApproval
-        | Refusal::NotAnApprover
-        | Refusal::NotRequester
-        | Refusal::NotAllowedToRevoke
-        | Refusal::SelfReview => Code::PermissionDenied,
-        Refusal::AlreadyApproved | Refusal::Duplicate => Code::AlreadyExists,
-        Refusal::TooManyLive { .. } => Code::ResourceExhausted,
-        _ => Code::FailedPrecondition,
+/// The one mapping from the engine's kinds of failure to gRPC codes.
+fn code_of(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Aborted => Code::Aborted,
+        ErrorKind::Unavailable => Code::Unavailable,
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let (code, message) = match &e {
-            EngineError::Refused(r) => (refusal_code(r), r.to_string()),
-            EngineError::NotFound { .. } => (Code::NotFound, e.to_string()),
-            EngineError::UnknownProvider { .. } => (Code::InvalidArgument, e.to_string()),
-            EngineError::Policy(p) => (
-                Code::FailedPrecondition,
-                format!("policy evaluation failed: {p}"),
-            ),
-            EngineError::Provider(p) => {
-                let code = match p.class() {
-                    ErrorClass::Permanent => Code::InvalidArgument,
-                    _ => Code::Unavailable,
-                };
-                (code, p.to_string())
-            }
-            EngineError::Conflict => (Code::Aborted, e.to_string()),
-            EngineError::Unavailable { .. } => (Code::Unavailable, e.to_string()),
-            EngineError::Overloaded { .. } => (Code::ResourceExhausted, e.to_string()),
-            EngineError::Store(s) => {
-                tracing::error!(error = %s, "store failure");
-                (
-                    Code::Unavailable,
-                    "the store is unavailable; retry".to_string(),
-                )
-            }
-            EngineError::IdempotencyConflict { .. } => (Code::InvalidArgument, e.to_string()),
-            EngineError::SelfBenefit { .. } => (Code::PermissionDenied, e.to_string()),
-            EngineError::Delivery { .. } | EngineError::InvalidConfig { .. } => {
-                (Code::FailedPrecondition, e.to_string())
-            }
-        };
+        let (code, message) = (code_of(e.kind()), e.public_message());
         ApiError::new(code, message)
     }
 }

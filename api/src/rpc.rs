@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use jitsudo_actors::domain::{Principal, Refusal, RequestId, RequestSpec, State, same_person};
+use jitsudo_actors::error::ErrorKind;
 use jitsudo_actors::policy::{PolicyInput, PolicySource};
 use jitsudo_actors::store::{AuditQuery, ListFilter};
 use jitsudo_actors::{EngineError, audit};
@@ -393,17 +394,24 @@ impl AppState {
         let rid = parse_id(id)?;
         match act(rid).await {
             Ok(r) => Ok(convert::request(&r)),
-            Err(EngineError::Refused(
-                refusal @ (Refusal::AlreadyApproved
-                | Refusal::NotAccepted { .. }
-                | Refusal::Terminal { .. }
-                | Refusal::AlreadyEnding),
-            )) => {
+            // The same refusals as they come back from the owner of a routed call.
+            Err(
+                e @ (EngineError::Refused(
+                    Refusal::AlreadyApproved
+                    | Refusal::NotAccepted { .. }
+                    | Refusal::Terminal { .. }
+                    | Refusal::AlreadyEnding,
+                )
+                | EngineError::Remote {
+                    kind: ErrorKind::AlreadyExists | ErrorKind::FailedPrecondition,
+                    ..
+                }),
+            ) => {
                 let current = self.engine.get(rid).await?;
                 if already(&current, c) {
                     Ok(convert::request(&current))
                 } else {
-                    Err(EngineError::Refused(refusal).into())
+                    Err(e.into())
                 }
             }
             Err(e) => Err(e.into()),

@@ -61,6 +61,40 @@ fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// The `[cluster]` section as the engine takes it; `None` without a mesh.
+fn mesh_config(
+    c: &crate::config::ClusterSection,
+) -> anyhow::Result<Option<jitsudo_actors::mesh::MeshConfig>> {
+    let Some(listen) = c.listen else {
+        return Ok(None);
+    };
+    let advertise = c
+        .advertise()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_default();
+    let need = |p: &Option<std::path::PathBuf>, key: &str| {
+        p.clone().ok_or_else(|| {
+            anyhow::anyhow!("[cluster] listen is set, so [cluster] {key} is required (mutual TLS between the nodes)")
+        })
+    };
+    let (cert, key, ca, cookie) = (
+        need(&c.tls_cert, "tls_cert")?,
+        need(&c.tls_key, "tls_key")?,
+        need(&c.ca, "ca")?,
+        need(&c.cookie_file, "cookie_file")?,
+    );
+    let (server, client) = crate::tls::mesh_configs(&cert, &key, &ca)?;
+    let cookie = String::from_utf8(read_secret(&cookie, "cluster cookie")?)
+        .map_err(|_| anyhow::anyhow!("the cluster cookie file must hold text"))?;
+    Ok(Some(jitsudo_actors::mesh::MeshConfig {
+        listen,
+        advertise,
+        cookie,
+        server,
+        client,
+    }))
+}
+
 fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
     let s = std::fs::read(path).map_err(|e| {
         anyhow::anyhow!("cannot read the {what} secret file {}: {e}", path.display())
@@ -176,7 +210,15 @@ impl Server {
             }
         };
         let verifying_key = signing_key.as_ref().map(|k| k.verifying_key());
+        let mesh = mesh_config(&config.cluster)?;
+        let scheme = if config.server.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let engine_config = EngineConfig {
+            mesh,
+            api_addr: format!("{scheme}://{}", config.server.listen),
             node: config.node.name.clone(),
             shards: config.node.shards,
             lease_ttl: config.lease_ttl(),

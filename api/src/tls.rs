@@ -106,3 +106,33 @@ pub fn server_config(
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// The cluster mesh's TLS (mutual): a node presents `cert` both as server and as client,
+/// and accepts only peers whose certificate `ca` signed.
+pub fn mesh_configs(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<(Arc<ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let certs = read_certs(cert)?;
+    let key = read_key(key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Config(format!("cluster CA: {e}")))?;
+    }
+    let roots = Arc::new(roots);
+    let verifier = WebPkiClientVerifier::builder(roots.clone())
+        .build()
+        .map_err(|e| TlsError::Config(format!("cluster CA: {e}")))?;
+    let server = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|e| TlsError::Config(format!("cluster certificate: {e}")))?;
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| TlsError::Config(format!("cluster certificate: {e}")))?;
+    Ok((Arc::new(server), Arc::new(client)))
+}

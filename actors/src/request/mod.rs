@@ -24,8 +24,10 @@ fn has_work_now(req: &Request, ctx: &NodeContext) -> bool {
         || timers(req).iter().any(|(_, at)| ctx.until(*at).is_zero())
 }
 
-/// A decision or request from a person, routed to the request's actor.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A decision or request from a person, routed to the request's actor (across the mesh
+/// as JSON inside a versioned prost envelope: `mesh::RoutedCall`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     Approve {
         by: Principal,

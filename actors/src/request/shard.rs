@@ -689,6 +689,8 @@ async fn create(
 #[derive(Clone)]
 pub struct ShardHandle {
     pub shard: u32,
+    /// The epoch this node holds the shard at.
+    pub epoch: i64,
     pub actor: ActorRef<ShardMsg>,
     pub stats: Arc<ActorStats>,
 }
@@ -699,7 +701,7 @@ impl ShardHandle {
         fence: Fence,
         supervisor: ractor::ActorCell,
     ) -> Result<Self, EngineError> {
-        let shard = fence.shard;
+        let (shard, epoch) = (fence.shard, fence.epoch);
         let stats = ActorStats::new("shard", shard.to_string(), 0);
         let args = ShardArgs {
             ctx,
@@ -711,6 +713,7 @@ impl ShardHandle {
             .map_err(|e| EngineError::unavailable(format!("could not start shard {shard}: {e}")))?;
         Ok(ShardHandle {
             shard,
+            epoch,
             actor,
             stats,
         })

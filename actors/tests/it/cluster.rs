@@ -9,7 +9,7 @@ use jitsudo_actors::domain::State;
 use jitsudo_actors::{Engine, EngineConfig};
 use jitsudo_providers::http::Op;
 
-use crate::engine::{Rig, config, primary_grant, rig_with, rules, wait_state};
+use crate::engine::{Rig, bob, config, primary_grant, rig_with, rules, wait_state};
 use crate::fixtures::*;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -79,7 +79,7 @@ async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash
     a.policy()
         .apply(
             "extra",
-            "package jitsudo.extra\n\nnote := \"applied on a\"\n",
+            "package jitsudo.lib.extra\n\nnote := \"applied on a\"\n",
             "carol",
         )
         .await
@@ -96,9 +96,28 @@ async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash
     assert!(on_a.contains(&short.id.shard(8)));
     let long = b.create(alice(), spec("cloud", 600)).await.unwrap();
     assert!(on_b.contains(&long.id.shard(8)));
-    // A node that does not hold a request's shard says so, retryably.
-    let err = a.revoke(long.id, alice(), "wrong node").await.unwrap_err();
-    assert!(err.to_string().contains("does not hold"), "{err}");
+    // A command sent to the node that does not hold the request's shard is routed to the
+    // owner (here through the process-local router group), refusals included.
+    let mut s = spec("cloud", 600);
+    s.role = "operator".into();
+    let pending = b.create(alice(), s).await.unwrap();
+    let approved = a
+        .approve(pending.id, bob(), "routed")
+        .await
+        .expect("routed approve");
+    assert_eq!(approved.state, State::Approved);
+    let err = a
+        .approve(pending.id, bob(), "again")
+        .await
+        .expect_err("a second approval is refused by the owner");
+    assert!(
+        matches!(
+            &err,
+            jitsudo_actors::EngineError::Remote { kind, .. }
+                if *kind != jitsudo_actors::error::ErrorKind::Unavailable
+        ),
+        "{err:?}"
+    );
     let active = wait_state(&store, short.id, State::Active).await;
     wait_state(&store, long.id, State::Active).await;
 
@@ -137,11 +156,12 @@ async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash
             .iter()
             .any(|m| m.member.node == "node-a" && !m.alive)
     );
-    // b's own request was untouched.
+    // b's own request was untouched; the approval routed through a led to a grant.
     assert_eq!(
         store.get(long.id).await.unwrap().unwrap().state,
         State::Active
     );
+    wait_state(&store, pending.id, State::Active).await;
     b.shutdown().await;
 }
 

@@ -70,6 +70,9 @@ pub struct Node {
     pub log: PathBuf,
     /// This node's link to PostgreSQL.
     pub db_link: Proxy,
+    /// The way in to this node's cluster port (what it advertises): cutting it drops
+    /// every mesh connection to this node, whichever side dialed.
+    pub mesh_link: Proxy,
 }
 
 impl Node {
@@ -161,6 +164,7 @@ impl Cluster {
             "jitsudod audit-key",
         );
         std::fs::write(d.join("cloud.secret"), SECRET).expect("secret file");
+        std::fs::write(d.join("cluster.cookie"), "chaos-cluster-cookie").expect("cookie file");
         let db = jitsudo_testkit::postgres().await;
         let (db_addr, db_name, _) = split_url(&db.url);
         let cloud = TestServer::start(SECRET.as_bytes()).await;
@@ -241,6 +245,8 @@ impl Cluster {
         let d = self.dir.path();
         let api_port = free_port();
         let db_link = Proxy::start(self.db_addr).await;
+        let mesh_port = free_port();
+        let mesh_link = Proxy::start(SocketAddr::from(([127, 0, 0, 1], mesh_port))).await;
         let config = d.join(format!("{name}.toml"));
         let o = &self.opts;
         std::fs::write(
@@ -257,6 +263,13 @@ url = "postgres://postgres@127.0.0.1:{db_port}/{db_name}"
 name = "{name}"
 shards = {shards}
 lease_ttl_seconds = {ttl}
+[cluster]
+listen = "127.0.0.1:{mesh_port}"
+advertise = "127.0.0.1:{mesh_proxy}"
+tls_cert = "{d}/certs/node.pem"
+tls_key = "{d}/certs/node-key.pem"
+ca = "{d}/certs/ca.pem"
+cookie_file = "{d}/cluster.cookie"
 [auth]
 issuer = "{issuer}"
 audience = "jitsudo"
@@ -274,6 +287,7 @@ timeout_seconds = 5
 "#,
                 d = d.display(),
                 db_port = db_link.port,
+                mesh_proxy = mesh_link.port,
                 db_name = self.db_name,
                 shards = o.shards,
                 ttl = o.lease_ttl_seconds,
@@ -289,6 +303,7 @@ timeout_seconds = 5
             config,
             log: d.join(format!("node-{i}.log")),
             db_link,
+            mesh_link,
         });
         self.spawn(i);
         i
@@ -305,8 +320,9 @@ timeout_seconds = 5
         let child = Command::new(jitsudod_bin())
             .arg("--config")
             .arg(&n.config)
-            .env("JITSUDOD_LOG", "info,sqlx=warn")
-            .stdout(Stdio::null())
+            .env("JITSUDOD_LOG", "info,sqlx=warn,ractor_cluster=warn")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
             .expect("jitsudod starts");
@@ -433,7 +449,7 @@ timeout_seconds = 5
     }
 
     pub async fn channel(&mut self, i: usize) -> Channel {
-        for user in ["alice", "bob", "carol", "erin"] {
+        for user in ["alice", "bob", "carol", "dave", "erin"] {
             if !self.tokens.contains_key(user) {
                 let t = self.fetch_token(user).await.expect("token");
                 self.tokens.insert(user.into(), t);
@@ -490,6 +506,36 @@ timeout_seconds = 5
                 .unwrap_or_else(|e| panic!("create on node {i}: {e}"))
                 .into_inner();
             ids.push(r.id);
+        }
+        ids
+    }
+
+    /// Creates `n` requests on node `i` that need an approver (role `operator`, 5 s);
+    /// their shards are node `i`'s.
+    pub async fn create_pending(&mut self, i: usize, n: usize) -> Vec<String> {
+        let mut client = self.requests(i).await;
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let req = self.auth(
+                "alice",
+                v1::CreateRequestRequest {
+                    provider: "cloud".into(),
+                    role: "operator".into(),
+                    scope: "chaos".into(),
+                    duration_seconds: 5,
+                    reason: "needs an approver".into(),
+                    idempotency_key: Uuid::now_v7().to_string(),
+                    ..Default::default()
+                },
+            );
+            ids.push(
+                client
+                    .create_request(req)
+                    .await
+                    .expect("create")
+                    .into_inner()
+                    .id,
+            );
         }
         ids
     }

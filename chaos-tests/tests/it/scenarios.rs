@@ -76,6 +76,28 @@ async fn wait_shares(
     }
 }
 
+/// Waits until every listed node has a mesh connection to each of the others.
+async fn meshed(c: &Cluster, nodes: &[usize], within: Duration) -> Duration {
+    let started = Instant::now();
+    let want = (nodes.len() - 1) as f64;
+    loop {
+        let mut all = true;
+        for i in nodes {
+            if c.metric(*i, "jitsudo_mesh_peers").await < want {
+                all = false;
+            }
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "the mesh did not connect within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn fair(c: &Cluster, live: usize, within: Duration) -> Duration {
     let shards = i64::from(c.opts.shards);
     let floor = shards / live as i64;
@@ -244,6 +266,87 @@ async fn s3_sigstop_between_grant_intent_and_grant_call() {
     );
 }
 
+/// 4. The mesh cut between all nodes, every node still reaching PostgreSQL: ownership
+/// stays single (the database decides it); a routed call answers UNAVAILABLE (retryable)
+/// and never a wrong answer; the owner still answers; once the links return, routing
+/// works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_mesh_cut_between_nodes() {
+    let _one = SERIAL.lock().await;
+    let mut c = Cluster::start(Opts::default()).await;
+    fair(&c, 3, Duration::from_secs(30)).await;
+    meshed(&c, &[0, 1, 2], Duration::from_secs(30)).await;
+    let (n, durations) = load();
+    let mut ids = create_spread(&mut c, &[0, 1, 2], n, &durations).await;
+    // Requests that need an approver, made on node 0: nodes 1 and 2 must route.
+    let pending = c.create_pending(0, 2).await;
+    for n in &c.nodes {
+        n.mesh_link.cut();
+    }
+    let cut = Instant::now();
+    // Through another node: UNAVAILABLE within the bounded wait, nothing changed.
+    let mut via1 = c.requests(1).await;
+    let err = via1
+        .approve_request(c.auth(
+            "bob",
+            v1::DecideRequest {
+                id: pending[0].clone(),
+                comment: "during the cut".into(),
+            },
+        ))
+        .await
+        .expect_err("no route while the mesh is cut");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    let waited = cut.elapsed();
+    // The owner answers directly.
+    let mut via0 = c.requests(0).await;
+    let approved = via0
+        .approve_request(c.auth(
+            "bob",
+            v1::DecideRequest {
+                id: pending[1].clone(),
+                comment: "on the owner".into(),
+            },
+        ))
+        .await
+        .expect("the owner decides")
+        .into_inner();
+    assert_eq!(approved.state, v1::RequestState::Approved as i32);
+    // Ownership stayed single all along.
+    let s = c.shares().await;
+    assert_eq!(s.values().sum::<i64>(), i64::from(c.opts.shards), "{s:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &c.nodes {
+        n.mesh_link.restore();
+    }
+    let back = meshed(&c, &[0, 1, 2], Duration::from_secs(30)).await;
+    // Routing works again: the first pending request is decided through node 2.
+    let mut via2 = c.requests(2).await;
+    let decided = via2
+        .approve_request(c.auth(
+            "bob",
+            v1::DecideRequest {
+                id: pending[0].clone(),
+                comment: "after the cut".into(),
+            },
+        ))
+        .await
+        .expect("routed again")
+        .into_inner();
+    assert_eq!(decided.state, v1::RequestState::Approved as i32);
+    ids.extend(pending[..2].iter().cloned());
+    let report = c.check(&ids, 1).await;
+    record(
+        "s4 mesh cut",
+        &report,
+        &format!(
+            "; a routed call answered UNAVAILABLE after {:.2} s of the cut, the owner answered directly; the mesh reconnected {:.2} s after the links returned",
+            waited.as_secs_f64(),
+            back.as_secs_f64()
+        ),
+    );
+}
+
 /// 5. One node cut from PostgreSQL only: the others take its shards; expiries are revoked
 /// (by its own timers or the new owners) and recorded; it rejoins once the link is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,6 +473,125 @@ async fn s8_a_fourth_node_joins_under_load() {
             "; four fair shares {:.2} s after the start; {unavailable} creates retried",
             took.as_secs_f64()
         ),
+    );
+}
+
+/// 9. Fifty concurrent approve and deny calls for one request, sent to all three nodes
+/// (two of them route to the third): exactly one decision, at most one grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_fifty_concurrent_decisions_on_three_nodes() {
+    let _one = SERIAL.lock().await;
+    let mut c = Cluster::start(Opts::default()).await;
+    fair(&c, 3, Duration::from_secs(30)).await;
+    meshed(&c, &[0, 1, 2], Duration::from_secs(30)).await;
+    let mut client = c.requests(0).await;
+    let created = client
+        .create_request(c.auth(
+            "alice",
+            v1::CreateRequestRequest {
+                provider: "cloud".into(),
+                role: "operator".into(),
+                scope: "chaos".into(),
+                duration_seconds: 5,
+                reason: "needs an approver".into(),
+                idempotency_key: uuid::Uuid::now_v7().to_string(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner();
+    let mut calls = tokio::task::JoinSet::new();
+    for k in 0..50usize {
+        let mut client = c.requests(k % 3).await;
+        let (approve, who) = (k % 2 == 0, if k % 4 < 2 { "bob" } else { "dave" });
+        let id = created.id.clone();
+        let (a, d) = (
+            c.auth(
+                who,
+                v1::DecideRequest {
+                    id: id.clone(),
+                    comment: format!("call {k}"),
+                },
+            ),
+            c.auth(
+                who,
+                v1::DenyRequestRequest {
+                    id,
+                    reason: format!("call {k}"),
+                },
+            ),
+        );
+        calls.spawn(async move {
+            let res = if approve {
+                client
+                    .approve_request(a)
+                    .await
+                    .map(|r| r.into_inner().state)
+            } else {
+                client.deny_request(d).await.map(|r| r.into_inner().state)
+            };
+            (approve, res.map_err(|s| s.code()))
+        });
+    }
+    let (mut ok, mut refused, mut unavailable) = (0, 0, 0);
+    let mut answers = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        let (approve, res) = r.expect("call task");
+        answers.push((approve, res));
+        match res {
+            Ok(_) => ok += 1,
+            Err(tonic::Code::Unavailable) => unavailable += 1,
+            Err(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists) => refused += 1,
+            Err(other) => panic!("a decision failed with {other:?}"),
+        }
+    }
+    assert!(ok >= 1, "no call decided");
+    // Every call answered OK took the decision that was taken (a repeat of the deciding
+    // approver's decision answers OK: decisions are idempotent per caller).
+    let kinds: std::collections::BTreeSet<bool> = answers
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(approve, _)| *approve)
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        1,
+        "approvals and denials both succeeded: {answers:?}"
+    );
+    assert_eq!(unavailable, 0, "routed calls failed while the mesh was up");
+    let pool = c.pool().await;
+    let id: uuid::Uuid = created.id.parse().unwrap();
+    let decisions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE request_id = $1
+            AND (details::jsonb->>'to') IN ('APPROVED', 'REJECTED')",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(decisions, 1, "one decision");
+    let state: String = sqlx::query_scalar("SELECT state FROM requests WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let grants = c
+        .cloud
+        .events()
+        .iter()
+        .filter(|e| {
+            e.op == jitsudo_providers::http::Op::Grant
+                && e.outcome == jitsudo_providers::http::server::Outcome::Granted
+        })
+        .count();
+    assert!(grants <= 1, "{grants} grants");
+    if state != "REJECTED" {
+        let report = c.check(std::slice::from_ref(&created.id), 1).await;
+        eprintln!("CHAOS s9: {report}");
+    }
+    eprintln!(
+        "CHAOS s9 50 concurrent decisions on 3 nodes: one decision ({state}), {grants} grant; {ok} calls answered OK (the decision and its idempotent repeats), {refused} refused as already decided, {unavailable} UNAVAILABLE"
     );
 }
 
