@@ -408,7 +408,16 @@ mod tests {
                 c.server.page_token_key_file,
                 nodes[0].server.page_token_key_file
             );
+            assert_eq!(c.cluster.cookie_file, nodes[0].cluster.cookie_file);
+            assert_eq!(c.cluster.ca, nodes[0].cluster.ca);
+            assert!(
+                c.cluster.advertise().unwrap().is_some(),
+                "every node meshes"
+            );
         }
+        let meshes: std::collections::BTreeSet<_> =
+            nodes.iter().map(|c| c.cluster.listen).collect();
+        assert_eq!(meshes.len(), 3);
     }
 
     #[test]
