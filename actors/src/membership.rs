@@ -123,6 +123,7 @@ impl Actor for Membership {
             api_addr: &ctx.config.api_addr,
             clock_offset_us: ctx.clock_offset().num_microseconds().unwrap_or(0),
         };
+        metrics::gauge!(crate::stats::names::CLOCK_OFFSET).set(hb.clock_offset_us as f64 / 1e6);
         match ctx.store.heartbeat(&hb, ctx.config.lease_ttl).await {
             Ok(true) => st.stats.set_state("heartbeating"),
             Ok(false) => {

@@ -400,6 +400,9 @@ pub async fn start_server(
     Ok(server)
 }
 
+/// How long one dial (TCP and TLS handshake) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connects to every live member that is not connected yet, each second.
 pub struct Dialer;
 
@@ -499,19 +502,23 @@ impl Actor for Dialer {
                 continue;
             };
             let connector = tokio_rustls::TlsConnector::from(a.mesh.client.clone());
-            match ractor_cluster::client_connect_enc(
+            // A frozen peer accepts TCP but never finishes the handshake: bound the wait,
+            // so one stuck peer does not keep the others from being dialed.
+            let dial = ractor_cluster::client_connect_enc(
                 &a.server,
                 m.cluster_addr.clone(),
                 connector,
                 name,
-            )
-            .await
-            {
-                Ok(()) => {
+            );
+            match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
+                Ok(Ok(())) => {
                     tracing::info!(peer = %m.node, addr = %m.cluster_addr, "dialed a cluster peer")
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(peer = %m.node, addr = %m.cluster_addr, error = %e, "could not reach a cluster peer; retrying")
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %m.node, addr = %m.cluster_addr, "a cluster peer did not finish the handshake in time; retrying")
                 }
             }
         }

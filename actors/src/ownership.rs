@@ -112,8 +112,8 @@ pub fn plan(v: &View<'_>) -> Plan {
 /// This node's own view of whether its leases still stand, by its monotonic clock.
 pub struct LeaseClock {
     base: std::time::Instant,
-    /// Microseconds after `base` until which the leases may be used; 0 = never renewed.
-    usable_until_us: AtomicU64,
+    /// Nanoseconds after `base` until which the leases may be used; 0 = never renewed.
+    usable_until_ns: AtomicU64,
     margin: Duration,
 }
 
@@ -121,7 +121,7 @@ impl LeaseClock {
     pub fn new(margin: Duration) -> Self {
         LeaseClock {
             base: std::time::Instant::now(),
-            usable_until_us: AtomicU64::new(0),
+            usable_until_ns: AtomicU64::new(0),
             margin,
         }
     }
@@ -134,14 +134,18 @@ impl LeaseClock {
     /// A renewal (or acquisition) sent at `sent` succeeded.
     pub fn renewed(&self, sent: Instant, ttl: Duration) {
         let until = sent.into_std() + ttl.saturating_sub(self.margin);
-        let us = until.saturating_duration_since(self.base).as_micros() as u64;
-        self.usable_until_us.fetch_max(us, Ordering::AcqRel);
+        let ns = until.saturating_duration_since(self.base).as_nanos() as u64;
+        self.usable_until_ns.fetch_max(ns, Ordering::AcqRel);
     }
 
     /// How long the leases may still be used for grants; zero when fenced.
     pub fn remaining(&self) -> Duration {
-        let until = Duration::from_micros(self.usable_until_us.load(Ordering::Acquire));
-        until.saturating_sub(self.base.elapsed())
+        self.remaining_at(std::time::Instant::now())
+    }
+
+    fn remaining_at(&self, now: std::time::Instant) -> Duration {
+        let until = Duration::from_nanos(self.usable_until_ns.load(Ordering::Acquire));
+        until.saturating_sub(now.saturating_duration_since(self.base))
     }
 
     /// The node has renewed recently enough to start a grant call.
@@ -292,16 +296,18 @@ mod tests {
     fn the_lease_clock_fences_after_ttl_minus_margin() {
         let clock = LeaseClock::new(Duration::from_millis(200));
         assert!(!clock.usable(), "never renewed");
-        clock.renewed(Instant::now(), Duration::from_millis(300));
-        assert!(clock.usable());
-        assert!(clock.remaining() <= Duration::from_millis(100));
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(!clock.usable());
-        // An older renewal never moves it back.
-        clock.renewed(
-            Instant::now() - Duration::from_secs(10),
-            Duration::from_secs(1),
-        );
-        assert!(!clock.usable());
+        let sent = Instant::now();
+        let t0 = sent.into_std();
+        clock.renewed(sent, Duration::from_millis(300));
+        let ms = Duration::from_millis;
+        // Usable for TTL − margin after the renewal was sent, not after it came back.
+        assert_eq!(clock.remaining_at(t0 + ms(40)), ms(60));
+        assert_eq!(clock.remaining_at(t0 + ms(100)), Duration::ZERO);
+        assert_eq!(clock.remaining_at(t0 + ms(150)), Duration::ZERO);
+        // An older renewal never moves it back; a newer one moves it on.
+        clock.renewed(sent - ms(10_000), Duration::from_secs(1));
+        assert_eq!(clock.remaining_at(t0 + ms(40)), ms(60));
+        clock.renewed(sent + ms(100), Duration::from_millis(300));
+        assert_eq!(clock.remaining_at(t0 + ms(150)), ms(50));
     }
 }

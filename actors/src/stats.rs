@@ -33,6 +33,7 @@ pub mod names {
     pub const GRANTS_FENCED: &str = "jitsudo_grants_self_fenced_total";
     pub const ROUTED_CALLS: &str = "jitsudo_routed_calls_total";
     pub const MESH_PEERS: &str = "jitsudo_mesh_peers";
+    pub const CLOCK_OFFSET: &str = "jitsudo_clock_offset_seconds";
     pub const LEASE_REMAINING: &str = "jitsudo_lease_usable_seconds";
     pub const OUTBOX_DEPTH: &str = "jitsudo_outbox_depth";
     pub const OUTBOX_OLDEST_AGE: &str = "jitsudo_outbox_oldest_age_seconds";

@@ -780,14 +780,21 @@ impl ShardHandle {
         cmd: Command,
         timeout: Duration,
     ) -> Result<Request, EngineError> {
-        let mut attempts = 0;
+        // A command dropped with a stopping actor was never applied: route it again. Many
+        // commands at once can meet the same stop more than once before the shard has seen
+        // it, so back off a little each time, within the caller's timeout.
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
         loop {
             let cmd = cmd.clone();
             match self
                 .ask_inner(timeout, |reply| ShardMsg::Route { id, cmd, reply })
                 .await
             {
-                Err(Asked::Dropped) if attempts < 5 => attempts += 1,
+                Err(Asked::Dropped) if Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
                 Err(Asked::Dropped) => return Err(dropped()),
                 Err(Asked::Failed(e)) => return Err(e),
                 Ok(r) => return Ok(r),

@@ -44,6 +44,20 @@ max_duration_seconds := 86400
 max_total_duration_seconds := 172800
 "#;
 
+/// A create as the chaos tests send it: role `viewer` is approved by the policy at once,
+/// `operator` needs an approver. A fresh idempotency key each (clone it to retry).
+pub fn new_request(role: &str, duration_seconds: i64, reason: &str) -> v1::CreateRequestRequest {
+    v1::CreateRequestRequest {
+        provider: "cloud".into(),
+        role: role.into(),
+        scope: "chaos".into(),
+        duration_seconds,
+        reason: reason.into(),
+        idempotency_key: Uuid::now_v7().to_string(),
+        ..Default::default()
+    }
+}
+
 /// Cluster settings of one scenario.
 #[derive(Clone, Debug)]
 pub struct Opts {
@@ -490,15 +504,7 @@ timeout_seconds = 5
         for k in 0..n {
             let req = self.auth(
                 "alice",
-                v1::CreateRequestRequest {
-                    provider: "cloud".into(),
-                    role: "viewer".into(),
-                    scope: "chaos".into(),
-                    duration_seconds: durations[k % durations.len()],
-                    reason: "chaos test".into(),
-                    idempotency_key: Uuid::now_v7().to_string(),
-                    ..Default::default()
-                },
+                new_request("viewer", durations[k % durations.len()], "chaos test"),
             );
             let r = client
                 .create_request(req)
@@ -516,18 +522,7 @@ timeout_seconds = 5
         let mut client = self.requests(i).await;
         let mut ids = Vec::new();
         for _ in 0..n {
-            let req = self.auth(
-                "alice",
-                v1::CreateRequestRequest {
-                    provider: "cloud".into(),
-                    role: "operator".into(),
-                    scope: "chaos".into(),
-                    duration_seconds: 5,
-                    reason: "needs an approver".into(),
-                    idempotency_key: Uuid::now_v7().to_string(),
-                    ..Default::default()
-                },
-            );
+            let req = self.auth("alice", new_request("operator", 5, "needs an approver"));
             ids.push(
                 client
                     .create_request(req)

@@ -12,7 +12,7 @@ use jitsudo_proto::v1;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::harness::{Cluster, Opts, Report};
+use crate::harness::{Cluster, Opts, Report, new_request};
 
 /// One scenario at a time: they measure timing on a two-core machine.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -32,6 +32,20 @@ fn load() -> (usize, Vec<i64>) {
 
 fn record(name: &str, report: &Report, extra: &str) {
     eprintln!("CHAOS {name}: {report}{extra}");
+}
+
+/// Three nodes on one database, each holding its fair share and meshed with the others.
+async fn three_nodes() -> Cluster {
+    let c = Cluster::start(Opts::default()).await;
+    fair(&c, 3, Duration::from_secs(30)).await;
+    meshed(&c, &[0, 1, 2], Duration::from_secs(30)).await;
+    c
+}
+
+/// The scenario's grants (`load()`, or `share` of it), created over the three nodes.
+async fn with_grants(c: &mut Cluster, share: usize) -> Vec<String> {
+    let (n, durations) = load();
+    create_spread(c, &[0, 1, 2], n / share, &durations).await
 }
 
 /// Spreads `n` creates over the live nodes.
@@ -111,21 +125,58 @@ async fn fair(c: &Cluster, live: usize, within: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_kill9_of_the_busiest_owner_while_grants_expire() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
-    let (n, durations) = load();
-    let ids = create_spread(&mut c, &[0, 1, 2], n, &durations).await;
+    let mut c = three_nodes().await;
+    let mut ids = with_grants(&mut c, 1).await;
     let victim = c.busiest_owner().await;
-    c.kill9(victim);
     let survivor = (victim + 1) % 3;
+    // A request of the victim's, watched through a survivor across the ownership change:
+    // every version arrives once, in order, up to EXPIRED.
+    let watched = c.create_many(victim, 1, &[8]).await.remove(0);
+    ids.push(watched.clone());
+    let mut watcher = c.requests(survivor).await;
+    let mut stream = watcher
+        .watch_request(c.auth(
+            "alice",
+            v1::WatchRequestRequest {
+                id: watched.clone(),
+                after_version: 0,
+            },
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let watch = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(ev)) = stream.message().await {
+            seen.push((ev.version, ev.state));
+        }
+        seen
+    });
+    c.kill9(victim);
     let took = fair(&c, 2, Duration::from_secs(60)).await;
     let report = c.check(&ids, survivor).await;
+    let seen = tokio::time::timeout(Duration::from_secs(30), watch)
+        .await
+        .expect("the watch ends with the request")
+        .expect("watch task");
+    let versions: Vec<i64> = seen.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        versions,
+        (1..=versions.len() as i64).collect::<Vec<_>>(),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(|(_, s)| *s),
+        Some(v1::RequestState::Expired as i32),
+        "{seen:?}"
+    );
     record(
         "s1 kill -9",
         &report,
         &format!(
-            "; shards retaken {:.2} s after the kill",
-            took.as_secs_f64()
+            "; shards retaken {:.2} s after the kill; a watch through a survivor saw versions 1–{} once each",
+            took.as_secs_f64(),
+            versions.len()
         ),
     );
 }
@@ -135,10 +186,8 @@ async fn s1_kill9_of_the_busiest_owner_while_grants_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_sigstop_of_an_owner_for_two_ttls_then_sigcont() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
-    let (n, durations) = load();
-    let ids = create_spread(&mut c, &[0, 1, 2], n, &durations).await;
+    let mut c = three_nodes().await;
+    let ids = with_grants(&mut c, 1).await;
     let victim = c.busiest_owner().await;
     let ttl = Duration::from_secs(c.opts.lease_ttl_seconds);
     c.freeze(victim);
@@ -185,8 +234,7 @@ async fn s2_sigstop_of_an_owner_for_two_ttls_then_sigcont() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_sigstop_between_grant_intent_and_grant_call() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
+    let mut c = three_nodes().await;
     let ttl = Duration::from_secs(c.opts.lease_ttl_seconds);
     let victim = 0;
     // Its grant call reaches the cloud three TTLs late.
@@ -273,11 +321,8 @@ async fn s3_sigstop_between_grant_intent_and_grant_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_mesh_cut_between_nodes() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
-    meshed(&c, &[0, 1, 2], Duration::from_secs(30)).await;
-    let (n, durations) = load();
-    let mut ids = create_spread(&mut c, &[0, 1, 2], n, &durations).await;
+    let mut c = three_nodes().await;
+    let mut ids = with_grants(&mut c, 1).await;
     // Requests that need an approver, made on node 0: nodes 1 and 2 must route.
     let pending = c.create_pending(0, 2).await;
     for n in &c.nodes {
@@ -352,10 +397,8 @@ async fn s4_mesh_cut_between_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5_one_node_cut_from_postgres() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
-    let (n, durations) = load();
-    let ids = create_spread(&mut c, &[0, 1, 2], n, &durations).await;
+    let mut c = three_nodes().await;
+    let ids = with_grants(&mut c, 1).await;
     let victim = c.busiest_owner().await;
     let ttl = Duration::from_secs(c.opts.lease_ttl_seconds);
     c.nodes[victim].db_link.cut();
@@ -382,8 +425,7 @@ async fn s5_one_node_cut_from_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s6_postgres_gone_for_everyone_while_expiries_are_due() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
+    let mut c = three_nodes().await;
     let ids = create_spread(&mut c, &[0, 1, 2], 30, &[3, 4, 5, 6, 7, 8]).await;
     // Let the grants land, then take the database away across their expiries.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -426,10 +468,9 @@ async fn s6_postgres_gone_for_everyone_while_expiries_are_due() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s7_rolling_restart_under_load() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
-    let (n, durations) = load();
-    let mut ids = create_spread(&mut c, &[0, 1, 2], n / 2, &durations).await;
+    let mut c = three_nodes().await;
+    let (_, durations) = load();
+    let mut ids = with_grants(&mut c, 2).await;
     let mut unavailable = 0;
     for i in 0..3 {
         c.terminate(i).await;
@@ -454,10 +495,9 @@ async fn s7_rolling_restart_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s8_a_fourth_node_joins_under_load() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
+    let mut c = three_nodes().await;
     let (n, durations) = load();
-    let mut ids = create_spread(&mut c, &[0, 1, 2], n / 2, &durations).await;
+    let mut ids = with_grants(&mut c, 2).await;
     let joined = Instant::now();
     let k = c.add_node().await;
     c.wait_ready(k).await;
@@ -481,31 +521,13 @@ async fn s8_a_fourth_node_joins_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s9_fifty_concurrent_decisions_on_three_nodes() {
     let _one = SERIAL.lock().await;
-    let mut c = Cluster::start(Opts::default()).await;
-    fair(&c, 3, Duration::from_secs(30)).await;
-    meshed(&c, &[0, 1, 2], Duration::from_secs(30)).await;
-    let mut client = c.requests(0).await;
-    let created = client
-        .create_request(c.auth(
-            "alice",
-            v1::CreateRequestRequest {
-                provider: "cloud".into(),
-                role: "operator".into(),
-                scope: "chaos".into(),
-                duration_seconds: 5,
-                reason: "needs an approver".into(),
-                idempotency_key: uuid::Uuid::now_v7().to_string(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("create")
-        .into_inner();
+    let mut c = three_nodes().await;
+    let created_id = c.create_pending(0, 1).await.remove(0);
     let mut calls = tokio::task::JoinSet::new();
     for k in 0..50usize {
         let mut client = c.requests(k % 3).await;
         let (approve, who) = (k % 2 == 0, if k % 4 < 2 { "bob" } else { "dave" });
-        let id = created.id.clone();
+        let id = created_id.clone();
         let (a, d) = (
             c.auth(
                 who,
@@ -531,20 +553,20 @@ async fn s9_fifty_concurrent_decisions_on_three_nodes() {
             } else {
                 client.deny_request(d).await.map(|r| r.into_inner().state)
             };
-            (approve, res.map_err(|s| s.code()))
+            (approve, res.map_err(|s| (s.code(), s.message().to_owned())))
         });
     }
     let (mut ok, mut refused, mut unavailable) = (0, 0, 0);
     let mut answers = Vec::new();
     while let Some(r) = calls.join_next().await {
         let (approve, res) = r.expect("call task");
-        answers.push((approve, res));
-        match res {
+        match &res {
             Ok(_) => ok += 1,
-            Err(tonic::Code::Unavailable) => unavailable += 1,
-            Err(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists) => refused += 1,
+            Err((tonic::Code::Unavailable, _)) => unavailable += 1,
+            Err((tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists, _)) => refused += 1,
             Err(other) => panic!("a decision failed with {other:?}"),
         }
+        answers.push((approve, res));
     }
     assert!(ok >= 1, "no call decided");
     // Every call answered OK took the decision that was taken (a repeat of the deciding
@@ -559,9 +581,17 @@ async fn s9_fifty_concurrent_decisions_on_three_nodes() {
         1,
         "approvals and denials both succeeded: {answers:?}"
     );
-    assert_eq!(unavailable, 0, "routed calls failed while the mesh was up");
+    assert_eq!(
+        unavailable,
+        0,
+        "calls failed while the mesh was up: {:?}",
+        answers
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .collect::<Vec<_>>()
+    );
     let pool = c.pool().await;
-    let id: uuid::Uuid = created.id.parse().unwrap();
+    let id: uuid::Uuid = created_id.parse().unwrap();
     let decisions: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE request_id = $1
             AND (details::jsonb->>'to') IN ('APPROVED', 'REJECTED')",
@@ -587,9 +617,45 @@ async fn s9_fifty_concurrent_decisions_on_three_nodes() {
         .count();
     assert!(grants <= 1, "{grants} grants");
     if state != "REJECTED" {
-        let report = c.check(std::slice::from_ref(&created.id), 1).await;
+        let report = c.check(std::slice::from_ref(&created_id), 1).await;
         eprintln!("CHAOS s9: {report}");
     }
+    // What routing costs a caller: approvals of requests held by node 0, sent to node 0
+    // (local) and to node 1 (routed over the mesh), alternately.
+    let pending = c.create_pending(0, 40).await;
+    let (mut local, mut routed) = (c.requests(0).await, c.requests(1).await);
+    let (mut l_ms, mut r_ms) = (Vec::new(), Vec::new());
+    for (k, id) in pending.iter().enumerate() {
+        let req = c.auth(
+            "bob",
+            v1::DecideRequest {
+                id: id.clone(),
+                comment: "timed".into(),
+            },
+        );
+        let started = Instant::now();
+        let (client, into) = if k % 2 == 0 {
+            (&mut local, &mut l_ms)
+        } else {
+            (&mut routed, &mut r_ms)
+        };
+        let r = client
+            .approve_request(req)
+            .await
+            .expect("approve")
+            .into_inner();
+        into.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.state, v1::RequestState::Approved as i32);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (l, r) = (median(&mut l_ms), median(&mut r_ms));
+    eprintln!(
+        "CHAOS s9 routing: approve p50 {l:.2} ms on the owner, {r:.2} ms through another node: routed overhead {:.2} ms (debug build)",
+        r - l
+    );
     eprintln!(
         "CHAOS s9 50 concurrent decisions on 3 nodes: one decision ({state}), {grants} grant; {ok} calls answered OK (the decision and its idempotent repeats), {refused} refused as already decided, {unavailable} UNAVAILABLE"
     );
@@ -611,21 +677,11 @@ async fn create_tolerant(
     }
     let clients = Arc::new(Mutex::new(clients));
     for k in 0..n {
-        let key = uuid::Uuid::now_v7().to_string();
+        let create = new_request("viewer", durations[k % durations.len()], "chaos test");
         let mut attempt = 0;
         loop {
-            let req = c.auth(
-                "alice",
-                v1::CreateRequestRequest {
-                    provider: "cloud".into(),
-                    role: "viewer".into(),
-                    scope: "chaos".into(),
-                    duration_seconds: durations[k % durations.len()],
-                    reason: "chaos test".into(),
-                    idempotency_key: key.clone(),
-                    ..Default::default()
-                },
-            );
+            // The same idempotency key on every attempt: a retry never creates twice.
+            let req = c.auth("alice", create.clone());
             let which = (k + attempt) % nodes.len();
             let res = clients.lock().await[which].create_request(req).await;
             match res {
