@@ -98,6 +98,9 @@ pub struct NodeContext {
     /// This node's own view of its shard leases: grant calls start only while it says
     /// they stand (self-fencing, DESIGN.md §6).
     pub lease: std::sync::Arc<crate::ownership::LeaseClock>,
+    /// Every shard's owner row as last read (each round of the node supervisor, and by
+    /// routing when it had to look again): routing's first guess of where a shard lives.
+    pub owners: std::sync::RwLock<Vec<crate::store::ShardRecord>>,
     /// Set by [`crate::Engine::crash`]: stop without releasing leases or leaving.
     pub(crate) crashing: std::sync::atomic::AtomicBool,
 }
@@ -126,9 +129,16 @@ impl NodeContext {
             )),
             lease: std::sync::Arc::new(crate::ownership::LeaseClock::new(Duration::ZERO)),
             crashing: std::sync::atomic::AtomicBool::new(false),
+            owners: std::sync::RwLock::new(Vec::new()),
         };
         ctx.observe_db_clock(db_now);
         ctx
+    }
+
+    pub fn set_owners(&self, table: Vec<crate::store::ShardRecord>) {
+        if let Ok(mut t) = self.owners.write() {
+            *t = table;
+        }
     }
 
     /// Shares the lease clock the node supervisor keeps.

@@ -273,17 +273,15 @@ pub async fn route(
     // Long enough for a takeover: the lease lapses, a round passes, the shard loads.
     let deadline = Instant::now() + ttl + ttl / 5 + Duration::from_secs(1);
     let mut last: String;
+    let mut fresh = false;
     loop {
         if let Some(h) = held(shards, shard) {
             return h.route(id, cmd, timeout).await;
         }
-        let now = ctx.now();
-        let owner = ctx
-            .store
-            .shard_table()
-            .await?
-            .into_iter()
-            .find(|r| r.shard == shard && r.lease_expires_at.is_some_and(|t| t > now));
+        // The first try goes by the owner table the node supervisor read at its last
+        // round; any retry reads the database again.
+        let owner = resolve(ctx, shard, fresh).await?;
+        fresh = true;
         match owner {
             Some(r) if r.owner != ctx.node() => {
                 match ractor::pg::get_members(&router_group(&r.owner, r.incarnation)).first() {
@@ -348,6 +346,31 @@ pub async fn route(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The unexpired owner row of `shard`: from the node's owner table, or (`fresh`) from the
+/// database, refreshing the table.
+async fn resolve(
+    ctx: &NodeContext,
+    shard: u32,
+    fresh: bool,
+) -> Result<Option<crate::store::ShardRecord>, EngineError> {
+    let now = ctx.now();
+    let live = |r: &crate::store::ShardRecord| r.lease_expires_at.is_some_and(|t| t > now);
+    if !fresh {
+        let cached = ctx
+            .owners
+            .read()
+            .ok()
+            .and_then(|t| t.iter().find(|r| r.shard == shard).cloned());
+        if let Some(r) = cached.filter(|r| live(r)) {
+            return Ok(Some(r));
+        }
+    }
+    let table = ctx.store.shard_table().await?;
+    let row = table.iter().find(|r| r.shard == shard && live(r)).cloned();
+    ctx.set_owners(table);
+    Ok(row)
 }
 
 /// `Some(request)` on success, `None` for `not_owner` (resolve again).

@@ -214,10 +214,11 @@ impl NodeState {
     async fn plan(&self) -> Result<ownership::Plan, crate::store::StoreError> {
         let a = &self.args;
         let (db_now, members) = a.store.members().await?;
-        let table: Vec<_> = a
-            .store
-            .shard_table()
-            .await?
+        let table = a.store.shard_table().await?;
+        if let Some(ctx) = &self.ctx {
+            ctx.set_owners(table.clone());
+        }
+        let table: Vec<_> = table
             .into_iter()
             .filter(|r| r.shard < a.shard_count)
             .collect();
