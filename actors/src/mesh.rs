@@ -271,7 +271,7 @@ pub async fn route(
         .map_err(|e| EngineError::unavailable(format!("encoding the command failed: {e}")))?;
     let ttl = ctx.config.lease_ttl;
     // Long enough for a takeover: the lease lapses, a round passes, the shard loads.
-    let deadline = Instant::now() + ttl + ttl / 5 + Duration::from_secs(1);
+    let mut deadline = Instant::now() + ttl + ttl / 5 + Duration::from_secs(1);
     let mut last: String;
     let mut fresh = false;
     loop {
@@ -296,13 +296,17 @@ pub async fn route(
                             from_node: ctx.node().to_owned(),
                         };
                         let router: ActorRef<RouteCall> = cell.clone().into();
+                        // An owner that does not answer within a takeover's time may be
+                        // frozen or cut off: look again then (below) rather than wait out
+                        // the whole call timeout.
+                        let attempt = (ttl + ttl / 5).min(timeout) + Duration::from_secs(1);
                         let answer = router
                             .call(
                                 |reply| RouteCall {
                                     payload: call.encode_to_vec(),
                                     reply,
                                 },
-                                Some(timeout + Duration::from_secs(1)),
+                                Some(attempt),
                             )
                             .await;
                         match answer {
@@ -314,12 +318,24 @@ pub async fn route(
                                 }
                             }
                             Ok(CallResult::Timeout) => {
-                                metrics::counter!(crate::stats::names::ROUTED_CALLS, "outcome" => "timeout").increment(1);
-                                return Err(EngineError::unavailable(format!(
-                                    "node {} (holding the request's shard) did not answer in {} s; the command may or may not have been applied: read the request, then retry",
-                                    r.owner,
-                                    timeout.as_secs()
-                                )));
+                                // Sending again is safe only once the silent owner can no
+                                // longer commit: its lease lapsed or the shard changed hands
+                                // (the fence refuses its write). The new owner gets its own
+                                // bounded wait.
+                                let now = resolve(ctx, shard, true).await?;
+                                if now.as_ref().is_none_or(|n| n.epoch != r.epoch) {
+                                    last =
+                                        format!("{} stopped answering and lost the shard", r.owner);
+                                    deadline =
+                                        Instant::now() + ttl + ttl / 5 + Duration::from_secs(1);
+                                } else {
+                                    metrics::counter!(crate::stats::names::ROUTED_CALLS, "outcome" => "timeout").increment(1);
+                                    return Err(EngineError::unavailable(format!(
+                                        "node {} (holding the request's shard) did not answer in {} s; the command may or may not have been applied: read the request, then retry",
+                                        r.owner,
+                                        attempt.as_secs()
+                                    )));
+                                }
                             }
                             Ok(CallResult::SenderError) | Err(_) => {
                                 last = format!("the mesh connection to {} dropped", r.owner)

@@ -187,18 +187,40 @@ async fn s1_kill9_of_the_busiest_owner_while_grants_expire() {
 async fn s2_sigstop_of_an_owner_for_two_ttls_then_sigcont() {
     let _one = SERIAL.lock().await;
     let mut c = three_nodes().await;
-    let ids = with_grants(&mut c, 1).await;
+    let mut ids = with_grants(&mut c, 1).await;
     let victim = c.busiest_owner().await;
+    let survivor = (victim + 1) % 3;
     let ttl = Duration::from_secs(c.opts.lease_ttl_seconds);
+    let pending = c.create_pending(victim, 1).await.remove(0);
+    ids.push(pending.clone());
     c.freeze(victim);
     let frozen = Instant::now();
+    // A decision sent through a survivor while the owner is frozen: the silent owner is
+    // given a takeover's time, then the call goes to the new owner.
+    let mut via = c.requests(survivor).await;
+    let decide = c.auth(
+        "bob",
+        v1::DecideRequest {
+            id: pending,
+            comment: "during the freeze".into(),
+        },
+    );
+    let routed = tokio::spawn(async move {
+        let sent = Instant::now();
+        let r = via.approve_request(decide).await;
+        (r.map(|r| r.into_inner().state), sent.elapsed())
+    });
     let took = fair(&c, 2, ttl * 4).await;
+    let (decided, decided_in) = routed.await.expect("routed call");
+    assert_eq!(
+        decided.expect("the decision reached the new owner"),
+        v1::RequestState::Approved as i32
+    );
     let rest = (ttl * 2).saturating_sub(frozen.elapsed());
     tokio::time::sleep(rest).await;
     c.thaw(victim);
     // It rejoins: the fair share comes back to three nodes.
     let rejoined = fair(&c, 3, Duration::from_secs(30)).await;
-    let survivor = (victim + 1) % 3;
     let report = c.check(&ids, survivor).await;
     // It noticed that its leases were gone (and stopped those shards' actors), and the
     // cluster status shows it back.
@@ -220,8 +242,9 @@ async fn s2_sigstop_of_an_owner_for_two_ttls_then_sigcont() {
         "s2 SIGSTOP 2×TTL",
         &report,
         &format!(
-            "; shards retaken {:.2} s into the freeze, rejoined {:.2} s after SIGCONT; the thawed node lost {lost} leases, {stale} of its writes were refused by the fence",
+            "; shards retaken {:.2} s into the freeze, a decision routed to the frozen owner answered by the new one after {:.2} s, rejoined {:.2} s after SIGCONT; the thawed node lost {lost} leases, {stale} of its writes were refused by the fence",
             took.as_secs_f64(),
+            decided_in.as_secs_f64(),
             rejoined.as_secs_f64()
         ),
     );
