@@ -111,7 +111,8 @@ pub struct Cluster {
 
 /// The jitsudod binary `cargo test --workspace` built beside this test.
 fn jitsudod_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("JITSUDOD_BIN") {
+    // Not JITSUDOD_*: jitsudod reads those as configuration, and the nodes inherit it.
+    if let Ok(p) = std::env::var("JITSUDO_CHAOS_JITSUDOD") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -122,7 +123,7 @@ fn jitsudod_bin() -> PathBuf {
     let bin = dir.join("jitsudod");
     assert!(
         bin.exists(),
-        "{} is missing: build it first (`cargo build -p jitsudo-api --bin jitsudod`; `cargo test --workspace` does), or set JITSUDOD_BIN",
+        "{} is missing: build it first (`cargo build -p jitsudo-api --bin jitsudod`; `cargo test --workspace` does), or set JITSUDO_CHAOS_JITSUDOD to a jitsudod binary",
         bin.display()
     );
     bin

@@ -676,7 +676,7 @@ async fn s9_fifty_concurrent_decisions_on_three_nodes() {
     };
     let (l, r) = (median(&mut l_ms), median(&mut r_ms));
     eprintln!(
-        "CHAOS s9 routing: approve p50 {l:.2} ms on the owner, {r:.2} ms through another node: routed overhead {:.2} ms (debug build)",
+        "CHAOS s9 routing: approve p50 {l:.2} ms on the owner, {r:.2} ms through another node: routed overhead {:.2} ms",
         r - l
     );
     eprintln!(
