@@ -50,6 +50,9 @@ pub struct EngineConfig {
     pub mesh: Option<crate::mesh::MeshConfig>,
     /// This node's API address as clients reach it (shown in `server cluster`).
     pub api_addr: String,
+    /// How often the node re-reads the policy revision, in case a change on another node
+    /// did not ring it over the mesh (no mesh, or a cut).
+    pub policy_poll: Duration,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +74,7 @@ impl Default for EngineConfig {
             sweep_every: Duration::from_secs(5),
             mesh: None,
             api_addr: String::new(),
+            policy_poll: crate::policy::POLL_EVERY,
         }
     }
 }

@@ -76,6 +76,7 @@ impl Engine {
             let policy = PolicyHandle::spawn(
                 store.clone(),
                 config.node.clone(),
+                config.policy_poll,
                 registry.clone(),
                 cell.clone(),
             )

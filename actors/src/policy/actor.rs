@@ -1,10 +1,16 @@
 //! PolicyActor: owns changes to the live policy set (apply, delete, reload from the store)
 //! and publishes each compiled set; evaluations read the published set without a message
 //! round trip, so policy checks never queue behind a reload.
+//!
+//! A change made on one node reaches the others two ways: it rings every node's
+//! [`PolicyBell`] over the mesh (each then re-reads the store's policy revision at once),
+//! and every node polls that revision each second, for the rings a cut mesh lost.
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use prost::Message as _;
+use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
@@ -35,8 +41,104 @@ pub enum PolicyMsg {
     Poll,
 }
 
-/// How often a node looks for policy changes made on other nodes.
+/// How often a node looks for policy changes made on other nodes (the default of
+/// `EngineConfig::policy_poll`).
 pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The process group of every node's [`PolicyBell`] (across the mesh).
+pub const POLICY_GROUP: &str = "jitsudo.policy";
+const CHANGED_VARIANT: &str = "jitsudo.policy_changed";
+const CHANGED_VERSION: u32 = 1;
+
+/// "The policies changed": what a node rings the others with after an apply or delete.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PolicyChanged {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The store's policy revision after the change.
+    #[prost(int64, tag = "2")]
+    pub revision: i64,
+    #[prost(string, tag = "3")]
+    pub from_node: String,
+}
+
+/// A ring: [`PolicyChanged`] as prost bytes (a ractor_cluster cast on the wire).
+pub struct Ring(pub Vec<u8>);
+
+impl ractor::Message for Ring {
+    fn serializable() -> bool {
+        true
+    }
+
+    fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
+        Ok(SerializedMessage::Cast {
+            variant: CHANGED_VARIANT.into(),
+            args: self.0,
+            metadata: None,
+        })
+    }
+
+    fn deserialize(m: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
+        match m {
+            SerializedMessage::Cast { variant, args, .. } if variant == CHANGED_VARIANT => {
+                Ok(Ring(args))
+            }
+            _ => Err(BoxedDowncastErr),
+        }
+    }
+}
+
+/// Rings every node's bell (this node's too: its poll then finds nothing new).
+fn ring_everyone(node: &str, revision: i64) {
+    let payload = PolicyChanged {
+        version: CHANGED_VERSION,
+        revision,
+        from_node: node.to_owned(),
+    }
+    .encode_to_vec();
+    for cell in ractor::pg::get_members(&POLICY_GROUP.to_owned()) {
+        let bell: ActorRef<Ring> = cell.into();
+        if let Err(e) = bell.cast(Ring(payload.clone())) {
+            tracing::debug!(error = %e, "a policy bell could not be rung; its node polls");
+        }
+    }
+}
+
+/// Listens for rings from other nodes and has its PolicyActor look at the revision at once.
+pub struct PolicyBell;
+
+impl Actor for PolicyBell {
+    type Msg = Ring;
+    type State = ActorRef<PolicyMsg>;
+    type Arguments = ActorRef<PolicyMsg>;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<Ring>,
+        policy: ActorRef<PolicyMsg>,
+    ) -> Result<ActorRef<PolicyMsg>, ActorProcessingErr> {
+        ractor::pg::join(POLICY_GROUP.to_owned(), vec![me.get_cell()]);
+        Ok(policy)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<Ring>,
+        Ring(bytes): Ring,
+        policy: &mut ActorRef<PolicyMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        match PolicyChanged::decode(bytes.as_slice()) {
+            Ok(c) => {
+                if c.version != CHANGED_VERSION {
+                    tracing::debug!(from = %c.from_node, version = c.version, "a policy ring of another version; looking anyway");
+                }
+                let _ = policy.cast(PolicyMsg::Poll);
+            }
+            Err(e) => tracing::warn!(error = %e, "dropped a malformed policy ring"),
+        }
+        Ok(())
+    }
+}
 
 pub struct PolicyActor;
 
@@ -48,6 +150,8 @@ pub struct PolicyArgs {
     pub registry: ActorRegistry,
     /// The store's policy revision the published set was read at.
     pub revision: std::sync::atomic::AtomicI64,
+    /// How often to look at the store's revision without being rung.
+    pub poll: std::time::Duration,
 }
 
 impl PolicyArgs {
@@ -72,6 +176,10 @@ impl PolicyArgs {
         if let Ok(mut cur) = self.current.write() {
             *cur = Arc::new(set);
         }
+    }
+
+    fn revision(&self) -> i64 {
+        self.revision.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn apply(&self, name: String, rego: String, author: String) -> Result<i64, EngineError> {
@@ -127,7 +235,7 @@ impl Actor for PolicyActor {
         args.registry.register(&args.stats);
         args.reload().await?;
         // Ends by itself when the actor is gone.
-        drop(args.stats.tick_every(me, POLL_EVERY, || PolicyMsg::Poll));
+        drop(args.stats.tick_every(me, args.poll, || PolicyMsg::Poll));
         Ok(args)
     }
 
@@ -157,14 +265,22 @@ impl Actor for PolicyActor {
                 author,
                 reply,
             } => {
-                let _ = reply.send(state.apply(name, rego, author).await);
+                let applied = state.apply(name, rego, author).await;
+                if applied.is_ok() {
+                    ring_everyone(&state.node, state.revision());
+                }
+                let _ = reply.send(applied);
             }
             PolicyMsg::Delete {
                 name,
                 author,
                 reply,
             } => {
-                let _ = reply.send(state.delete(name, author).await);
+                let deleted = state.delete(name, author).await;
+                if matches!(deleted, Ok(true)) {
+                    ring_everyone(&state.node, state.revision());
+                }
+                let _ = reply.send(deleted);
             }
             PolicyMsg::Poll => {
                 let seen = state.revision.load(std::sync::atomic::Ordering::Relaxed);
@@ -197,6 +313,7 @@ impl PolicyHandle {
     pub async fn spawn(
         store: SharedStore,
         node: String,
+        poll: std::time::Duration,
         registry: ActorRegistry,
         supervisor: ractor::ActorCell,
     ) -> Result<Self, ractor::SpawnErr> {
@@ -209,8 +326,10 @@ impl PolicyHandle {
             stats: stats.clone(),
             registry,
             revision: std::sync::atomic::AtomicI64::new(-1),
+            poll,
         };
-        let (actor, _) = Actor::spawn_linked(None, PolicyActor, args, supervisor).await?;
+        let (actor, _) = Actor::spawn_linked(None, PolicyActor, args, supervisor.clone()).await?;
+        Actor::spawn_linked(None, PolicyBell, actor.clone(), supervisor).await?;
         Ok(PolicyHandle {
             current,
             actor,

@@ -8,7 +8,9 @@ mod examples;
 mod input;
 mod set;
 
-pub use actor::{PolicyActor, PolicyHandle, PolicyMsg};
+pub use actor::{
+    POLICY_GROUP, POLL_EVERY, PolicyActor, PolicyBell, PolicyChanged, PolicyHandle, PolicyMsg, Ring,
+};
 pub use decision::{
     DEFAULT_APPROVAL_TIMEOUT_SECONDS, DEFAULT_APPROVALS_REQUIRED, DEFAULT_MAX_DURATION_SECONDS,
     Decision, NO_POLICY_REASON, PolicyRefusal, PolicyStamp,

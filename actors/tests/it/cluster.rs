@@ -56,10 +56,18 @@ async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash
     } = rig_with(postgres().await, cluster_config("node-a")).await;
     assert_eq!(a.shards_owned().len(), 8, "a lone node holds every shard");
 
-    // b's start returns once a has handed it its share.
-    let b = Engine::start(cluster_config("node-b"), store.clone(), registry.clone())
-        .await
-        .expect("b starts");
+    // b's start returns once a has handed it its share. b does not poll the policy
+    // revision (every hour only): it learns of a's change by a's ring.
+    let b = Engine::start(
+        EngineConfig {
+            policy_poll: Duration::from_secs(3600),
+            ..cluster_config("node-b")
+        },
+        store.clone(),
+        registry.clone(),
+    )
+    .await
+    .expect("b starts");
     assert_eq!(b.shards_owned().len(), 4);
     wait_until("a at its share", Duration::from_secs(5), || {
         a.shards_owned().len() == 4
@@ -75,7 +83,14 @@ async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash
             .all(|m| m.alive && m.shards_owned == 4)
     );
     assert_eq!(status.epoch_changes(), 4, "four shards changed hands once");
-    // A policy applied on one node reaches the other by its revision poll.
+    // A policy applied on one node rings every node's bell (here through the process-local
+    // group; across processes over the mesh), and the other reloads at once. A malformed
+    // ring is dropped first: the bells keep working.
+    for cell in ractor::pg::get_members(&jitsudo_actors::policy::POLICY_GROUP.to_owned()) {
+        let bell: ractor::ActorRef<jitsudo_actors::policy::Ring> = cell.into();
+        bell.cast(jitsudo_actors::policy::Ring(vec![0xff, 0x01, 0x02]))
+            .expect("the bell takes a cast");
+    }
     a.policy()
         .apply(
             "extra",
