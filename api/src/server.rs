@@ -150,7 +150,7 @@ impl Server {
         } else {
             Mode::Production
         };
-        let store = store::open(&config.database.url, mode).await?;
+        let store = store::open_for(&config.database.url, mode, config.lease_ttl()).await?;
 
         let mut registry = Registry::new();
         for p in &config.providers {

@@ -466,11 +466,33 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// The lease TTL of a node configured without one (`EngineConfig::default`).
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a PostgreSQL session may wait for a lock, or sit idle in a transaction, on a
+/// node with this lease TTL: half the self-fencing margin (`node::fence_margin`, TTL/5),
+/// so 500 ms with the default 5 s TTL.
+pub fn lock_wait_for(lease_ttl: std::time::Duration) -> std::time::Duration {
+    crate::node::fence_margin(lease_ttl) / 2
+}
+
 /// Opens the store named by `url`: `postgres://…` or `sqlite://PATH` (also a bare path).
-/// Runs migrations before returning and checks the dev-mode marker.
+/// Runs migrations before returning and checks the dev-mode marker. The PostgreSQL
+/// sessions get the lock wait of the default lease TTL; see [`open_for`].
 pub async fn open(url: &str, mode: Mode) -> StoreResult<SharedStore> {
+    open_for(url, mode, DEFAULT_LEASE_TTL).await
+}
+
+/// [`open`] for a node whose shard leases last `lease_ttl`.
+pub async fn open_for(
+    url: &str,
+    mode: Mode,
+    lease_ttl: std::time::Duration,
+) -> StoreResult<SharedStore> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url, mode).await?))
+        Ok(Arc::new(
+            PgStore::connect_with(url, mode, lock_wait_for(lease_ttl)).await?,
+        ))
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         Ok(Arc::new(SqliteStore::open(path, mode).await?))

@@ -677,3 +677,42 @@ async fn dev_database_is_refused_in_production_mode(db: Db) {
     }
     drop(db._keep);
 }
+
+/// PostgreSQL only: a node's sessions wait for a lock at most half its self-fencing margin
+/// (TTL/10), so a takeover never waits long behind a write: a statement behind a lock held
+/// elsewhere fails with `lock_not_available` (55P03) instead of waiting out the 10 s
+/// statement timeout, and works again once the lock is gone.
+#[tokio::test]
+async fn postgres_lock_waits_end_at_half_the_fencing_margin() {
+    use sqlx::Connection as _;
+    init();
+    let tdb = jitsudo_testkit::postgres().await;
+    let ttl = Duration::from_secs(2);
+    assert_eq!(
+        jitsudo_actors::store::lock_wait_for(ttl),
+        Duration::from_millis(200)
+    );
+    let store = jitsudo_actors::store::open_for(&tdb.url, Mode::Dev, ttl)
+        .await
+        .expect("store opens");
+    let mut holder = sqlx::PgConnection::connect(&tdb.url)
+        .await
+        .expect("a second session");
+    sqlx::raw_sql("BEGIN; LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock taken");
+    let id = domain::RequestId::new();
+    match store.get(id).await {
+        Err(StoreError::Database {
+            source: sqlx::Error::Database(e),
+            ..
+        }) => assert_eq!(e.code().as_deref(), Some("55P03"), "{e}"),
+        other => panic!("expected a lock timeout, got {other:?}"),
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("lock released");
+    assert!(store.get(id).await.expect("readable again").is_none());
+}
