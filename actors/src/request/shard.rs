@@ -45,8 +45,16 @@ pub enum ShardMsg {
     },
     /// The earliest deadline in the wheel may be due.
     Wake,
+    /// A create committed (by a task of its own: the shard's timers never wait for a
+    /// commit): admit the request, then answer.
+    Created {
+        req: Box<Request>,
+        reply: RpcReplyPort<Result<Request, EngineError>>,
+    },
     /// Look in the database for overdue requests (the safety net).
     Sweep,
+    /// What the sweep's query found (read by a task: the timers never wait for it).
+    Swept(Vec<RequestId>),
     /// The revokes issued for a sleeping request's expiry came back, and a slot for
     /// recording it is free.
     Revoked {
@@ -101,6 +109,8 @@ pub struct ShardState {
     alarm: Option<(Instant, JoinHandle<()>)>,
     /// Sends `Sweep` every `sweep_every`.
     sweeper: Option<JoinHandle<()>>,
+    /// A sweep's query is under way.
+    sweeping: bool,
 }
 
 impl ShardState {
@@ -368,19 +378,31 @@ impl ShardState {
     /// overdue but that this shard does not know about (or whose deadline its wheel missed)
     /// are loaded and woken; their actors act on the overdue deadline at once. Requests
     /// with a live actor are at work already (a revoke retrying, say) and are left alone.
-    async fn sweep(&mut self, me: &ActorRef<ShardMsg>) {
-        let overdue = match self
-            .ctx
-            .store
-            .overdue_requests(self.fence.shard, SWEEP_GRACE, SWEEP_STUCK, SWEEP_BATCH)
-            .await
-        {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(shard = self.fence.shard, error = %e, "the overdue sweep could not read the store");
-                return;
-            }
-        };
+    fn sweep(&mut self, me: &ActorRef<ShardMsg>) {
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let (ctx, shard, me, stats) = (
+            self.ctx.clone(),
+            self.fence.shard,
+            me.clone(),
+            self.stats.clone(),
+        );
+        tokio::spawn(async move {
+            let overdue = ctx
+                .store
+                .overdue_requests(shard, SWEEP_GRACE, SWEEP_STUCK, SWEEP_BATCH)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(shard, error = %e, "the overdue sweep could not read the store");
+                    Vec::new()
+                });
+            stats.cast(&me, ShardMsg::Swept(overdue));
+        });
+    }
+
+    async fn swept(&mut self, me: &ActorRef<ShardMsg>, overdue: Vec<RequestId>) {
         for id in overdue {
             let asleep = self.asleep.get(&id).map(|a| a.revoking);
             if self.live.contains_key(&id) || asleep == Some(true) {
@@ -404,6 +426,43 @@ impl ShardState {
                 }
             }
         }
+    }
+
+    /// A create commits in a task of its own (a shard's timers never wait for a commit);
+    /// the committed request comes back as `Created`, is admitted, and then answered. If the
+    /// shard stopped meanwhile, the answer goes out all the same (the next owner loads it).
+    fn create(
+        &self,
+        me: &ActorRef<ShardMsg>,
+        tr: Transition,
+        reply: RpcReplyPort<Result<Request, EngineError>>,
+    ) {
+        let (ctx, fence, me, stats) = (
+            self.ctx.clone(),
+            self.fence.clone(),
+            me.clone(),
+            self.stats.clone(),
+        );
+        tokio::spawn(async move {
+            let req = match commit_create(&ctx, &fence, tr).await {
+                Ok(req) => req,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            stats.enqueued();
+            let created = ShardMsg::Created {
+                req: Box::new(req),
+                reply,
+            };
+            if let Err(e) = me.cast(created) {
+                stats.dequeued();
+                if let ractor::MessagingErr::SendErr(ShardMsg::Created { req, reply }) = e {
+                    let _ = reply.send(Ok(*req));
+                }
+            }
+        });
     }
 
     fn show(&self) {
@@ -462,6 +521,7 @@ impl Actor for ShardActor {
             wheel: BTreeSet::new(),
             alarm: None,
             sweeper: None,
+            sweeping: false,
         };
         let reqs = st.ctx.store.live_requests(&[st.fence.shard]).await?;
         for req in reqs {
@@ -510,9 +570,17 @@ impl Actor for ShardActor {
     ) -> Result<(), ActorProcessingErr> {
         st.stats.dequeued();
         match msg {
-            ShardMsg::Create { tr, reply } => {
-                let res = create(&me, st, *tr).await;
-                let _ = reply.send(res);
+            ShardMsg::Create { tr, reply } => st.create(&me, *tr, reply),
+            ShardMsg::Created { req, reply } => {
+                // A command may have loaded it from the database meanwhile.
+                if !st.live.contains_key(&req.id)
+                    && !st.asleep.contains_key(&req.id)
+                    && let Err(e) = st.admit(&me, (*req).clone(), None, 0).await
+                {
+                    // Committed all the same: the next command or deadline loads it.
+                    tracing::error!(request = %req.id, error = %e, "a created request could not be admitted to its shard");
+                }
+                let _ = reply.send(Ok(*req));
             }
             ShardMsg::Route { id, cmd, reply } => {
                 match st.wake(&me, id).await {
@@ -553,7 +621,11 @@ impl Actor for ShardActor {
                 st.forward(id, cmd, reply);
             }
             ShardMsg::Wake => st.ring(&me).await,
-            ShardMsg::Sweep => st.sweep(&me).await,
+            ShardMsg::Sweep => st.sweep(&me),
+            ShardMsg::Swept(overdue) => {
+                st.sweeping = false;
+                st.swept(&me, overdue).await;
+            }
             ShardMsg::Revoked {
                 id,
                 expires_at,
@@ -646,12 +718,12 @@ fn rebuild_later(me: &ActorRef<ShardMsg>, stats: &Arc<ActorStats>, id: RequestId
     });
 }
 
-async fn create(
-    me: &ActorRef<ShardMsg>,
-    st: &mut ShardState,
+/// Commits a create under the shard's fence; answers the request as committed.
+async fn commit_create(
+    ctx: &NodeContext,
+    fence: &Fence,
     tr: Transition,
 ) -> Result<Request, EngineError> {
-    let ctx = st.ctx.clone();
     let outbox = ctx.outbox_rows(&tr.notices);
     let persist = Persist {
         request: &tr.next,
@@ -663,7 +735,7 @@ async fn create(
         node: ctx.node(),
         idempotency: tr.idempotency.as_ref(),
     };
-    match ctx.store.create(&st.fence, persist).await? {
+    match ctx.store.create(fence, persist).await? {
         Write::Updated { version, db_now } => {
             ctx.observe_db_clock(db_now);
             let mut req = tr.next;
@@ -672,14 +744,13 @@ async fn create(
             metrics::counter!(names::TRANSITIONS, "from" => "NONE", "to" => req.state.as_str())
                 .increment(1);
             let _ = ctx.commits.send((req.id, version));
-            st.admit(me, req.clone(), None, 0).await?;
             Ok(req)
         }
         Write::Stale | Write::Missing => {
             metrics::counter!(names::STALE_WRITES).increment(1);
             Err(EngineError::unavailable(format!(
                 "this node does not hold the lease of shard {}",
-                st.fence.shard
+                fence.shard
             )))
         }
     }
