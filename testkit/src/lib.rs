@@ -6,7 +6,7 @@
 
 mod postgres;
 
-pub use postgres::{TestDatabase, postgres};
+pub use postgres::{PrivatePostgres, TestDatabase, postgres};
 
 /// Installs the rustls crypto provider; call first in every test harness that may use TLS.
 /// Both ring and aws-lc-rs are in the tree: without an explicit choice rustls panics.

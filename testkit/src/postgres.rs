@@ -55,7 +55,10 @@ pub async fn postgres() -> TestDatabase {
 }
 
 async fn try_postgres() -> Result<TestDatabase> {
-    let admin_url = admin_url().await?;
+    database_on(admin_url().await?).await
+}
+
+async fn database_on(admin_url: String) -> Result<TestDatabase> {
     let name = format!("jt_{}", uuid::Uuid::now_v7().simple());
     let mut conn = PgConnection::connect(&admin_url)
         .await
@@ -72,7 +75,7 @@ async fn try_postgres() -> Result<TestDatabase> {
 }
 
 static ADMIN_URL: OnceCell<String> = OnceCell::const_new();
-static PRIVATE: OnceLock<PrivateCluster> = OnceLock::new();
+static PRIVATE: OnceLock<PrivatePostgres> = OnceLock::new();
 
 async fn admin_url() -> Result<String> {
     ADMIN_URL
@@ -80,7 +83,7 @@ async fn admin_url() -> Result<String> {
             if let Ok(url) = std::env::var("DATABASE_URL") {
                 return Ok(url);
             }
-            let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+            let cluster = tokio::task::spawn_blocking(PrivatePostgres::start)
                 .await
                 .map_err(|e| anyhow!("starting the private PostgreSQL panicked: {e}"))??;
             let url = cluster.url.clone();
@@ -119,15 +122,24 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// A PostgreSQL cluster in a temp dir, owned by this test process and stopped when it exits
-/// (a watchdog shell waits for this process to end, then stops the server).
-struct PrivateCluster {
-    url: String,
+/// A PostgreSQL server of its own in a temp dir (the installed `initdb` and `pg_ctl`, a free
+/// port on 127.0.0.1, trust auth, fsync off): the shared one when `DATABASE_URL` is unset,
+/// and for tests that stop and start the server itself. Stopped when dropped, and by a
+/// watchdog when the test process ends whatever way.
+pub struct PrivatePostgres {
+    /// The `postgres` database of the server (an admin URL).
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    opts: String,
+    log: PathBuf,
+    as_root: bool,
     _dir: tempfile::TempDir,
 }
 
-impl PrivateCluster {
-    fn start() -> Result<Self> {
+impl PrivatePostgres {
+    /// initdb + start (blocking: a second or two).
+    pub fn start() -> Result<Self> {
         let bin = pg_bin_dir().context("finding initdb and pg_ctl")?;
         let dir = tempfile::Builder::new().prefix("jitsudo-pg-").tempdir()?;
         let data = dir.path().join("data");
@@ -137,37 +149,32 @@ impl PrivateCluster {
             // initdb refuses to run as root: the cluster belongs to the postgres user.
             chown_postgres(dir.path())?;
         }
-        let initdb = bin.join("initdb");
         run(
-            wrap(as_root, &initdb).args(["-D"]).arg(&data).args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]),
+            wrap(as_root, &bin.join("initdb"))
+                .args(["-D"])
+                .arg(&data)
+                .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]),
             "initdb",
         )?;
         let opts = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
             dir.path().display()
         );
-        let pg_ctl = bin.join("pg_ctl");
-        run(
-            wrap(as_root, &pg_ctl)
-                .args(["-D"])
-                .arg(&data)
-                .args(["-o", &opts, "-l"])
-                .arg(dir.path().join("log"))
-                .args(["-w", "-t", "60", "start"]),
-            "pg_ctl start",
-        )?;
+        let server = PrivatePostgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            log: dir.path().join("log"),
+            bin,
+            data,
+            opts,
+            as_root,
+            _dir: dir,
+        };
+        server.resume()?;
         // Watchdog: stop the server when this process is gone, whatever way it ends.
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}",
             pid = std::process::id(),
-            stop = shell_stop(as_root, &pg_ctl, &data),
+            stop = shell_stop(as_root, &server.pg_ctl(), &server.data),
         );
         Command::new("sh")
             .args(["-c", &script])
@@ -176,10 +183,48 @@ impl PrivateCluster {
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("spawning the PostgreSQL watchdog")?;
-        Ok(PrivateCluster {
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            _dir: dir,
-        })
+        Ok(server)
+    }
+
+    fn pg_ctl(&self) -> PathBuf {
+        self.bin.join("pg_ctl")
+    }
+
+    /// Stops the server the hard way (`pg_ctl -m immediate`: every backend killed at once,
+    /// crash recovery on the next start). Blocking.
+    pub fn stop(&self) -> Result<()> {
+        run(
+            wrap(self.as_root, &self.pg_ctl())
+                .args(["-D"])
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"]),
+            "pg_ctl stop",
+        )
+    }
+
+    /// Starts the (stopped) server again on the same port and data; returns once it accepts
+    /// connections. Blocking.
+    pub fn resume(&self) -> Result<()> {
+        run(
+            wrap(self.as_root, &self.pg_ctl())
+                .args(["-D"])
+                .arg(&self.data)
+                .args(["-o", &self.opts, "-l"])
+                .arg(&self.log)
+                .args(["-w", "-t", "60", "start"]),
+            "pg_ctl start",
+        )
+    }
+
+    /// A fresh database on this server.
+    pub async fn database(&self) -> Result<TestDatabase> {
+        database_on(self.url.clone()).await
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 

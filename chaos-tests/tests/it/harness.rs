@@ -17,7 +17,7 @@ use jitsudo_proto::v1::policy_service_client::PolicyServiceClient;
 use jitsudo_proto::v1::request_service_client::RequestServiceClient;
 use jitsudo_providers::http::Op;
 use jitsudo_providers::http::server::{Outcome, TestServer};
-use jitsudo_testkit::TestDatabase;
+use jitsudo_testkit::{PrivatePostgres, TestDatabase};
 use sqlx::Row;
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
@@ -64,6 +64,12 @@ pub struct Opts {
     pub nodes: usize,
     pub shards: u32,
     pub lease_ttl_seconds: u64,
+    /// Nodes advertise their cluster port itself instead of the harness's proxy in front
+    /// of it (the benchmarks: no hop through the proxy; the mesh cannot be cut then).
+    pub direct_mesh: bool,
+    /// A PostgreSQL server of the cluster's own (testkit starts one from the installed
+    /// binaries), so that a scenario can stop and start it.
+    pub private_postgres: bool,
 }
 
 impl Default for Opts {
@@ -72,6 +78,8 @@ impl Default for Opts {
             nodes: 3,
             shards: 64,
             lease_ttl_seconds: 5,
+            direct_mesh: false,
+            private_postgres: false,
         }
     }
 }
@@ -107,6 +115,19 @@ pub struct Cluster {
     db_name: String,
     tokens: HashMap<String, String>,
     _db: TestDatabase,
+    /// The server of `Opts::private_postgres` (dropped after the database: it stops).
+    pg: Option<PrivatePostgres>,
+}
+
+/// A call with a bearer token and the harness's 20 s deadline.
+pub fn authed<T>(token: &str, m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).expect("ascii"),
+    );
+    r.set_timeout(Duration::from_secs(20));
+    r
 }
 
 /// The jitsudod binary `cargo test --workspace` built beside this test.
@@ -180,7 +201,16 @@ impl Cluster {
         );
         std::fs::write(d.join("cloud.secret"), SECRET).expect("secret file");
         std::fs::write(d.join("cluster.cookie"), "chaos-cluster-cookie").expect("cookie file");
-        let db = jitsudo_testkit::postgres().await;
+        let (db, pg) = if opts.private_postgres {
+            let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
+                .await
+                .expect("starting PostgreSQL")
+                .expect("a private PostgreSQL from the installed binaries (initdb, pg_ctl)");
+            let db = pg.database().await.expect("a database on it");
+            (db, Some(pg))
+        } else {
+            (jitsudo_testkit::postgres().await, None)
+        };
         let (db_addr, db_name, _) = split_url(&db.url);
         let cloud = TestServer::start(SECRET.as_bytes()).await;
         let issuer_port = free_port();
@@ -206,6 +236,7 @@ impl Cluster {
             db_name,
             tokens: HashMap::new(),
             _db: db,
+            pg,
         };
         c.wait_issuer().await;
         for _ in 0..opts.nodes {
@@ -302,7 +333,11 @@ timeout_seconds = 5
 "#,
                 d = d.display(),
                 db_port = db_link.port,
-                mesh_proxy = mesh_link.port,
+                mesh_proxy = if o.direct_mesh {
+                    mesh_port
+                } else {
+                    mesh_link.port
+                },
                 db_name = self.db_name,
                 shards = o.shards,
                 ttl = o.lease_ttl_seconds,
@@ -355,18 +390,22 @@ timeout_seconds = 5
             .expect("client")
     }
 
-    /// The sum of a metric's series on node `i` (its `/metrics`), 0 when absent.
-    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+    /// Node `i`'s `/metrics` page.
+    pub async fn metrics_text(&self, i: usize) -> String {
         let url = format!("https://localhost:{}/metrics", self.nodes[i].api_port);
-        let text = self
-            .https()
+        self.https()
             .get(&url)
             .send()
             .await
             .expect("metrics answer")
             .text()
             .await
-            .expect("metrics text");
+            .expect("metrics text")
+    }
+
+    /// The sum of a metric's series on node `i` (its `/metrics`), 0 when absent.
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let text = self.metrics_text(i).await;
         text.lines()
             .filter(|l| {
                 l.strip_prefix(name)
@@ -444,6 +483,32 @@ timeout_seconds = 5
         }
     }
 
+    /// Stops the cluster's own PostgreSQL (`Opts::private_postgres`) the hard way, keeps it
+    /// down for `down`, starts it again; answers once it accepts connections.
+    pub async fn restart_postgres(&mut self, down: Duration) {
+        let pg = self.pg.take().expect("Opts::private_postgres");
+        let pg = tokio::task::spawn_blocking(move || {
+            pg.stop().expect("PostgreSQL stops");
+            pg
+        })
+        .await
+        .expect("stop");
+        let probe = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&self.db_url)
+            .await;
+        assert!(probe.is_err(), "PostgreSQL still answers after the stop");
+        tokio::time::sleep(down).await;
+        let pg = tokio::task::spawn_blocking(move || {
+            pg.resume().expect("PostgreSQL starts again");
+            pg
+        })
+        .await
+        .expect("start");
+        self.pg = Some(pg);
+    }
+
     pub fn freeze(&self, i: usize) {
         self.signal(i, "STOP");
     }
@@ -453,14 +518,13 @@ timeout_seconds = 5
     }
 
     pub fn auth<T>(&self, user: &str, m: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(m);
-        let token = self.tokens.get(user).expect("token fetched");
-        r.metadata_mut().insert(
-            "authorization",
-            MetadataValue::try_from(format!("Bearer {token}")).expect("ascii"),
-        );
-        r.set_timeout(Duration::from_secs(20));
-        r
+        authed(self.tokens.get(user).expect("token fetched"), m)
+    }
+
+    /// A user's bearer token (fetched by the first `channel`), for clients on other tasks.
+    #[allow(dead_code)] // benches/cluster.rs
+    pub fn token(&self, user: &str) -> String {
+        self.tokens.get(user).expect("token fetched").clone()
     }
 
     pub async fn channel(&mut self, i: usize) -> Channel {
@@ -641,32 +705,31 @@ timeout_seconds = 5
                 .or_default()
                 .push(g.get("grant_id"));
         }
-        let events = self.cloud.events();
-        let mut lags = Vec::new();
+        // The cloud's log by grant: effective grants and the first effective revoke.
+        let mut created: HashMap<Uuid, usize> = HashMap::new();
+        let mut revoked: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        for e in self.cloud.events() {
+            let Some(g) = e.grant_id else { continue };
+            match (e.op, e.outcome) {
+                (Op::Grant, Outcome::Granted) => *created.entry(g).or_default() += 1,
+                (Op::Revoke, Outcome::Revoked) => {
+                    let first = revoked.entry(g).or_insert(e.at);
+                    *first = (*first).min(e.at);
+                }
+                _ => {}
+            }
+        }
+        let mut samples = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: Uuid = r.get("id");
             let expires_at: DateTime<Utc> = r.get("expires_at");
             let gids = grant_of.get(&id).cloned().unwrap_or_default();
             // (b) at most one effective grant per request.
-            let granted: Vec<&Uuid> = gids
-                .iter()
-                .filter(|g| {
-                    events.iter().any(|e| {
-                        e.grant_id == Some(**g)
-                            && e.op == Op::Grant
-                            && e.outcome == Outcome::Granted
-                    })
-                })
-                .collect();
+            let granted: Vec<&Uuid> = gids.iter().filter(|g| created.contains_key(g)).collect();
             assert_eq!(granted.len(), 1, "request {id}: grants {granted:?}");
             let gid = *granted[0];
             for g in &gids {
-                let n = events
-                    .iter()
-                    .filter(|e| {
-                        e.grant_id == Some(*g) && e.op == Op::Grant && e.outcome == Outcome::Granted
-                    })
-                    .count();
+                let n = created.get(g).copied().unwrap_or(0);
                 assert!(n <= 1, "grant {g} of {id} was created {n} times");
             }
             // (a) never active at the cloud past expires_at + bound.
@@ -674,16 +737,11 @@ timeout_seconds = 5
                 !self.cloud.is_active(gid),
                 "grant {gid} of {id} is still active"
             );
-            let removed = events
-                .iter()
-                .filter(|e| {
-                    e.grant_id == Some(gid) && e.op == Op::Revoke && e.outcome == Outcome::Revoked
-                })
-                .map(|e| e.at)
-                .min()
+            let removed = *revoked
+                .get(&gid)
                 .unwrap_or_else(|| panic!("grant {gid} of {id} was never revoked at the cloud"));
             let lag = (removed - expires_at).num_milliseconds() as f64 / 1000.0;
-            lags.push(lag);
+            samples.push((expires_at, lag));
         }
         // (c) one audit event per transition, one ACTIVE and one EXPIRED each; the chain
         // verifies once sequenced.
@@ -712,9 +770,11 @@ timeout_seconds = 5
             }
         }
         let verified = self.verify_audit(via).await;
+        let mut lags: Vec<f64> = samples.iter().map(|s| s.1).collect();
         lags.sort_by(f64::total_cmp);
         let report = Report {
             lags,
+            samples,
             gate: gate.as_secs_f64(),
             chain_length: verified,
         };
@@ -779,6 +839,9 @@ impl Drop for Cluster {
 pub struct Report {
     /// Seconds from `expires_at` to the revoke at the cloud, sorted.
     pub lags: Vec<f64>,
+    /// Each request's `expires_at` and lag, in the order checked.
+    #[allow(dead_code)] // benches/cluster.rs
+    pub samples: Vec<(DateTime<Utc>, f64)>,
     pub gate: f64,
     pub chain_length: i64,
 }
