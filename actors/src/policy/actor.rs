@@ -401,3 +401,40 @@ impl PolicyHandle {
         .await
     }
 }
+
+#[cfg(test)]
+mod ring_tests {
+    use ractor::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn a_ring_crosses_the_wire_as_a_cast_of_its_own_variant_with_its_bytes_unchanged() {
+        let changed = PolicyChanged {
+            version: CHANGED_VERSION,
+            revision: 42,
+            from_node: "node-a".into(),
+        };
+        let wire = Ring(changed.encode_to_vec())
+            .serialize()
+            .expect("serializable");
+        let SerializedMessage::Cast { variant, .. } = &wire else {
+            panic!("a ring is a cast");
+        };
+        assert_eq!(variant, CHANGED_VARIANT);
+        let Ring(bytes) = Ring::deserialize(wire).expect("its own variant decodes");
+        assert_eq!(PolicyChanged::decode(bytes.as_slice()).unwrap(), changed);
+    }
+
+    #[test]
+    fn another_message_is_not_taken_for_a_ring() {
+        for variant in ["jitsudo.route", "something.else"] {
+            let wire = SerializedMessage::Cast {
+                variant: variant.into(),
+                args: vec![1, 2, 3],
+                metadata: None,
+            };
+            assert!(Ring::deserialize(wire).is_err(), "{variant}");
+        }
+    }
+}
