@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use jitsudo_chaos::{cpu_seconds, pct};
 use jitsudo_proto::v1;
 use jitsudo_proto::v1::request_service_client::RequestServiceClient;
 use tokio::time::Instant;
@@ -50,14 +51,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
         Err(_) => default,
     }
-}
-
-/// The value at quantile `p` of sorted samples (nearest rank).
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
@@ -230,17 +223,6 @@ async fn routed() {
     );
 }
 
-/// CPU seconds a process has used (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    (tick(11).unwrap_or(0.0) + tick(12).unwrap_or(0.0)) / 100.0
-}
-
 struct Creator {
     clients: Vec<RequestServiceClient<Channel>>,
     token: String,
@@ -352,7 +334,10 @@ async fn steady() {
     );
     let pids: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
     tokio::time::sleep_until(t0).await;
-    let cpu_before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let cpu_before: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(*p).unwrap_or(f64::NAN))
+        .collect();
 
     // The window: expiries at `rate`, new requests arriving at `rate` (expiring after the
     // window, so N stay live), and the baseline timer on the same schedule.
@@ -420,7 +405,7 @@ async fn steady() {
     let cpu: Vec<f64> = pids
         .iter()
         .zip(&cpu_before)
-        .map(|(p, b)| (cpu_seconds(*p) - b) / window * 100.0)
+        .map(|(p, b)| (cpu_seconds(*p).unwrap_or(f64::NAN) - b) / window * 100.0)
         .collect();
 
     // Every expiry of the window, checked as the chaos scenarios check (one grant, one

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use jitsudo_chaos::{cpu_seconds, pct};
 use jitsudo_proto::v1;
 use jitsudo_proto::v1::request_service_client::RequestServiceClient;
 use tonic::metadata::MetadataValue;
@@ -65,22 +66,6 @@ struct Cli {
     /// jitsudod's process id, to report its CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
-}
-
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn token(cli: &Cli) -> Result<String> {
