@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// How often the node re-reads the policy revision, in case a change on another node
     /// did not ring it over the mesh (no mesh, or a cut).
     pub policy_poll: Duration,
+    /// The grant reconciler this node runs (standby unless it holds the `reconcile`
+    /// lease); `None` runs none on this node.
+    pub reconcile: Option<crate::reconcile::ReconcileConfig>,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             mesh: None,
             api_addr: String::new(),
             policy_poll: crate::policy::POLL_EVERY,
+            reconcile: Some(crate::reconcile::ReconcileConfig::default()),
         }
     }
 }

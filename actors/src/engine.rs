@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use jitsudo_providers::identity::Identity;
 use jitsudo_providers::{Credentials, GrantSpec, Registry};
 use ractor::{Actor, ActorRef};
 use serde_json::json;
@@ -85,9 +86,10 @@ impl Engine {
                 EngineError::unavailable(format!("could not start the policy actor: {e}"))
             })?;
             let mut handles = BTreeMap::new();
-            for (name, p) in providers.iter() {
+            for entry in providers.entries() {
+                let name = entry.provider.name().to_owned();
                 let h = ProviderHandle::spawn(
-                    p.clone(),
+                    entry.clone(),
                     config.provider_limits.clone(),
                     registry.clone(),
                     cell.clone(),
@@ -96,7 +98,7 @@ impl Engine {
                 .map_err(|e| {
                     EngineError::unavailable(format!("could not start provider {name}: {e}"))
                 })?;
-                handles.insert(name.to_owned(), h);
+                handles.insert(name, h);
             }
             let notifier = NotifierHandle::spawn(
                 store.clone(),
@@ -153,6 +155,22 @@ impl Engine {
             )
             .await
             .map_err(|e| EngineError::unavailable(format!("could not start the router: {e}")))?;
+            if let Some(config) = &ctx.config.reconcile {
+                Actor::spawn_linked(
+                    None,
+                    crate::reconcile::Reconciler,
+                    crate::reconcile::ReconcilerArgs {
+                        ctx: ctx.clone(),
+                        shards: shards.clone(),
+                        config: config.clone(),
+                    },
+                    cell.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    EngineError::unavailable(format!("could not start the reconciler: {e}"))
+                })?;
+            }
             if let Some(mesh) = &ctx.config.mesh {
                 let server = crate::mesh::start_server(&ctx, mesh, cell.clone()).await?;
                 Actor::spawn_linked(
@@ -207,6 +225,32 @@ impl Engine {
     /// This node's outbox drainer; `nudge()` it after a re-drive.
     pub fn notifier(&self) -> &NotifierHandle {
         &self.notifier
+    }
+
+    /// Every configured provider: what it accepts, this node's last call, the last pass of
+    /// the reconciler.
+    pub async fn providers(&self) -> Result<Vec<ProviderStatus>, EngineError> {
+        let mut passes: BTreeMap<String, crate::store::ReconcilePass> = self
+            .ctx
+            .store
+            .reconcile_passes()
+            .await?
+            .into_iter()
+            .map(|p| (p.provider.clone(), p))
+            .collect();
+        Ok(self
+            .ctx
+            .providers
+            .values()
+            .map(|h| ProviderStatus {
+                name: h.name.clone(),
+                info: h.info.clone(),
+                subject_template: h.identity.template().to_owned(),
+                on_drift: h.on_drift.as_str(),
+                last_call: h.last_call(),
+                last_pass: passes.remove(&h.name),
+            })
+            .collect())
     }
 
     /// The cluster as the database sees it: every node that has heartbeated (alive when
@@ -349,6 +393,12 @@ impl Engine {
                     name: spec.provider.clone(),
                     known: ctx.providers.keys().cloned().collect::<Vec<_>>().join(", "),
                 })?;
+        let principal = provider.identity.map(&Identity {
+            subject: &requester.subject,
+            email: requester.email.as_deref(),
+            email_verified: requester.email_verified,
+            claims: &requester.claims,
+        })?;
         let now = ctx.now();
         let input = PolicyInput::new(requester.policy_input(), spec.policy_input(), now);
         let decision = ctx.policy.evaluate(&input)?;
@@ -356,7 +406,7 @@ impl Engine {
         let probe = GrantSpec {
             grant_id: grant_id_for(id, 0),
             request_id: id.0,
-            subject: requester.subject.clone(),
+            subject: principal.clone(),
             role: spec.role.clone(),
             scope: spec.scope.clone(),
             not_after: now
@@ -376,6 +426,10 @@ impl Engine {
         )?;
         self.check_requester_limits(&subject, tr.next.spec.break_glass, now)
             .await?;
+        if let serde_json::Value::Object(m) = &mut tr.audit.details {
+            m.insert("principal".into(), json!(principal));
+        }
+        tr.next.principal = Some(principal);
         provider
             .validate(probe)
             .await
@@ -689,6 +743,21 @@ impl Engine {
         self.node.stop(Some("shutdown".into()));
         let _ = self.node_done.await;
     }
+}
+
+/// One configured provider as `jitsudo server providers` shows it.
+#[derive(Clone, Debug)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub info: jitsudo_providers::ProviderInfo,
+    /// The identity-mapping template (`{email}`, `oidc:{sub}`, ...).
+    pub subject_template: String,
+    /// `report` or `end`.
+    pub on_drift: &'static str,
+    /// This node's last call to it.
+    pub last_call: Option<crate::provider::LastCall>,
+    /// The reconciler's last pass over it (by whichever node held the lease).
+    pub last_pass: Option<crate::store::ReconcilePass>,
 }
 
 /// See [`Engine::cluster_status`].

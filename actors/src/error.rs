@@ -15,6 +15,9 @@ pub enum EngineError {
     NotFound { id: RequestId },
     #[error("unknown provider {name:?}; configured providers: {known}")]
     UnknownProvider { name: String, known: String },
+    /// The requester has no principal at the provider (identity mapping failed).
+    #[error(transparent)]
+    Unmappable(#[from] jitsudo_providers::identity::IdentityError),
     #[error("policy evaluation failed")]
     Policy(#[from] PolicyError),
     #[error("the provider refused the request")]
@@ -122,9 +125,9 @@ impl EngineError {
         match self {
             EngineError::Refused(r) => r.kind(),
             EngineError::NotFound { .. } => ErrorKind::NotFound,
-            EngineError::UnknownProvider { .. } | EngineError::IdempotencyConflict { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            EngineError::UnknownProvider { .. }
+            | EngineError::IdempotencyConflict { .. }
+            | EngineError::Unmappable(_) => ErrorKind::InvalidArgument,
             EngineError::Policy(_)
             | EngineError::Delivery { .. }
             | EngineError::InvalidConfig { .. } => ErrorKind::FailedPrecondition,

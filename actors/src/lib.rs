@@ -15,10 +15,11 @@ pub mod notify;
 pub mod ownership;
 pub mod policy;
 pub mod provider;
+pub mod reconcile;
 pub mod request;
 pub mod stats;
 pub mod store;
 
 pub use context::EngineConfig;
-pub use engine::{ClusterStatus, Engine, MemberStatus};
+pub use engine::{ClusterStatus, Engine, MemberStatus, ProviderStatus};
 pub use error::EngineError;

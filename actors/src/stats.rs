@@ -45,6 +45,11 @@ pub mod names {
     pub const AUDIT_UNCHAINED: &str = "jitsudo_audit_unchained";
     pub const AUDIT_UNCHAINED_AGE: &str = "jitsudo_audit_unchained_oldest_age_seconds";
     pub const AUDIT_CHECKPOINTS: &str = "jitsudo_audit_checkpoints_total";
+    pub const RECONCILE_PASSES: &str = "jitsudo_reconcile_passes_total";
+    pub const RECONCILE_SECONDS: &str = "jitsudo_reconcile_duration_seconds";
+    pub const RECONCILE_ORPHANS: &str = "jitsudo_reconcile_orphans_reaped_total";
+    pub const RECONCILE_DRIFT: &str = "jitsudo_reconcile_drift_detected_total";
+    pub const RECONCILE_TOMBSTONES: &str = "jitsudo_reconcile_tombstones_removed_total";
 }
 
 /// Live statistics of one actor, shared between the actor and its handles.

@@ -109,6 +109,9 @@ pub struct NodeConfig {
     pub name: String,
     pub shards: u32,
     pub lease_ttl_seconds: u64,
+    /// How often the grant reconciler compares each provider's managed grants with the
+    /// store (one node of the cluster does, holding the `reconcile` lease).
+    pub reconcile_interval_seconds: u64,
 }
 
 impl Default for NodeConfig {
@@ -117,6 +120,7 @@ impl Default for NodeConfig {
             name: "jitsudod".into(),
             shards: 64,
             lease_ttl_seconds: 5,
+            reconcile_interval_seconds: 60,
         }
     }
 }
@@ -269,20 +273,9 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    pub name: String,
-    /// `demo` or `http`.
-    pub kind: String,
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// File holding the HMAC secret of the http provider.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    #[serde(default)]
-    pub timeout_seconds: Option<u64>,
-}
+/// One `[[providers]]` table, tagged by `kind`, checked by the providers crate (each kind
+/// has its own keys; see docs/providers.md).
+pub type ProviderConfig = jitsudo_providers::config::ProviderSection;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

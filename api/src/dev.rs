@@ -33,13 +33,7 @@ pub fn prepare(mut config: Config, data_dir: &Path) -> anyhow::Result<(Config, D
     config.server.tls_cert = None;
     config.server.tls_key = None;
     if config.providers.is_empty() {
-        config.providers.push(ProviderConfig {
-            name: "demo".into(),
-            kind: "demo".into(),
-            base_url: None,
-            secret_file: None,
-            timeout_seconds: None,
-        });
+        config.providers.push(ProviderConfig::demo("demo"));
     }
     if config.node.name == "jitsudod" {
         config.node.name = "dev".into();

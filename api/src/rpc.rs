@@ -60,7 +60,7 @@ impl AppState {
         authorization: Option<&str>,
         bot: Option<&ClientPrincipal>,
     ) -> Result<Caller, ApiError> {
-        let (subject, email, email_verified, groups) = match (authorization, bot) {
+        let (subject, email, email_verified, groups, claims) = match (authorization, bot) {
             (Some(header), _) => {
                 let id = self.auth.authenticate(header).await.map_err(|e| match e {
                     // The identity provider being down is not the caller's fault: retryable.
@@ -72,9 +72,15 @@ impl AppState {
                 if let (Some(email), true) = (&id.email, id.email_verified) {
                     self.note_identity(&id.subject, email).await?;
                 }
-                (id.subject, id.email, id.email_verified, id.groups)
+                (id.subject, id.email, id.email_verified, id.groups, id.claims)
             }
-            (None, Some(b)) => (b.subject.clone(), None, false, b.groups.clone()),
+            (None, Some(b)) => (
+                b.subject.clone(),
+                None,
+                false,
+                b.groups.clone(),
+                Default::default(),
+            ),
             (None, None) => {
                 return Err(ApiError::unauthenticated(
                     "missing Authorization header: send `Authorization: Bearer <access token>` (jitsudo login)",
@@ -109,6 +115,7 @@ impl AppState {
                 email_verified,
                 groups,
                 trust_tier,
+                claims,
             },
             admin,
             auditor,

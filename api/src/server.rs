@@ -23,9 +23,7 @@ use jitsudo_actors::notify::{NotifyConfig, SinkConfig};
 use jitsudo_actors::store::{self, Mode};
 use jitsudo_actors::{Engine, EngineConfig};
 use jitsudo_proto::v1;
-use jitsudo_providers::demo::DemoProvider;
-use jitsudo_providers::http::{HttpProvider, HttpProviderConfig};
-use jitsudo_providers::{Provider, Registry};
+use jitsudo_providers::Registry;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -154,30 +152,13 @@ impl Server {
 
         let mut registry = Registry::new();
         for p in &config.providers {
-            let provider: Arc<dyn Provider> = match p.kind.as_str() {
-                "demo" => Arc::new(DemoProvider::with_name(&p.name)),
-                "http" => {
-                    let url = p.base_url.clone().ok_or_else(|| {
-                        anyhow::anyhow!("provider {}: base_url is required", p.name)
-                    })?;
-                    let secret_file = p.secret_file.as_ref().ok_or_else(|| {
-                        anyhow::anyhow!("provider {}: secret_file is required", p.name)
-                    })?;
-                    let mut cfg = HttpProviderConfig::new(
-                        p.name.clone(),
-                        url,
-                        read_secret(secret_file, "provider")?,
-                    );
-                    if let Some(t) = p.timeout_seconds {
-                        cfg = cfg.with_timeout(Duration::from_secs(t));
-                    }
-                    Arc::new(HttpProvider::new(cfg)?)
-                }
-                other => {
-                    anyhow::bail!("provider {}: unknown kind {other:?} (demo or http)", p.name)
-                }
-            };
-            registry = registry.with(provider);
+            if registry.get(&p.name).is_some() {
+                anyhow::bail!(
+                    "provider {:?} is configured twice: every [[providers]] table needs its own name",
+                    p.name
+                );
+            }
+            registry = registry.with_entry(p.build().await?);
         }
         let mut sinks = Vec::new();
         for s in &config.sinks {
@@ -234,6 +215,9 @@ impl Server {
             admin_groups: config.authz.admin_groups.clone(),
             break_glass_cooldown: Duration::from_secs(config.limits.break_glass_cooldown_seconds),
             max_live_per_requester: config.limits.max_live_requests_per_principal.max(0),
+            reconcile: Some(jitsudo_actors::reconcile::ReconcileConfig {
+                interval: Duration::from_secs(config.node.reconcile_interval_seconds.max(1)),
+            }),
             ..EngineConfig::default()
         };
         let engine = Engine::start(engine_config, store, registry).await?;

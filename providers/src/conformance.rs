@@ -9,6 +9,9 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
 
+use std::collections::BTreeMap;
+
+use crate::reconcile::{self, Drift, Expected, ExpectedGrant, Finding, OrphanCause};
 use crate::{ErrorClass, GrantRecord, GrantSpec, GrantState, Provider, ProviderError};
 
 /// How long an ordinary test grant lasts: far longer than any test.
@@ -27,6 +30,9 @@ pub struct SpecTemplate {
     pub scope: String,
     /// A role the provider must refuse as invalid (a permanent error).
     pub invalid_role: String,
+    /// The cloud itself ends access at `not_after`. Without it (Kubernetes), the property
+    /// is that one reconcile pass after `not_after` removes the access.
+    pub native_expiry: bool,
 }
 
 impl Default for SpecTemplate {
@@ -36,6 +42,7 @@ impl Default for SpecTemplate {
             role: "reader".to_owned(),
             scope: "projects/conformance".to_owned(),
             invalid_role: "invalid-role".to_owned(),
+            native_expiry: true,
         }
     }
 }
@@ -245,12 +252,190 @@ pub async fn not_after_is_honoured(provider: &dyn Provider, t: &SpecTemplate) {
         .unwrap_or(Duration::ZERO)
         + PAST_NOT_AFTER;
     tokio::time::sleep(wait).await;
+    if !t.native_expiry {
+        // The store still thinks the request is ACTIVE (its expiry is late): the pass must
+        // reap the grant anyway, because it is past its not_after.
+        let expected = BTreeMap::from([(spec.grant_id, Expected::Live(expected_of(&spec)))]);
+        let found = pass(provider, &expected, &[expected_of(&spec)]).await;
+        assert!(
+            found.iter().any(|f| matches!(f, Finding::Orphan { grant, cause: OrphanCause::PastNotAfter } if grant.grant_id == spec.grant_id)),
+            "a grant past its not_after was not reaped: {found:?}"
+        );
+    }
     assert_eq!(
         state(provider, &record).await,
         GrantState::Gone,
         "a grant past its not_after must be gone"
     );
     assert_not_active(provider.credentials(&record).await, "past not_after");
+}
+
+fn expected_of(spec: &GrantSpec) -> ExpectedGrant {
+    ExpectedGrant {
+        grant_id: spec.grant_id,
+        request_id: spec.request_id,
+        subject: spec.subject.clone(),
+        role: spec.role.clone(),
+        scope: spec.scope.clone(),
+        not_after: spec.not_after,
+    }
+}
+
+/// One reconcile pass as the engine's reconciler makes it: list everything, compare with
+/// what the "store" expects, revoke orphans and forget expired tombstones.
+pub async fn pass(
+    provider: &dyn Provider,
+    expected: &BTreeMap<uuid::Uuid, Expected>,
+    live: &[ExpectedGrant],
+) -> Vec<Finding> {
+    let listed = reconcile::list_all(provider)
+        .await
+        .unwrap_or_else(|e| panic!("listing managed grants failed: {e}"));
+    let found = reconcile::compare(&listed, expected, live, Utc::now());
+    for f in &found {
+        match f {
+            Finding::Orphan { grant, .. } => revoked(provider, &grant.record()).await,
+            Finding::ExpiredTombstone { grant } => {
+                if let Err(e) = provider.forget(grant).await {
+                    panic!("forgetting an expired tombstone failed: {e}");
+                }
+            }
+            Finding::Drift { .. } => {}
+        }
+    }
+    found
+}
+
+async fn listed(provider: &dyn Provider, grant_id: uuid::Uuid) -> Vec<crate::ManagedGrant> {
+    reconcile::list_all(provider)
+        .await
+        .unwrap_or_else(|e| panic!("listing managed grants failed: {e}"))
+        .into_iter()
+        .filter(|g| g.grant_id == grant_id)
+        .collect()
+}
+
+pub async fn listing_shows_a_grant_as_granted(provider: &dyn Provider, t: &SpecTemplate) {
+    let spec = t.spec(LIFETIME);
+    granted(provider, &spec).await;
+    let found = listed(provider, spec.grant_id).await;
+    assert_eq!(found.len(), 1, "the grant is listed once: {found:?}");
+    let g = &found[0];
+    assert!(!g.tombstone);
+    assert_eq!(
+        (g.subject.as_str(), g.role.as_str(), g.scope.as_str()),
+        (spec.subject.as_str(), spec.role.as_str(), spec.scope.as_str())
+    );
+    assert_eq!(g.request_id, Some(spec.request_id));
+    // Providers may store not_after at second precision.
+    let not_after = g.not_after.expect("a listed grant carries its not_after");
+    assert!((not_after - spec.not_after).num_seconds().abs() <= 1, "{not_after} vs {}", spec.not_after);
+}
+
+pub async fn an_orphan_is_reaped_in_one_pass(provider: &dyn Provider, t: &SpecTemplate) {
+    let kept = t.spec(LIFETIME);
+    let orphan = t.spec(LIFETIME);
+    let kept_record = granted(provider, &kept).await;
+    let orphan_record = granted(provider, &orphan).await;
+    // The store knows `kept` as live and has never heard of `orphan`.
+    let expected = BTreeMap::from([(kept.grant_id, Expected::Live(expected_of(&kept)))]);
+    let found = pass(provider, &expected, &[expected_of(&kept)]).await;
+    let reaped: Vec<_> = found
+        .iter()
+        .filter_map(|f| match f {
+            Finding::Orphan { grant, cause } => Some((grant.grant_id, *cause)),
+            _ => None,
+        })
+        .collect();
+    assert!(reaped.contains(&(orphan.grant_id, OrphanCause::UnknownToStore)), "{found:?}");
+    assert!(!reaped.iter().any(|(id, _)| *id == kept.grant_id), "{found:?}");
+    assert_eq!(state(provider, &orphan_record).await, GrantState::Gone);
+    assert_eq!(state(provider, &kept_record).await, GrantState::Active);
+    // The orphan's grant_id is tombstoned like any revoke.
+    assert!(matches!(provider.grant(&orphan).await, Err(ProviderError::Tombstoned { .. })));
+}
+
+pub async fn drift_is_reported(provider: &dyn Provider, t: &SpecTemplate) {
+    let spec = t.spec(LIFETIME);
+    granted(provider, &spec).await;
+    let never = t.spec(LIFETIME);
+    let mut edited = expected_of(&spec);
+    edited.subject = format!("not-{}", spec.subject);
+    let expected = BTreeMap::from([(spec.grant_id, Expected::Live(edited.clone()))]);
+    let found = pass(provider, &expected, &[edited, expected_of(&never)]).await;
+    assert!(
+        found.iter().any(|f| matches!(f, Finding::Drift { expected, drift: Drift::Changed { field: "subject", .. } } if expected.grant_id == spec.grant_id)),
+        "a changed subject was not reported: {found:?}"
+    );
+    assert!(
+        found.iter().any(|f| matches!(f, Finding::Drift { expected, drift: Drift::Missing } if expected.grant_id == never.grant_id)),
+        "a missing grant was not reported: {found:?}"
+    );
+    // Drift is reported, never acted on by the pass itself.
+    assert_eq!(
+        state(provider, &GrantRecord::from_spec(&spec)).await,
+        GrantState::Active
+    );
+}
+
+pub async fn a_late_grant_after_revoke_is_never_applied(provider: &dyn Provider, t: &SpecTemplate) {
+    let spec = t.spec(LIFETIME);
+    revoked(provider, &GrantRecord::from_spec(&spec)).await;
+    let late = provider.grant(&spec).await;
+    assert!(matches!(late, Err(ProviderError::Tombstoned { .. })), "{late:?}");
+    let expected = BTreeMap::from([(spec.grant_id, Expected::Ended)]);
+    pass(provider, &expected, &[]).await;
+    let found = listed(provider, spec.grant_id).await;
+    assert!(found.iter().all(|g| g.tombstone), "a late grant is listed as live: {found:?}");
+    assert_eq!(
+        state(provider, &GrantRecord::from_spec(&spec)).await,
+        GrantState::Gone
+    );
+}
+
+pub async fn tombstones_are_forgotten_after_not_after(provider: &dyn Provider, t: &SpecTemplate) {
+    let spec = t.spec(SHORT_LIFETIME);
+    let record = granted(provider, &spec).await;
+    revoked(provider, &record).await;
+    let expected = BTreeMap::from([(spec.grant_id, Expected::Ended)]);
+    pass(provider, &expected, &[]).await;
+    if Utc::now() + TimeDelta::milliseconds(500) < spec.not_after {
+        assert!(
+            !listed(provider, spec.grant_id).await.is_empty(),
+            "the tombstone went before its not_after"
+        );
+    }
+    let wait = (spec.not_after - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+        + Duration::from_millis(1100);
+    tokio::time::sleep(wait).await;
+    let found = pass(provider, &expected, &[]).await;
+    assert!(
+        found.iter().any(|f| matches!(f, Finding::ExpiredTombstone { grant } if grant.grant_id == spec.grant_id))
+            || listed(provider, spec.grant_id).await.is_empty(),
+        "{found:?}"
+    );
+    assert!(listed(provider, spec.grant_id).await.is_empty(), "the tombstone is still there");
+}
+
+pub async fn revoke_of_one_of_two_overlapping_grants_leaves_the_other_active(
+    provider: &dyn Provider,
+    t: &SpecTemplate,
+) {
+    // Same principal, role and scope: a second request while the first is active.
+    let first = t.spec(LIFETIME);
+    let second = GrantSpec {
+        grant_id: uuid::Uuid::now_v7(),
+        request_id: uuid::Uuid::now_v7(),
+        ..first.clone()
+    };
+    let a = granted(provider, &first).await;
+    let b = granted(provider, &second).await;
+    revoked(provider, &a).await;
+    assert_eq!(state(provider, &a).await, GrantState::Gone);
+    assert_eq!(state(provider, &b).await, GrantState::Active);
+    if let Err(e) = provider.credentials(&b).await {
+        panic!("credentials of the remaining grant: {e}");
+    }
 }
 
 pub async fn credentials_for_an_active_grant_are_minted(provider: &dyn Provider, t: &SpecTemplate) {
@@ -344,6 +529,12 @@ macro_rules! provider_conformance {
                 credentials_for_an_active_grant_are_minted,
                 credentials_are_refused_after_revoke,
                 credentials_are_refused_for_a_never_granted_grant,
+                revoke_of_one_of_two_overlapping_grants_leaves_the_other_active,
+                listing_shows_a_grant_as_granted,
+                an_orphan_is_reaped_in_one_pass,
+                drift_is_reported,
+                a_late_grant_after_revoke_is_never_applied,
+                tombstones_are_forgotten_after_not_after,
             );
         }
     };

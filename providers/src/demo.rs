@@ -3,14 +3,17 @@
 //! Keeps the full provider contract (idempotent grant, tombstones, native expiry at
 //! `not_after`), and every credential it mints says, in its notice and its values, that it is fake.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use crate::{Credentials, GrantRecord, GrantSpec, GrantState, Provider, ProviderError};
+use crate::{
+    Credentials, GrantRecord, GrantSpec, GrantState, ManagedGrant, ManagedPage, Provider,
+    ProviderError, ProviderInfo,
+};
 
 /// The value of every secret-looking variable the demo provider hands out.
 pub const DEMO_CREDENTIAL: &str = "DEMO-NOT-A-REAL-CREDENTIAL";
@@ -20,10 +23,15 @@ pub const DEMO_NOTICE: &str =
 /// Demo credentials never outlive this, even for a longer grant.
 const CREDENTIAL_LIFETIME: TimeDelta = TimeDelta::hours(1);
 
+/// `kind = "demo"` has no keys of its own.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {}
+
 #[derive(Default)]
 struct DemoState {
     grants: HashMap<Uuid, GrantRecord>,
-    tombstones: HashSet<Uuid>,
+    tombstones: HashMap<Uuid, GrantRecord>,
 }
 
 /// A [`Provider`] for dev mode that only remembers what it was asked.
@@ -100,7 +108,8 @@ impl Provider for DemoProvider {
     async fn grant(&self, spec: &GrantSpec) -> Result<GrantRecord, ProviderError> {
         let now = Utc::now();
         let mut state = self.lock();
-        match fake_grant(&state.grants, &state.tombstones, spec, now) {
+        let tombstoned = state.tombstones.contains_key(&spec.grant_id);
+        match fake_grant(&state.grants, tombstoned, spec, now) {
             FakeGrant::Tombstoned => Err(ProviderError::Tombstoned {
                 provider: self.name.clone(),
                 grant_id: spec.grant_id,
@@ -121,7 +130,7 @@ impl Provider for DemoProvider {
 
     async fn revoke(&self, grant: &GrantRecord) -> Result<(), ProviderError> {
         let mut state = self.lock();
-        state.tombstones.insert(grant.grant_id);
+        state.tombstones.insert(grant.grant_id, grant.clone());
         state.grants.remove(&grant.grant_id);
         Ok(())
     }
@@ -154,6 +163,71 @@ impl Provider for DemoProvider {
             notice: Some(DEMO_NOTICE.to_owned()),
         })
     }
+
+    async fn list_managed(&self, page: Option<&str>) -> Result<ManagedPage, ProviderError> {
+        let state = self.lock();
+        fake_list(&state.grants, &state.tombstones, page, Utc::now()).map_err(|e| self.invalid(e))
+    }
+
+    async fn forget(&self, tombstone: &ManagedGrant) -> Result<(), ProviderError> {
+        self.lock().tombstones.remove(&tombstone.grant_id);
+        Ok(())
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            kind: "demo".into(),
+            roles: vec!["any (a role starting with \"invalid\" does not exist)".into()],
+            scopes: vec!["any".into()],
+            native_expiry: true,
+        }
+    }
+}
+
+/// Grants per page of the fakes' listings: small, so that paging is exercised.
+const FAKE_PAGE: usize = 50;
+
+/// The listing of the fakes (this provider and the http reference server): live grants and
+/// tombstones ordered by `grant_id`; the page token is the last `grant_id` of the page before.
+pub(crate) fn fake_list(
+    grants: &HashMap<Uuid, GrantRecord>,
+    tombstones: &HashMap<Uuid, GrantRecord>,
+    page: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<ManagedPage, (&'static str, String)> {
+    let after = page
+        .map(|p| {
+            p.parse::<Uuid>()
+                .map_err(|_| ("page", format!("{p:?} is not a page token of this provider")))
+        })
+        .transpose()?;
+    let live = grants
+        .values()
+        .filter(|g| now < g.not_after)
+        .map(|g| (g, false));
+    let dead = tombstones.values().map(|g| (g, true));
+    let mut all: Vec<(&GrantRecord, bool)> = live
+        .chain(dead)
+        .filter(|(g, _)| after.is_none_or(|a| g.grant_id > a))
+        .collect();
+    all.sort_by_key(|(g, _)| g.grant_id);
+    let more = all.len() > FAKE_PAGE;
+    all.truncate(FAKE_PAGE);
+    let next = more.then(|| all.last().map(|(g, _)| g.grant_id.to_string())).flatten();
+    let grants = all
+        .into_iter()
+        .map(|(g, tombstone)| ManagedGrant {
+            grant_id: g.grant_id,
+            request_id: Some(g.request_id),
+            subject: if tombstone { String::new() } else { g.subject.clone() },
+            role: g.role.clone(),
+            scope: g.scope.clone(),
+            not_after: Some(g.not_after),
+            provider_ref: g.provider_ref.clone(),
+            tombstone,
+        })
+        .collect();
+    Ok(ManagedPage { grants, next })
 }
 
 /// The validation rules of the fakes (this provider and the http reference server): role,
@@ -187,11 +261,11 @@ pub(crate) enum FakeGrant {
 
 pub(crate) fn fake_grant(
     grants: &HashMap<Uuid, GrantRecord>,
-    tombstones: &HashSet<Uuid>,
+    tombstoned: bool,
     spec: &GrantSpec,
     now: DateTime<Utc>,
 ) -> FakeGrant {
-    if tombstones.contains(&spec.grant_id) {
+    if tombstoned {
         return FakeGrant::Tombstoned;
     }
     if let Some(existing) = grants.get(&spec.grant_id) {

@@ -13,10 +13,12 @@
 //! | `POST {base}/revoke` | [`GrantRecord`] | any; unknown grants are fine; the `grant_id` is tombstoned |
 //! | `POST {base}/inspect` | [`GrantRecord`] | [`InspectBody`] `{"state":"active"\|"gone"}` |
 //! | `POST {base}/credentials` | [`GrantRecord`] | [`Credentials`] for an active grant |
+//! | `POST {base}/list` | [`ListBody`] `{"page":null\|"<token>"}` | a [`ManagedPage`]: every grant and tombstone the integration keeps for jitsudo, a page at a time |
+//! | `POST {base}/forget` | [`ManagedGrant`] (a tombstone) | any; the tombstone may be dropped (its `not_after` has passed) |
 //!
 //! Every call carries [`SIGNATURE_HEADER`] `t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
 //! "<t>.<body>")>` (receivers reject it outside ±[`SIGNATURE_TOLERANCE`]) and
-//! [`IDEMPOTENCY_HEADER`] with the `grant_id`. Failures answer an [`ErrorBody`]; how statuses
+//! [`IDEMPOTENCY_HEADER`] with the `grant_id` (the nil UUID for `list`). Failures answer an [`ErrorBody`]; how statuses
 //! map: 400/404/422 invalid (`field` names the input), 401 signature rejected, 403 forbidden,
 //! 409 `tombstoned` (grant of a revoked `grant_id`, nothing granted) or a conflicting reuse
 //! of a `grant_id`, `not_active` (credentials for a grant that is not active), 429 throttled
@@ -35,7 +37,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::{Credentials, GrantRecord, GrantSpec, GrantState, Provider, ProviderError};
+use crate::{
+    Credentials, GrantRecord, GrantSpec, GrantState, ManagedGrant, ManagedPage, Provider,
+    ProviderError, ProviderInfo,
+};
 
 #[cfg(feature = "test-server")]
 pub mod server;
@@ -64,15 +69,19 @@ pub enum Op {
     Revoke,
     Inspect,
     Credentials,
+    List,
+    Forget,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [
+    pub const ALL: [Op; 7] = [
         Op::Validate,
         Op::Grant,
         Op::Revoke,
         Op::Inspect,
         Op::Credentials,
+        Op::List,
+        Op::Forget,
     ];
 
     /// The path segment under the base URL, also the name used in logs.
@@ -83,6 +92,8 @@ impl Op {
             Op::Revoke => "revoke",
             Op::Inspect => "inspect",
             Op::Credentials => "credentials",
+            Op::List => "list",
+            Op::Forget => "forget",
         }
     }
 }
@@ -104,6 +115,13 @@ pub struct ErrorBody {
     pub field: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// The body of a `list` call: `None` for the first page, else the `next` of the page before.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListBody {
+    #[serde(default)]
+    pub page: Option<String>,
 }
 
 /// The body of a successful `inspect` answer.
@@ -204,6 +222,30 @@ impl fmt::Debug for HttpProviderConfig {
             .field("secret", &"<redacted>")
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// `kind = "http"`: the keys of its `[[providers]]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `https://...` (plain http only for a loopback host).
+    pub base_url: String,
+    /// A file holding the HMAC secret shared with the integration.
+    pub secret_file: std::path::PathBuf,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl HttpConfig {
+    /// Reads the secret file and checks the rest.
+    pub fn build(&self, name: &str) -> Result<HttpProvider, String> {
+        let secret = crate::config::read_secret(&self.secret_file, "secret_file")?;
+        let mut cfg = HttpProviderConfig::new(name, self.base_url.clone(), secret);
+        if let Some(t) = self.timeout_seconds {
+            cfg = cfg.with_timeout(Duration::from_secs(t));
+        }
+        HttpProvider::new(cfg).map_err(|e| e.to_string())
     }
 }
 
@@ -507,6 +549,29 @@ impl Provider for HttpProvider {
     async fn credentials(&self, grant: &GrantRecord) -> Result<Credentials, ProviderError> {
         let body = self.call(Op::Credentials, grant.grant_id, grant).await?;
         self.decode("credentials", &body)
+    }
+
+    async fn list_managed(&self, page: Option<&str>) -> Result<ManagedPage, ProviderError> {
+        let request = ListBody {
+            page: page.map(str::to_owned),
+        };
+        let body = self.call(Op::List, Uuid::nil(), &request).await?;
+        self.decode("list", &body)
+    }
+
+    async fn forget(&self, tombstone: &ManagedGrant) -> Result<(), ProviderError> {
+        self.call(Op::Forget, tombstone.grant_id, tombstone)
+            .await
+            .map(drop)
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            kind: "http".into(),
+            roles: vec!["as the integration validates".into()],
+            scopes: vec!["as the integration validates".into()],
+            native_expiry: true,
+        }
     }
 }
 

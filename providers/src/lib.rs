@@ -15,9 +15,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod config;
 pub mod conformance;
 pub mod demo;
 pub mod http;
+pub mod identity;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+pub mod reconcile;
 pub mod registry;
 
 pub use registry::Registry;
@@ -106,6 +111,66 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// One grant as the provider lists it: what the reconciler compares with the store. Built
+/// from the provider's own labels, tags or names (`jitsudo-<grant_id>`), never from the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedGrant {
+    pub grant_id: Uuid,
+    /// The request the object says it belongs to, where the provider records it.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+    /// Who holds the access now ("" for a tombstone).
+    #[serde(default)]
+    pub subject: String,
+    pub role: String,
+    pub scope: String,
+    /// The end the object carries; `None` when the provider keeps none.
+    #[serde(default)]
+    pub not_after: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub provider_ref: String,
+    /// A revoke's marker that keeps the `grant_id` from being granted again; grants nothing.
+    #[serde(default)]
+    pub tombstone: bool,
+}
+
+impl ManagedGrant {
+    /// The record to revoke or inspect this grant with.
+    pub fn record(&self) -> GrantRecord {
+        GrantRecord {
+            grant_id: self.grant_id,
+            request_id: self.request_id.unwrap_or_default(),
+            subject: self.subject.clone(),
+            role: self.role.clone(),
+            scope: self.scope.clone(),
+            not_after: self.not_after.unwrap_or(DateTime::<Utc>::MAX_UTC),
+            provider_ref: self.provider_ref.clone(),
+        }
+    }
+}
+
+/// One page of [`Provider::list_managed`]; `next` continues it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedPage {
+    pub grants: Vec<ManagedGrant>,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// What a provider says about itself (`jitsudo server providers`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    /// `kubernetes`, `http`, `demo`, ...
+    pub kind: String,
+    /// The roles it accepts, in the provider's words ("any", a list, a pattern).
+    pub roles: Vec<String>,
+    /// The scopes it accepts.
+    pub scopes: Vec<String>,
+    /// Whether the cloud itself ends access at `not_after` (else the engine's expiry and the
+    /// reconciler do).
+    pub native_expiry: bool,
+}
+
 /// Whether retrying can help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,4 +257,12 @@ pub trait Provider: Send + Sync + 'static {
     async fn inspect(&self, grant: &GrantRecord) -> Result<GrantState, ProviderError>;
     /// Minted on demand for an active grant; never stored.
     async fn credentials(&self, grant: &GrantRecord) -> Result<Credentials, ProviderError>;
+    /// Every grant (and tombstone) this provider manages, one page at a time, found by the
+    /// provider's own markers. Cheap: one list call per page, no per-grant reads.
+    async fn list_managed(&self, page: Option<&str>) -> Result<ManagedPage, ProviderError>;
+    /// Removes a tombstone whose `not_after` has passed (the reconciler's clean-up); a
+    /// no-op for anything that is not a tombstone or is already gone.
+    async fn forget(&self, tombstone: &ManagedGrant) -> Result<(), ProviderError>;
+    /// Kind, accepted roles and scopes, and whether expiry is native.
+    fn info(&self) -> ProviderInfo;
 }

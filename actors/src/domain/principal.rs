@@ -18,6 +18,10 @@ pub struct Principal {
     /// Other subjects configured as this same person (`authz.same_person`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<String>,
+    /// The token's string claims, for identity mapping at create. Never stored: the mapped
+    /// principal is stored instead ([`crate::domain::Request::principal`]).
+    #[serde(skip)]
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 impl Principal {
@@ -29,6 +33,7 @@ impl Principal {
             groups: Vec::new(),
             trust_tier: 0,
             links: Vec::new(),
+            claims: Default::default(),
         }
     }
 

@@ -220,6 +220,10 @@ pub struct Request {
     #[serde(default)]
     pub ending: Option<EndingCause>,
     pub requester: Principal,
+    /// The requester as the provider knows them (identity mapping at create); `None` for
+    /// requests made before mapping existed, whose grants use the requester's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     pub spec: RequestSpec,
     pub decision: Decision,
     #[serde(default)]
@@ -286,12 +290,17 @@ impl Request {
         }
     }
 
+    /// Who the provider grants to: the mapped principal, or the subject for older requests.
+    pub fn cloud_principal(&self) -> &str {
+        self.principal.as_deref().unwrap_or(&self.requester.subject)
+    }
+
     /// The provider's view of a grant of this request.
     pub fn grant_spec(&self, grant: &GrantEntry) -> Option<jitsudo_providers::GrantSpec> {
         Some(jitsudo_providers::GrantSpec {
             grant_id: grant.grant_id,
             request_id: self.id.0,
-            subject: self.requester.subject.clone(),
+            subject: self.cloud_principal().to_owned(),
             role: self.spec.role.clone(),
             scope: self.spec.scope.clone(),
             not_after: self.not_after(grant)?,

@@ -216,6 +216,8 @@ pub enum NoticeKind {
     ExtensionFailed,
     /// A request was auto-approved by a policy its requester wrote.
     SelfBenefit,
+    /// The reconciler found a live grant deleted or changed at the provider.
+    GrantDrift,
 }
 
 impl NoticeKind {
@@ -237,6 +239,7 @@ impl NoticeKind {
             NoticeKind::ExtensionDenied => "extension.denied",
             NoticeKind::ExtensionFailed => "extension.failed",
             NoticeKind::SelfBenefit => "alert.self_benefit",
+            NoticeKind::GrantDrift => "alert.grant_drift",
         }
     }
 }
@@ -376,6 +379,7 @@ pub fn create(
         state: State::Pending,
         ending: None,
         requester: new.requester,
+        principal: None,
         spec: new.spec,
         decision,
         approvals: Vec::new(),

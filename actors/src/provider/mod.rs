@@ -5,7 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jitsudo_providers::{Credentials, GrantRecord, GrantSpec, GrantState, Provider, ProviderError};
+use jitsudo_providers::identity::IdentityMapping;
+use jitsudo_providers::registry::{DriftAction, Entry};
+use jitsudo_providers::{
+    Credentials, GrantRecord, GrantSpec, GrantState, ManagedGrant, ManagedPage, Provider,
+    ProviderError, ProviderInfo,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use rand::Rng;
@@ -67,6 +72,8 @@ pub enum Call {
     Revoke(GrantRecord),
     Inspect(GrantRecord),
     Credentials(GrantRecord),
+    List(Option<String>),
+    Forget(ManagedGrant),
 }
 
 impl Call {
@@ -77,6 +84,8 @@ impl Call {
             Call::Revoke(_) => "revoke",
             Call::Inspect(_) => "inspect",
             Call::Credentials(_) => "credentials",
+            Call::List(_) => "list",
+            Call::Forget(_) => "forget",
         }
     }
 }
@@ -87,6 +96,7 @@ pub enum Answer {
     Granted(GrantRecord),
     State(GrantState),
     Credentials(Credentials),
+    Page(ManagedPage),
 }
 
 #[derive(RactorMessage)]
@@ -97,6 +107,17 @@ pub enum ProviderMsg {
     },
 }
 
+/// The last call this node made to a provider, for `jitsudo server providers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastCall {
+    pub op: &'static str,
+    /// `ok`, `retryable`, `permanent` or `unknown`.
+    pub outcome: &'static str,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The error's message (never a secret: providers keep them out of errors).
+    pub error: Option<String>,
+}
+
 pub struct ProviderActor;
 
 pub struct ProviderArgs {
@@ -104,6 +125,7 @@ pub struct ProviderArgs {
     pub limits: ProviderLimits,
     pub stats: Arc<ActorStats>,
     pub registry: ActorRegistry,
+    pub last: Arc<std::sync::Mutex<Option<LastCall>>>,
 }
 
 pub struct ProviderState {
@@ -112,6 +134,7 @@ pub struct ProviderState {
     permits: Arc<Semaphore>,
     stats: Arc<ActorStats>,
     registry: ActorRegistry,
+    last: Arc<std::sync::Mutex<Option<LastCall>>>,
 }
 
 impl Actor for ProviderActor {
@@ -132,6 +155,7 @@ impl Actor for ProviderActor {
             limits: args.limits,
             stats: args.stats,
             registry: args.registry,
+            last: args.last,
         })
     }
 
@@ -155,6 +179,7 @@ impl Actor for ProviderActor {
         let provider = state.provider.clone();
         let permits = state.permits.clone();
         let timeout = state.limits.call_timeout;
+        let last = state.last.clone();
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
@@ -176,6 +201,14 @@ impl Actor for ProviderActor {
             metrics::histogram!(names::PROVIDER_CALL_SECONDS, "provider" => name.clone(), "op" => op)
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!(names::PROVIDER_CALLS, "provider" => name, "op" => op, "outcome" => outcome).increment(1);
+            if let Ok(mut l) = last.lock() {
+                *l = Some(LastCall {
+                    op,
+                    outcome,
+                    at: chrono::Utc::now(),
+                    error: res.as_ref().err().map(ToString::to_string),
+                });
+            }
             let _ = reply.send(res);
         });
         Ok(())
@@ -189,6 +222,8 @@ async fn run(p: &dyn Provider, call: Call) -> Result<Answer, ProviderError> {
         Call::Revoke(rec) => p.revoke(&rec).await.map(|_| Answer::Done),
         Call::Inspect(rec) => p.inspect(&rec).await.map(Answer::State),
         Call::Credentials(rec) => p.credentials(&rec).await.map(Answer::Credentials),
+        Call::List(page) => p.list_managed(page.as_deref()).await.map(Answer::Page),
+        Call::Forget(grant) => p.forget(&grant).await.map(|_| Answer::Done),
     }
 }
 
@@ -196,6 +231,13 @@ async fn run(p: &dyn Provider, call: Call) -> Result<Answer, ProviderError> {
 #[derive(Clone)]
 pub struct ProviderHandle {
     pub name: String,
+    /// How requesters become principals of this provider.
+    pub identity: Arc<IdentityMapping>,
+    /// What the reconciler does about drift here.
+    pub on_drift: DriftAction,
+    /// Kind, roles and scopes, as the provider describes itself.
+    pub info: ProviderInfo,
+    last: Arc<std::sync::Mutex<Option<LastCall>>>,
     actor: ActorRef<ProviderMsg>,
     stats: Arc<ActorStats>,
     limits: ProviderLimits,
@@ -203,22 +245,34 @@ pub struct ProviderHandle {
 
 impl ProviderHandle {
     pub async fn spawn(
-        provider: Arc<dyn Provider>,
+        entry: Entry,
         limits: ProviderLimits,
         registry: ActorRegistry,
         supervisor: ractor::ActorCell,
     ) -> Result<Self, ractor::SpawnErr> {
+        let Entry {
+            provider,
+            identity,
+            on_drift,
+        } = entry;
         let name = provider.name().to_owned();
+        let info = provider.info();
         let stats = ActorStats::new("provider", name.clone(), 0);
+        let last = Arc::new(std::sync::Mutex::new(None));
         let args = ProviderArgs {
             provider,
             limits: limits.clone(),
             stats: stats.clone(),
             registry,
+            last: last.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, ProviderActor, args, supervisor).await?;
         Ok(ProviderHandle {
             name,
+            identity,
+            on_drift,
+            info,
+            last,
             actor,
             stats,
             limits,
@@ -227,6 +281,11 @@ impl ProviderHandle {
 
     pub fn actor(&self) -> &ActorRef<ProviderMsg> {
         &self.actor
+    }
+
+    /// The last call this node made to the provider, if any.
+    pub fn last_call(&self) -> Option<LastCall> {
+        self.last.lock().ok().and_then(|l| l.clone())
     }
 
     async fn call(&self, call: Call) -> Result<Answer, ProviderError> {
@@ -281,6 +340,17 @@ impl ProviderHandle {
             Answer::Credentials(c) => Ok(c),
             other => Err(self.unexpected(other)),
         }
+    }
+
+    pub async fn list_managed(&self, page: Option<String>) -> Result<ManagedPage, ProviderError> {
+        match self.call(Call::List(page)).await? {
+            Answer::Page(p) => Ok(p),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    pub async fn forget(&self, grant: ManagedGrant) -> Result<(), ProviderError> {
+        self.call(Call::Forget(grant)).await.map(|_| ())
     }
 
     fn unexpected(&self, _got: Answer) -> ProviderError {

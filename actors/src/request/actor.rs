@@ -48,6 +48,9 @@ pub enum RequestMsg {
     Internal(Event),
     /// A back-off elapsed: issue this call again if the request still needs it.
     Retry(Effect),
+    /// The provider asked for this much quiet before the next call about this grant
+    /// (Retry-After); sent just before the failure it came with.
+    RetryAfter { grant_id: Uuid, after: Duration },
 }
 
 pub struct RequestActor;
@@ -79,6 +82,9 @@ pub struct RequestState {
     /// See [`RequestArgs::revoked`]; taken in `post_start`.
     revoked: Vec<Event>,
     record_slot: Option<OwnedSemaphorePermit>,
+    /// Retry-After of the last throttled call per grant: the next back-off waits at least
+    /// this long.
+    retry_after: std::collections::HashMap<Uuid, Duration>,
 }
 
 /// Deadline timer tasks, cancelled when replaced or dropped.
@@ -126,6 +132,7 @@ impl Actor for RequestActor {
             stopping: false,
             revoked: args.revoked,
             record_slot: args.record_slot,
+            retry_after: Default::default(),
         })
     }
 
@@ -197,6 +204,9 @@ impl Actor for RequestActor {
                 if let Err(e) = apply(&me, st, ev).await {
                     tracing::debug!(request = %st.req.id, error = %e, "internal event not applied");
                 }
+            }
+            RequestMsg::RetryAfter { grant_id, after } => {
+                st.retry_after.insert(grant_id, after);
             }
             RequestMsg::Retry(call) => {
                 st.retries = st.retries.saturating_sub(1);
@@ -474,7 +484,18 @@ fn run_effects(me: &ActorRef<RequestMsg>, st: &mut RequestState, effects: Vec<Ef
 
 fn retry_later(me: &ActorRef<RequestMsg>, st: &mut RequestState, call: Effect, attempt: u32) {
     st.retries += 1;
-    let delay = st.ctx.config.backoff.delay(attempt);
+    let asked = match &call {
+        Effect::CallGrant { grant_id } | Effect::CallRevoke { grant_id } => {
+            st.retry_after.remove(grant_id)
+        }
+        _ => None,
+    };
+    let delay = st
+        .ctx
+        .config
+        .backoff
+        .delay(attempt)
+        .max(asked.unwrap_or_default());
     let (me, stats) = (me.clone(), st.stats.clone());
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
@@ -496,7 +517,10 @@ fn spawn_call(
     };
     let (me, stats) = (me.clone(), stats.clone());
     tokio::spawn(async move {
-        let event = call.await;
+        let (event, retry_after) = call.await;
+        if let Some(after) = retry_after {
+            send(&me, &stats, RequestMsg::RetryAfter { grant_id, after });
+        }
         send(&me, &stats, RequestMsg::Internal(event));
     });
 }
@@ -509,7 +533,7 @@ pub(super) fn provider_call(
     req: &Request,
     grant_id: Uuid,
     grant: bool,
-) -> Option<impl Future<Output = Event> + Send + 'static> {
+) -> Option<impl Future<Output = (Event, Option<Duration>)> + Send + 'static> {
     let entry = req.grant(grant_id)?;
     let provider = ctx.providers.get(&req.spec.provider).cloned();
     let (spec, record) = (req.grant_spec(entry)?, req.grant_record(entry)?);
@@ -548,15 +572,21 @@ pub(super) fn provider_call(
                 None => Err(missing()),
             };
             return match res {
-                Ok(rec) => Event::GrantSucceeded {
-                    grant_id,
-                    provider_ref: rec.provider_ref,
-                },
-                Err(e) => Event::GrantFailed {
-                    grant_id,
-                    class: e.class(),
-                    message: e.to_string(),
-                },
+                Ok(rec) => (
+                    Event::GrantSucceeded {
+                        grant_id,
+                        provider_ref: rec.provider_ref,
+                    },
+                    None,
+                ),
+                Err(e) => (
+                    Event::GrantFailed {
+                        grant_id,
+                        class: e.class(),
+                        message: e.to_string(),
+                    },
+                    retry_after(&e),
+                ),
             };
         }
         let res = match &provider {
@@ -564,7 +594,7 @@ pub(super) fn provider_call(
             None => Err(missing()),
         };
         match res {
-            Ok(()) => Event::RevokeSucceeded { grant_id },
+            Ok(()) => (Event::RevokeSucceeded { grant_id }, None),
             Err(e) => {
                 // Past its absolute end the provider may have removed the grant natively.
                 let gone = match (&provider, ctx.now() >= not_after) {
@@ -572,17 +602,35 @@ pub(super) fn provider_call(
                     _ => false,
                 };
                 if gone {
-                    Event::GoneAtProvider {
-                        grant_id,
-                        evidence: format!("inspect: gone after not_after; revoke failed: {e}"),
-                    }
+                    (
+                        Event::GoneAtProvider {
+                            grant_id,
+                            evidence: format!("inspect: gone after not_after; revoke failed: {e}"),
+                        },
+                        None,
+                    )
                 } else {
-                    Event::RevokeFailed {
-                        grant_id,
-                        message: e.to_string(),
-                    }
+                    (
+                        Event::RevokeFailed {
+                            grant_id,
+                            message: e.to_string(),
+                        },
+                        retry_after(&e),
+                    )
                 }
             }
         }
     })
+}
+
+/// The quiet a throttling provider asked for, capped so that a hostile or confused answer
+/// cannot park a revoke for long.
+fn retry_after(e: &ProviderError) -> Option<Duration> {
+    match e {
+        ProviderError::Throttled {
+            retry_after: Some(d),
+            ..
+        } => Some((*d).min(Duration::from_secs(300))),
+        _ => None,
+    }
 }

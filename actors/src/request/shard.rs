@@ -354,7 +354,7 @@ impl ShardState {
             // A call that panicked reports nothing: the actor's expiry issues it again.
             let mut outcomes = Vec::new();
             while let Some(done) = running.join_next().await {
-                outcomes.extend(done.ok());
+                outcomes.extend(done.ok().map(|(event, _retry_after)| event));
             }
             // The actor starts when its records can be written: a burst's actor starts and
             // commits do not compete with its revokes.

@@ -10,6 +10,8 @@ use crate::domain::Timestamp;
 
 /// Lease id of the cluster's one AuditSequencer (request shards are numbered from 0).
 pub const AUDIT_LEASE: u32 = 1_000_000;
+/// The lease of the grant reconciler, the other cluster singleton.
+pub const RECONCILE_LEASE: u32 = 1_000_001;
 
 /// The last link of the chain.
 #[derive(Clone, Debug, PartialEq, Eq)]

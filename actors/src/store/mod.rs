@@ -11,6 +11,7 @@ mod postgres_admin;
 mod postgres_audit;
 mod postgres_cluster;
 mod postgres_outbox;
+mod postgres_reconcile;
 mod postgres_requests;
 mod rows;
 mod sqlite;
@@ -18,6 +19,7 @@ mod sqlite_admin;
 mod sqlite_audit;
 mod sqlite_cluster;
 mod sqlite_outbox;
+mod sqlite_reconcile;
 mod sqlite_requests;
 
 use std::path::PathBuf;
@@ -277,6 +279,35 @@ pub struct Lease {
     pub expires_at: Timestamp,
 }
 
+/// A reconciler finding to record: one audit event (not tied to a request version) and its
+/// notices, fenced by the reconcile lease.
+#[derive(Clone, Copy, Debug)]
+pub struct Finding<'a> {
+    pub kind: &'a str,
+    pub actor: &'a str,
+    pub request_id: Option<Uuid>,
+    pub details: &'a serde_json::Value,
+    pub outbox: &'a [OutboxRow],
+    pub node: &'a str,
+}
+
+/// The reconciler's last pass over one provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcilePass {
+    pub provider: String,
+    pub node: String,
+    /// When it ended, by the database clock.
+    pub at: Timestamp,
+    pub duration_ms: i64,
+    /// Managed grants and tombstones the provider listed.
+    pub listed: i64,
+    pub orphans: i64,
+    pub drift: i64,
+    pub tombstones: i64,
+    /// Why the pass failed, if it did (the provider's error, never a secret).
+    pub error: Option<String>,
+}
+
 /// The persistence contract; both backends pass one contract suite. The audit chain and
 /// the outbox have their own traits (`AuditStore`, `OutboxStore`).
 #[async_trait]
@@ -355,6 +386,29 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
         stuck: std::time::Duration,
         limit: u32,
     ) -> StoreResult<Vec<RequestId>>;
+
+    /// The requests that own any of these grant ids (the reconciler's view of what a
+    /// provider lists).
+    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>>;
+
+    /// ACTIVE requests of one provider after `after` (by id), at most `limit`: the grants
+    /// the reconciler expects to find.
+    async fn active_requests_of(
+        &self,
+        provider: &str,
+        after: Option<RequestId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Request>>;
+
+    /// Records a reconciler finding (audit event + outbox rows) in one transaction, only
+    /// while `fence` (the reconcile lease) holds; `Stale` otherwise.
+    async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write>;
+
+    /// Replaces the last pass of `pass.provider` (its `at` is set by the database clock).
+    async fn put_reconcile_pass(&self, pass: &ReconcilePass) -> StoreResult<()>;
+
+    /// The last pass of every provider the reconciler has looked at.
+    async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>>;
 
     /// Audit events of one request: its versions in order, then the events not tied to a
     /// version (such as `credentials.issued`) in time order.

@@ -454,6 +454,31 @@ impl Store for PgStore {
         self.write(fence, p, false).await
     }
 
+    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
+        super::postgres_reconcile::requests_by_grant(self, grant_ids).await
+    }
+
+    async fn active_requests_of(
+        &self,
+        provider: &str,
+        after: Option<RequestId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Request>> {
+        super::postgres_reconcile::active_requests_of(self, provider, after, limit).await
+    }
+
+    async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write> {
+        super::postgres_reconcile::record_finding(self, fence, finding).await
+    }
+
+    async fn put_reconcile_pass(&self, pass: &ReconcilePass) -> StoreResult<()> {
+        super::postgres_reconcile::put_pass(self, pass).await
+    }
+
+    async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
+        super::postgres_reconcile::passes(self).await
+    }
+
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1"

@@ -601,6 +601,31 @@ impl Store for SqliteStore {
         self.write(fence, p, false).await
     }
 
+    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
+        super::sqlite_reconcile::requests_by_grant(self, grant_ids).await
+    }
+
+    async fn active_requests_of(
+        &self,
+        provider: &str,
+        after: Option<RequestId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Request>> {
+        super::sqlite_reconcile::active_requests_of(self, provider, after, limit).await
+    }
+
+    async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write> {
+        super::sqlite_reconcile::record_finding(self, fence, finding).await
+    }
+
+    async fn put_reconcile_pass(&self, pass: &ReconcilePass) -> StoreResult<()> {
+        super::sqlite_reconcile::put_pass(self, pass).await
+    }
+
+    async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
+        super::sqlite_reconcile::passes(self).await
+    }
+
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"

@@ -27,6 +27,8 @@ pub struct Identity {
     pub email_verified: bool,
     pub groups: Vec<String>,
     pub expires_at: DateTime<Utc>,
+    /// The token's string-valued claims (for identity mapping: `{claim:oid}`).
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 /// Validates bearer tokens for one issuer; build once and share (it holds the key cache and
@@ -263,12 +265,21 @@ fn identity_from_claims(
     };
     // Only a JSON `true` counts: a string "true" or anything else is unverified.
     let email_verified = matches!(claims.get("email_verified"), Some(Value::Bool(true)));
+    // Only short string claims: identity mapping needs names, never documents.
+    let strings = claims
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) if s.len() <= 256 => Some((k.clone(), s.clone())),
+            _ => None,
+        })
+        .collect();
     Ok(Identity {
         subject,
         email,
         email_verified,
         groups,
         expires_at,
+        claims: strings,
     })
 }
 

@@ -421,20 +421,8 @@ impl Jitsudo {
         config.audit.checkpoint_every = 5;
         config.audit.checkpoint_interval_seconds = 1;
         config.providers = vec![
-            ProviderConfig {
-                name: "demo".into(),
-                kind: "demo".into(),
-                base_url: None,
-                secret_file: None,
-                timeout_seconds: None,
-            },
-            ProviderConfig {
-                name: "cloud".into(),
-                kind: "http".into(),
-                base_url: Some(cloud.base_url()),
-                secret_file: Some(secret_file),
-                timeout_seconds: Some(5),
-            },
+            ProviderConfig::demo("demo"),
+            ProviderConfig::http("cloud", cloud.base_url(), secret_file, Some(5)),
         ];
         tweak(&mut config);
 

@@ -120,13 +120,7 @@ impl Jitsudod {
                 config.audit.signing_key = Some(audit_key);
                 config.audit.checkpoint_every = 5;
                 config.audit.checkpoint_interval_seconds = 1;
-                config.providers = vec![ProviderConfig {
-                    name: "demo".into(),
-                    kind: "demo".into(),
-                    base_url: None,
-                    secret_file: None,
-                    timeout_seconds: None,
-                }];
+                config.providers = vec![ProviderConfig::demo("demo")];
                 let server = Server::build(config, None)
                     .await
                     .expect("jitsudod builds on PostgreSQL");

@@ -4,7 +4,7 @@
 //! of every call, and fault injection. Each call is decided and logged atomically under one
 //! lock (never held across an await), so concurrent callers see a consistent cloud.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,9 +22,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::{ErrorBody, InspectBody, Op, SIGNATURE_HEADER, verify_signature};
-use crate::demo::{FakeGrant, check_fake_rules, fake_grant};
-use crate::{Credentials, GrantRecord, GrantSpec, GrantState};
+use super::{ErrorBody, InspectBody, ListBody, Op, SIGNATURE_HEADER, verify_signature};
+use crate::demo::{FakeGrant, check_fake_rules, fake_grant, fake_list};
+use crate::{Credentials, GrantRecord, GrantSpec, GrantState, ManagedGrant};
 
 /// The fake token in every credential this server mints.
 pub const FAKE_TOKEN_VAR: &str = "FAKE_CLOUD_TOKEN";
@@ -84,6 +84,10 @@ pub enum Outcome {
     CredentialsIssued,
     /// Credentials were refused: the grant is not active (404 not_active).
     NotActive,
+    /// A page of managed grants was answered.
+    Listed,
+    /// A tombstone was removed (or there was none).
+    Forgotten,
 }
 
 /// One call as the server saw it.
@@ -139,7 +143,7 @@ impl Faults {
 #[derive(Default)]
 struct Cloud {
     grants: HashMap<Uuid, GrantRecord>,
-    tombstones: HashSet<Uuid>,
+    tombstones: HashMap<Uuid, GrantRecord>,
     events: Vec<ServerEvent>,
     faults: Faults,
     next_ref: u64,
@@ -312,7 +316,7 @@ impl TestServer {
     }
 
     pub fn is_tombstoned(&self, grant_id: Uuid) -> bool {
-        self.shared.lock().tombstones.contains(&grant_id)
+        self.shared.lock().tombstones.contains_key(&grant_id)
     }
 
     /// The next `n` calls of `op` fail with `kind` (after any faults queued before).
@@ -467,7 +471,7 @@ fn decide(shared: &Shared, op: Op, headers: &HeaderMap, body: &[u8]) -> (Reply, 
             return (reply, None);
         }
     };
-    let grant_id = Some(input.grant_id());
+    let grant_id = input.grant_id();
     let fault = cloud.faults.take(op);
     match fault.clone() {
         Some(FailureKind::Status(code)) => {
@@ -522,6 +526,8 @@ enum Input {
     Revoke(GrantRecord),
     Inspect(GrantRecord),
     Credentials(GrantRecord),
+    List(ListBody),
+    Forget(ManagedGrant),
 }
 
 impl Input {
@@ -532,15 +538,19 @@ impl Input {
             Op::Revoke => Input::Revoke(serde_json::from_slice(body)?),
             Op::Inspect => Input::Inspect(serde_json::from_slice(body)?),
             Op::Credentials => Input::Credentials(serde_json::from_slice(body)?),
+            Op::List => Input::List(serde_json::from_slice(body)?),
+            Op::Forget => Input::Forget(serde_json::from_slice(body)?),
         })
     }
 
-    fn grant_id(&self) -> Uuid {
+    fn grant_id(&self) -> Option<Uuid> {
         match self {
-            Input::Validate(spec) | Input::Grant(spec) => spec.grant_id,
+            Input::Validate(spec) | Input::Grant(spec) => Some(spec.grant_id),
             Input::Revoke(record) | Input::Inspect(record) | Input::Credentials(record) => {
-                record.grant_id
+                Some(record.grant_id)
             }
+            Input::Forget(grant) => Some(grant.grant_id),
+            Input::List(_) => None,
         }
     }
 }
@@ -566,7 +576,12 @@ fn apply(cloud: &mut Cloud, input: Input, now: DateTime<Utc>) -> (Outcome, Reply
                 ),
             ),
         },
-        Input::Grant(spec) => match fake_grant(&cloud.grants, &cloud.tombstones, &spec, now) {
+        Input::Grant(spec) => match fake_grant(
+            &cloud.grants,
+            cloud.tombstones.contains_key(&spec.grant_id),
+            &spec,
+            now,
+        ) {
             FakeGrant::Tombstoned => (
                 Outcome::Tombstoned,
                 Reply::error(
@@ -601,7 +616,7 @@ fn apply(cloud: &mut Cloud, input: Input, now: DateTime<Utc>) -> (Outcome, Reply
             }
         },
         Input::Revoke(record) => {
-            cloud.tombstones.insert(record.grant_id);
+            cloud.tombstones.insert(record.grant_id, record.clone());
             let removed = cloud
                 .grants
                 .remove(&record.grant_id)
@@ -652,5 +667,23 @@ fn apply(cloud: &mut Cloud, input: Input, now: DateTime<Utc>) -> (Outcome, Reply
                 ),
             ),
         },
+        Input::List(body) => {
+            match fake_list(&cloud.grants, &cloud.tombstones, body.page.as_deref(), now) {
+                Ok(page) => (Outcome::Listed, Reply::ok(&page)),
+                Err((field, reason)) => (
+                    Outcome::Invalid,
+                    Reply::error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid",
+                        Some(field),
+                        reason,
+                    ),
+                ),
+            }
+        }
+        Input::Forget(grant) => {
+            cloud.tombstones.remove(&grant.grant_id);
+            (Outcome::Forgotten, Reply::ok(&serde_json::json!({})))
+        }
     }
 }
