@@ -3,8 +3,12 @@
 //! [`postgres()`] hands every test its own fresh database: in the server named by
 //! `DATABASE_URL` when set, else in a private cluster that testkit starts once per test
 //! process from the installed `initdb`/`pg_ctl` (temp dir, free port) and stops at exit.
+//! [`fakes`] holds faithful fakes of the cloud APIs (Kubernetes RBAC first);
+//! [`python::venv`] provides pinned Python tools for cross-checking them with real clients.
 
+pub mod fakes;
 mod postgres;
+pub mod python;
 
 pub use postgres::{PrivatePostgres, TestDatabase, postgres};
 

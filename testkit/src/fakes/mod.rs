@@ -1,0 +1,4 @@
+//! Faithful fakes of the external systems jitsudo drives, one module per system, each beside a
+//! note of the documented behaviour it models and what it leaves out.
+
+pub mod kubernetes;

@@ -1,0 +1,3 @@
+//! testkit's integration tests, one binary (one link on two cores).
+
+mod kube_fake;
