@@ -211,10 +211,9 @@ impl ProviderSection {
         }
         let provider: Arc<dyn Provider> = match &self.kind {
             KindConfig::Demo(_) => Arc::new(demo::DemoProvider::with_name(&self.name)),
-            KindConfig::Http(c) => Arc::new(
-                c.build(&self.name)
-                    .map_err(|m| self.error(m.to_string()))?,
-            ),
+            KindConfig::Http(c) => {
+                Arc::new(c.build(&self.name).map_err(|m| self.error(m.to_string()))?)
+            }
             #[cfg(feature = "kubernetes")]
             KindConfig::Kubernetes(c) => Arc::new(
                 crate::kubernetes::KubernetesProvider::from_config(&self.name, c)
@@ -236,8 +235,8 @@ fn parse<T: DeserializeOwned>(rest: toml::Value) -> Result<T, toml::de::Error> {
 
 /// Reads a secret file: its content without the trailing newline; never echoed in errors.
 pub fn read_secret(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
     let trimmed = bytes.trim_ascii_end();
     if trimmed.is_empty() {
         return Err(format!("{what} {} is empty", path.display()));

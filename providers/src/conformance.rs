@@ -324,12 +324,20 @@ pub async fn listing_shows_a_grant_as_granted(provider: &dyn Provider, t: &SpecT
     assert!(!g.tombstone);
     assert_eq!(
         (g.subject.as_str(), g.role.as_str(), g.scope.as_str()),
-        (spec.subject.as_str(), spec.role.as_str(), spec.scope.as_str())
+        (
+            spec.subject.as_str(),
+            spec.role.as_str(),
+            spec.scope.as_str()
+        )
     );
     assert_eq!(g.request_id, Some(spec.request_id));
     // Providers may store not_after at second precision.
     let not_after = g.not_after.expect("a listed grant carries its not_after");
-    assert!((not_after - spec.not_after).num_seconds().abs() <= 1, "{not_after} vs {}", spec.not_after);
+    assert!(
+        (not_after - spec.not_after).num_seconds().abs() <= 1,
+        "{not_after} vs {}",
+        spec.not_after
+    );
 }
 
 pub async fn an_orphan_is_reaped_in_one_pass(provider: &dyn Provider, t: &SpecTemplate) {
@@ -347,12 +355,21 @@ pub async fn an_orphan_is_reaped_in_one_pass(provider: &dyn Provider, t: &SpecTe
             _ => None,
         })
         .collect();
-    assert!(reaped.contains(&(orphan.grant_id, OrphanCause::UnknownToStore)), "{found:?}");
-    assert!(!reaped.iter().any(|(id, _)| *id == kept.grant_id), "{found:?}");
+    assert!(
+        reaped.contains(&(orphan.grant_id, OrphanCause::UnknownToStore)),
+        "{found:?}"
+    );
+    assert!(
+        !reaped.iter().any(|(id, _)| *id == kept.grant_id),
+        "{found:?}"
+    );
     assert_eq!(state(provider, &orphan_record).await, GrantState::Gone);
     assert_eq!(state(provider, &kept_record).await, GrantState::Active);
     // The orphan's grant_id is tombstoned like any revoke.
-    assert!(matches!(provider.grant(&orphan).await, Err(ProviderError::Tombstoned { .. })));
+    assert!(matches!(
+        provider.grant(&orphan).await,
+        Err(ProviderError::Tombstoned { .. })
+    ));
 }
 
 pub async fn drift_is_reported(provider: &dyn Provider, t: &SpecTemplate) {
@@ -382,11 +399,17 @@ pub async fn a_late_grant_after_revoke_is_never_applied(provider: &dyn Provider,
     let spec = t.spec(LIFETIME);
     revoked(provider, &GrantRecord::from_spec(&spec)).await;
     let late = provider.grant(&spec).await;
-    assert!(matches!(late, Err(ProviderError::Tombstoned { .. })), "{late:?}");
+    assert!(
+        matches!(late, Err(ProviderError::Tombstoned { .. })),
+        "{late:?}"
+    );
     let expected = BTreeMap::from([(spec.grant_id, Expected::Ended)]);
     pass(provider, &expected, &[]).await;
     let found = listed(provider, spec.grant_id).await;
-    assert!(found.iter().all(|g| g.tombstone), "a late grant is listed as live: {found:?}");
+    assert!(
+        found.iter().all(|g| g.tombstone),
+        "a late grant is listed as live: {found:?}"
+    );
     assert_eq!(
         state(provider, &GrantRecord::from_spec(&spec)).await,
         GrantState::Gone
@@ -405,16 +428,22 @@ pub async fn tombstones_are_forgotten_after_not_after(provider: &dyn Provider, t
             "the tombstone went before its not_after"
         );
     }
-    let wait = (spec.not_after - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+    let wait = (spec.not_after - Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO)
         + Duration::from_millis(1100);
     tokio::time::sleep(wait).await;
     let found = pass(provider, &expected, &[]).await;
     assert!(
-        found.iter().any(|f| matches!(f, Finding::ExpiredTombstone { grant } if grant.grant_id == spec.grant_id))
-            || listed(provider, spec.grant_id).await.is_empty(),
+        found.iter().any(
+            |f| matches!(f, Finding::ExpiredTombstone { grant } if grant.grant_id == spec.grant_id)
+        ) || listed(provider, spec.grant_id).await.is_empty(),
         "{found:?}"
     );
-    assert!(listed(provider, spec.grant_id).await.is_empty(), "the tombstone is still there");
+    assert!(
+        listed(provider, spec.grant_id).await.is_empty(),
+        "the tombstone is still there"
+    );
 }
 
 pub async fn revoke_of_one_of_two_overlapping_grants_leaves_the_other_active(

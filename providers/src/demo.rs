@@ -197,8 +197,12 @@ pub(crate) fn fake_list(
 ) -> Result<ManagedPage, (&'static str, String)> {
     let after = page
         .map(|p| {
-            p.parse::<Uuid>()
-                .map_err(|_| ("page", format!("{p:?} is not a page token of this provider")))
+            p.parse::<Uuid>().map_err(|_| {
+                (
+                    "page",
+                    format!("{p:?} is not a page token of this provider"),
+                )
+            })
         })
         .transpose()?;
     let live = grants
@@ -213,13 +217,19 @@ pub(crate) fn fake_list(
     all.sort_by_key(|(g, _)| g.grant_id);
     let more = all.len() > FAKE_PAGE;
     all.truncate(FAKE_PAGE);
-    let next = more.then(|| all.last().map(|(g, _)| g.grant_id.to_string())).flatten();
+    let next = more
+        .then(|| all.last().map(|(g, _)| g.grant_id.to_string()))
+        .flatten();
     let grants = all
         .into_iter()
         .map(|(g, tombstone)| ManagedGrant {
             grant_id: g.grant_id,
             request_id: Some(g.request_id),
-            subject: if tombstone { String::new() } else { g.subject.clone() },
+            subject: if tombstone {
+                String::new()
+            } else {
+                g.subject.clone()
+            },
             role: g.role.clone(),
             scope: g.scope.clone(),
             not_after: Some(g.not_after),

@@ -145,8 +145,7 @@ impl IdentityMapping {
                     (_, Some(e)) => out.push_str(e),
                     (Some(_), None) => {
                         return Err(unmappable(
-                            "the token's email is not verified (email_verified is not true)"
-                                .into(),
+                            "the token's email is not verified (email_verified is not true)".into(),
                         ));
                     }
                     (None, None) => return Err(unmappable("the token has no email claim".into())),

@@ -271,7 +271,9 @@ mod tests {
             })
             .collect();
         assert_eq!(drifts.len(), 2, "{drifts:?}");
-        assert!(matches!(drifts[0], (id, Drift::Changed { field: "subject", found, .. }) if id == ids[4] && found == "mallory"));
+        assert!(
+            matches!(drifts[0], (id, Drift::Changed { field: "subject", found, .. }) if id == ids[4] && found == "mallory")
+        );
         assert_eq!(drifts[1], (missing, &Drift::Missing));
         let tombstones: Vec<Uuid> = found
             .iter()

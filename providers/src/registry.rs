@@ -80,7 +80,9 @@ impl Registry {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Provider>)> {
-        self.providers.iter().map(|(k, v)| (k.as_str(), &v.provider))
+        self.providers
+            .iter()
+            .map(|(k, v)| (k.as_str(), &v.provider))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {

@@ -39,6 +39,8 @@ const PAGE_SIZE: u32 = 100;
 /// Read-modify-write rounds before a write that keeps conflicting is given up (retryable).
 const WRITE_ROUNDS: u32 = 6;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of a 429/503/504 inside one call (each after Retry-After, or a short back-off).
+const IN_CALL_RETRIES: u32 = 2;
 
 /// The binding name of a grant: the idempotency key of every call about it.
 pub fn binding_name(grant_id: Uuid) -> String {
@@ -225,11 +227,25 @@ impl KubernetesProvider {
         kube_config.connect_timeout = Some(timeout);
         kube_config.read_timeout = Some(timeout);
         kube_config.write_timeout = Some(timeout);
-        // The engine retries with its own back-off (honouring Retry-After) and shows why in
-        // the request's status; a hidden second retry loop would only hold the call longer.
+        // kube's default retries 15 times over up to 1000 s: far past any call timeout.
+        // Instead a throttled or unavailable call is retried twice inside the call, waiting
+        // what Retry-After asks (API Priority and Fairness sends it with a text body, so it
+        // never reaches a Status); past that the engine's own back-off takes over and the
+        // request's status shows why.
         kube_config.default_retry = false;
-        let client = kube::Client::try_from(kube_config)
-            .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
+        let retry = kube::client::retry::RetryPolicy::new(
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+            IN_CALL_RETRIES,
+            true,
+        )
+        .map_err(|e| format!("cannot build the retry policy: {e}"))?;
+        let client = kube::client::ClientBuilder::try_from(kube_config)
+            .map_err(|e| format!("cannot build the Kubernetes client: {e}"))?
+            // Retrying needs a service it can clone: a buffer in front of kube's stack.
+            .with_layer(&tower::buffer::BufferLayer::new(256))
+            .with_layer(&tower::retry::RetryLayer::new(retry))
+            .build();
         Ok(Self::new(name, client, c.clone()))
     }
 
@@ -303,7 +319,12 @@ impl KubernetesProvider {
         Ok((target, role))
     }
 
-    fn labels(&self, grant_id: Uuid, request_id: Uuid, tombstone: bool) -> BTreeMap<String, String> {
+    fn labels(
+        &self,
+        grant_id: Uuid,
+        request_id: Uuid,
+        tombstone: bool,
+    ) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::from([
             (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
             (LABEL_GRANT_ID.to_owned(), grant_id.to_string()),
@@ -335,7 +356,7 @@ impl KubernetesProvider {
                 ANNOTATION_NOT_AFTER.to_owned(),
                 record
                     .not_after
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             )])),
             ..ObjectMeta::default()
         };
@@ -471,20 +492,24 @@ impl KubernetesProvider {
                     labels.insert(LABEL_TOMBSTONE.to_owned(), "true".to_owned());
                     labels.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
                     labels.insert(LABEL_GRANT_ID.to_owned(), record.grant_id.to_string());
-                    let keep_until = not_after_of(&b)
-                        .map_or(record.not_after, |t| t.max(record.not_after));
+                    let keep_until =
+                        not_after_of(&b).map_or(record.not_after, |t| t.max(record.not_after));
                     b.meta_mut()
                         .annotations
                         .get_or_insert_with(BTreeMap::new)
                         .insert(
                             ANNOTATION_NOT_AFTER.to_owned(),
-                            keep_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            keep_until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                         );
-                    api.replace(&name, &PostParams::default(), &b).await.map(drop)
+                    api.replace(&name, &PostParams::default(), &b)
+                        .await
+                        .map(drop)
                 }
                 None => {
                     let tombstone: B = self.binding(record, target, &role, true);
-                    api.create(&PostParams::default(), &tombstone).await.map(drop)
+                    api.create(&PostParams::default(), &tombstone)
+                        .await
+                        .map(drop)
                 }
             };
             match result {
@@ -522,12 +547,18 @@ impl KubernetesProvider {
     async fn state(&self, grant: &GrantRecord) -> Result<GrantState, ProviderError> {
         match target_of(&grant.scope) {
             Target::Namespace(ns) => {
-                self.state_in(&Api::<RoleBinding>::namespaced(self.client.clone(), &ns), grant.grant_id)
-                    .await
+                self.state_in(
+                    &Api::<RoleBinding>::namespaced(self.client.clone(), &ns),
+                    grant.grant_id,
+                )
+                .await
             }
             Target::Cluster => {
-                self.state_in(&Api::<ClusterRoleBinding>::all(self.client.clone()), grant.grant_id)
-                    .await
+                self.state_in(
+                    &Api::<ClusterRoleBinding>::all(self.client.clone()),
+                    grant.grant_id,
+                )
+                .await
             }
         }
     }
@@ -578,7 +609,11 @@ impl KubernetesProvider {
         Ok((grants, next))
     }
 
-    async fn forget_in<B: Binding>(&self, api: &Api<B>, grant_id: Uuid) -> Result<(), ProviderError> {
+    async fn forget_in<B: Binding>(
+        &self,
+        api: &Api<B>,
+        grant_id: Uuid,
+    ) -> Result<(), ProviderError> {
         let name = binding_name(grant_id);
         let Some(b) = api
             .get_opt(&name)
@@ -612,7 +647,8 @@ fn namespace_allowed(allowed: &[String], ns: &str) -> bool {
 fn role_name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:".contains(c))
         && !s.starts_with(['-', '.'])
         && !s.ends_with(['-', '.'])
 }
@@ -625,14 +661,18 @@ fn namespace_pattern_ok(n: &str) -> bool {
     };
     !stem.is_empty()
         && stem.len() <= 63
-        && stem.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !stem.starts_with('-')
         && (prefix || !stem.ends_with('-'))
 }
 
 fn check(c: &KubernetesConfig) -> Result<(), String> {
     if c.roles.is_empty() {
-        return Err("roles is required: the ClusterRoles (or Role/NAME) this provider may grant".into());
+        return Err(
+            "roles is required: the ClusterRoles (or Role/NAME) this provider may grant".into(),
+        );
     }
     for r in &c.roles {
         if !role_name_ok(r.strip_prefix("Role/").unwrap_or(r)) {
@@ -704,7 +744,10 @@ impl Provider for KubernetesProvider {
         if spec.not_after <= Utc::now() {
             return Err(self.invalid(
                 "not_after",
-                format!("{} is already in the past: nothing was granted", spec.not_after),
+                format!(
+                    "{} is already in the past: nothing was granted",
+                    spec.not_after
+                ),
             ));
         }
         match &target {
@@ -755,19 +798,14 @@ impl Provider for KubernetesProvider {
         if let Some(ctx) = &self.config.user_context {
             env.insert("JITSUDO_KUBE_CONTEXT".to_owned(), ctx.clone());
         }
-        let how = match (&self.config.user_context, grant.scope.as_str()) {
-            (Some(ctx), CLUSTER_SCOPE) => format!("kubectl --context {ctx}"),
-            (Some(ctx), ns) => format!("kubectl --context {ctx} -n {ns}"),
-            (None, CLUSTER_SCOPE) => "kubectl".to_owned(),
-            (None, ns) => format!("kubectl -n {ns}"),
-        };
         Ok(Credentials {
             env,
             expires_at: grant.not_after,
-            notice: Some(format!(
-                "no credentials are minted for Kubernetes: your own identity now holds {} (use {how})",
-                grant.role
-            )),
+            // The values stay in `env` only: the notice is shown (and logged) as it is.
+            notice: Some(
+                "no credentials are minted for Kubernetes: your own identity holds the role until the grant ends; use kubectl --context \"$JITSUDO_KUBE_CONTEXT\" -n \"$JITSUDO_KUBE_NAMESPACE\""
+                    .into(),
+            ),
         })
     }
 
@@ -863,7 +901,10 @@ mod tests {
     fn configuration_faults_name_the_key() {
         assert!(check(&config(&["team-a", "dev-*"], false)).is_ok());
         let e = check(&config(&[], false)).unwrap_err();
-        assert!(e.contains("namespaces") && e.contains("allow_cluster_scope"), "{e}");
+        assert!(
+            e.contains("namespaces") && e.contains("allow_cluster_scope"),
+            "{e}"
+        );
         let mut c = config(&["Team_A"], false);
         assert!(check(&c).unwrap_err().contains("namespaces"));
         c = config(&["a"], false);

@@ -25,7 +25,10 @@ pub(super) fn map(provider: &str, what: &str, call: Call, e: kube::Error) -> Pro
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .take(MAX_MESSAGE)
                 .collect();
-            let reason = format!("{what}: {} ({}, HTTP {})", message, status.reason, status.code);
+            let reason = format!(
+                "{what}: {} ({}, HTTP {})",
+                message, status.reason, status.code
+            );
             match (status.reason.as_str(), status.code) {
                 ("Unauthorized", _) | (_, 401) => ProviderError::Forbidden {
                     provider,
@@ -43,14 +46,16 @@ pub(super) fn map(provider: &str, what: &str, call: Call, e: kube::Error) -> Pro
                         .filter(|s| *s > 0)
                         .map(|s| Duration::from_secs(u64::from(s))),
                 },
-                ("NotFound", _) | ("Invalid", _) | ("BadRequest", _) | ("AlreadyExists", _)
-                | ("MethodNotAllowed", _) | ("UnsupportedMediaType", _) => {
-                    ProviderError::Invalid {
-                        provider,
-                        field: "request",
-                        reason,
-                    }
-                }
+                ("NotFound", _)
+                | ("Invalid", _)
+                | ("BadRequest", _)
+                | ("AlreadyExists", _)
+                | ("MethodNotAllowed", _)
+                | ("UnsupportedMediaType", _) => ProviderError::Invalid {
+                    provider,
+                    field: "request",
+                    reason,
+                },
                 ("Conflict", _) => ProviderError::Unavailable { provider, reason },
                 // A write the server timed out on, or failed inside, may have been applied.
                 ("Timeout" | "ServerTimeout" | "InternalError", _) | (_, 500 | 504)
@@ -58,7 +63,8 @@ pub(super) fn map(provider: &str, what: &str, call: Call, e: kube::Error) -> Pro
                 {
                     ProviderError::Unknown { provider, reason }
                 }
-                (_, 500..=599) | ("ServiceUnavailable" | "Timeout" | "ServerTimeout" | "InternalError", _) => {
+                (_, 500..=599)
+                | ("ServiceUnavailable" | "Timeout" | "ServerTimeout" | "InternalError", _) => {
                     ProviderError::Unavailable { provider, reason }
                 }
                 _ => ProviderError::Invalid {

@@ -4,5 +4,7 @@
 mod conformance;
 mod demo;
 mod http;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod server;
 mod support;
