@@ -258,6 +258,10 @@ pub struct LimitsConfig {
     /// Failed authentications per client address and minute before that address is
     /// refused for a while; 0: no limit.
     pub auth_failures_per_minute: u32,
+    /// How long after approval a grant may keep being retried (a cloud that throttles or
+    /// is down) before the request fails. Every grant's absolute end is approval + this +
+    /// the duration, so it also bounds how long a revoked grant's tombstone is kept.
+    pub grant_timeout_seconds: u64,
 }
 
 impl Default for LimitsConfig {
@@ -269,6 +273,7 @@ impl Default for LimitsConfig {
             max_live_requests_per_principal: 25,
             mutations_per_minute: 120,
             auth_failures_per_minute: 60,
+            grant_timeout_seconds: 300,
         }
     }
 }

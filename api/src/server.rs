@@ -215,6 +215,12 @@ impl Server {
             admin_groups: config.authz.admin_groups.clone(),
             break_glass_cooldown: Duration::from_secs(config.limits.break_glass_cooldown_seconds),
             max_live_per_requester: config.limits.max_live_requests_per_principal.max(0),
+            rules: jitsudo_actors::domain::Rules {
+                grant_timeout: chrono::Duration::seconds(
+                    i64::try_from(config.limits.grant_timeout_seconds.max(1)).unwrap_or(300),
+                ),
+                ..jitsudo_actors::domain::Rules::default()
+            },
             reconcile: Some(jitsudo_actors::reconcile::ReconcileConfig {
                 interval: Duration::from_secs(config.node.reconcile_interval_seconds.max(1)),
             }),

@@ -4,6 +4,7 @@ mod admin;
 mod authz;
 mod fuzz;
 mod harness;
+mod kubernetes;
 mod limits;
 mod policy_audit;
 mod refusals;
