@@ -189,8 +189,7 @@ impl ReconcilerState {
             self.last_pass = None;
             return Ok(true);
         }
-        self.stats
-            .set_state("standby (another node reconciles)");
+        self.stats.set_state("standby (another node reconciles)");
         Ok(false)
     }
 
@@ -267,7 +266,11 @@ impl ReconcilerState {
                 .await
                 .map_err(|e| format!("reading the store: {e}"))?;
             for req in &page {
-                for g in req.grants.iter().filter(|g| g.status == GrantStatus::Active) {
+                for g in req
+                    .grants
+                    .iter()
+                    .filter(|g| g.status == GrantStatus::Active)
+                {
                     if let Expected::Live(e) = expectation(req, g.grant_id) {
                         out.push(e);
                     }
@@ -329,8 +332,9 @@ impl ReconcilerState {
                     return Ok(());
                 }
                 let what = match &drift {
-                    Drift::Missing => "the grant is gone at the provider (deleted out of band)"
-                        .to_owned(),
+                    Drift::Missing => {
+                        "the grant is gone at the provider (deleted out of band)".to_owned()
+                    }
                     Drift::Changed {
                         field,
                         expected,
@@ -357,7 +361,8 @@ impl ReconcilerState {
                 )
                 .await?;
                 tally.drift += 1;
-                metrics::counter!(names::RECONCILE_DRIFT, "provider" => h.name.clone()).increment(1);
+                metrics::counter!(names::RECONCILE_DRIFT, "provider" => h.name.clone())
+                    .increment(1);
                 tracing::warn!(provider = %h.name, grant = %expected.grant_id, %what, "grant drift detected");
                 if h.on_drift == jitsudo_providers::registry::DriftAction::End {
                     self.end(expected.request_id, &what).await;
@@ -405,8 +410,7 @@ impl ReconcilerState {
             by,
             reason: format!("drift: {what}"),
         };
-        if let Err(e) =
-            crate::mesh::route(ctx, &self.args.shards, RequestId(request_id), cmd).await
+        if let Err(e) = crate::mesh::route(ctx, &self.args.shards, RequestId(request_id), cmd).await
         {
             tracing::warn!(request = %request_id, error = %e, "could not end a drifted request");
         }
@@ -439,7 +443,8 @@ fn expectation(req: &Request, grant_id: Uuid) -> Expected {
     let Some(g) = req.grant(grant_id) else {
         return Expected::InFlight;
     };
-    if req.state.is_terminal() || matches!(g.status, GrantStatus::Revoked | GrantStatus::Abandoned) {
+    if req.state.is_terminal() || matches!(g.status, GrantStatus::Revoked | GrantStatus::Abandoned)
+    {
         return Expected::Ended;
     }
     match (req.state, g.status, req.grant_spec(g)) {

@@ -41,7 +41,11 @@ pub(super) async fn active_requests_of(
     rows.iter().map(PgStore::decode).collect()
 }
 
-pub(super) async fn record_finding(s: &PgStore, fence: &Fence, f: &Finding<'_>) -> StoreResult<Write> {
+pub(super) async fn record_finding(
+    s: &PgStore,
+    fence: &Fence,
+    f: &Finding<'_>,
+) -> StoreResult<Write> {
     let event_id = Uuid::now_v7();
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH fence AS ({fence}),
@@ -73,7 +77,9 @@ pub(super) async fn record_finding(s: &PgStore, fence: &Fence, f: &Finding<'_>) 
     match row {
         Some(r) => Ok(Write::Updated {
             version: 0,
-            db_now: r.try_get("db_now").map_err(db("reading the database clock"))?,
+            db_now: r
+                .try_get("db_now")
+                .map_err(db("reading the database clock"))?,
         }),
         None => Ok(Write::Stale),
     }

@@ -133,7 +133,8 @@ pub(super) async fn passes(s: &SqliteStore) -> StoreResult<Vec<ReconcilePass>> {
         Ok(ReconcilePass {
             provider: r.try_get("provider")?,
             node: r.try_get("node")?,
-            at: from_micros(r.try_get("at")?).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+            at: from_micros(r.try_get("at")?)
+                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
             duration_ms: r.try_get("duration_ms")?,
             listed: r.try_get("listed")?,
             orphans: r.try_get("orphans")?,

@@ -7,4 +7,5 @@ mod engine;
 mod engine_api;
 mod fixtures;
 mod outbox;
+mod reconcile;
 mod store_contract;

@@ -10,6 +10,8 @@ use crate::fixtures::*;
 
 mod queries;
 use queries::*;
+mod reconcile;
+use reconcile::*;
 
 macro_rules! store_contract {
     ($backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
@@ -63,6 +65,9 @@ store_contract!(
         overdue_requests_are_found_by_the_database_clock,
         heartbeats_keep_one_process_per_node_name,
         shard_table_lists_owners_epochs_and_leases,
+        the_reconciler_finds_requests_by_grant_and_active_ones_by_provider,
+        reconciler_findings_are_fenced_by_its_lease,
+        the_last_reconcile_pass_of_each_provider_is_kept,
     ]
 );
 
@@ -105,6 +110,9 @@ store_contract!(
         overdue_requests_are_found_by_the_database_clock,
         heartbeats_keep_one_process_per_node_name,
         shard_table_lists_owners_epochs_and_leases,
+        the_reconciler_finds_requests_by_grant_and_active_ones_by_provider,
+        reconciler_findings_are_fenced_by_its_lease,
+        the_last_reconcile_pass_of_each_provider_is_kept,
     ]
 );
 

@@ -48,7 +48,11 @@ pub async fn cluster() -> Cluster {
 }
 
 /// A provider acting with `token` (the fake's admin by default).
-pub async fn provider_as(c: &Cluster, token: &str, cfg: impl FnOnce(&mut KubernetesConfig)) -> KubernetesProvider {
+pub async fn provider_as(
+    c: &Cluster,
+    token: &str,
+    cfg: impl FnOnce(&mut KubernetesConfig),
+) -> KubernetesProvider {
     let path = c.dir.path().join(format!("kubeconfig-{}", Uuid::now_v7()));
     c.fake.write_kubeconfig(&path, token).unwrap();
     let mut config = config(path);
@@ -107,12 +111,18 @@ async fn a_grant_is_a_labelled_binding_of_the_mapped_subject() {
     let (c, p) = pair().await;
     let s = spec("view", "team-a");
     let record = p.grant(&s).await.unwrap();
-    assert_eq!(record.provider_ref, format!("rolebindings/team-a/{}", binding_name(s.grant_id)));
+    assert_eq!(
+        record.provider_ref,
+        format!("rolebindings/team-a/{}", binding_name(s.grant_id))
+    );
     let b = c
         .fake
         .object(Kind::RoleBinding, Some("team-a"), &binding_name(s.grant_id))
         .expect("the binding exists");
-    assert_eq!(b["roleRef"], json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}));
+    assert_eq!(
+        b["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"})
+    );
     assert_eq!(
         b["subjects"],
         json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice@example.com"}])
@@ -121,16 +131,27 @@ async fn a_grant_is_a_labelled_binding_of_the_mapped_subject() {
     assert_eq!(labels["app.kubernetes.io/managed-by"], "jitsudo");
     assert_eq!(labels["jitsudo.dev/grant-id"], s.grant_id.to_string());
     assert_eq!(labels["jitsudo.dev/request-id"], s.request_id.to_string());
-    let not_after = b["metadata"]["annotations"]["jitsudo.dev/not-after"].as_str().unwrap();
+    let not_after = b["metadata"]["annotations"]["jitsudo.dev/not-after"]
+        .as_str()
+        .unwrap();
     let parsed = chrono::DateTime::parse_from_rfc3339(not_after).unwrap();
-    assert!((parsed.with_timezone(&Utc) - s.not_after).num_milliseconds().abs() <= 1);
+    assert!(
+        (parsed.with_timezone(&Utc) - s.not_after)
+            .num_milliseconds()
+            .abs()
+            <= 1
+    );
 
     // A Role of the namespace, and the whole cluster.
     let role = spec("Role/deployer", "team-a");
     p.grant(&role).await.unwrap();
     let b = c
         .fake
-        .object(Kind::RoleBinding, Some("team-a"), &binding_name(role.grant_id))
+        .object(
+            Kind::RoleBinding,
+            Some("team-a"),
+            &binding_name(role.grant_id),
+        )
         .unwrap();
     assert_eq!(b["roleRef"]["kind"], "Role");
     assert_eq!(b["roleRef"]["name"], "deployer");
@@ -139,7 +160,11 @@ async fn a_grant_is_a_labelled_binding_of_the_mapped_subject() {
     assert!(rec.provider_ref.starts_with("clusterrolebindings/"));
     assert!(
         c.fake
-            .object(Kind::ClusterRoleBinding, None, &binding_name(cluster_wide.grant_id))
+            .object(
+                Kind::ClusterRoleBinding,
+                None,
+                &binding_name(cluster_wide.grant_id)
+            )
             .is_some()
     );
     let creds = p.credentials(&record).await.unwrap();
@@ -151,7 +176,10 @@ async fn a_grant_is_a_labelled_binding_of_the_mapped_subject() {
 #[tokio::test]
 async fn bad_roles_and_scopes_are_refused_with_what_is_allowed() {
     let (_c, p) = pair().await;
-    let e = p.validate(&spec("cluster-admin", "team-a")).await.unwrap_err();
+    let e = p
+        .validate(&spec("cluster-admin", "team-a"))
+        .await
+        .unwrap_err();
     assert_eq!(invalid_field(&e), Some("role"));
     assert!(e.to_string().contains("view, edit, Role/deployer"), "{e}");
     let e = p.validate(&spec("view", "kube-system")).await.unwrap_err();
@@ -161,7 +189,10 @@ async fn bad_roles_and_scopes_are_refused_with_what_is_allowed() {
     // Allowed by the configuration, but no such ClusterRole exists in the cluster.
     let e = p.validate(&spec("edit", "team-a")).await.unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
-    let e = p.validate(&spec("Role/deployer", "cluster")).await.unwrap_err();
+    let e = p
+        .validate(&spec("Role/deployer", "cluster"))
+        .await
+        .unwrap_err();
     assert_eq!(invalid_field(&e), Some("role"));
     // A namespace that matches the pattern but does not exist: the create says so.
     let e = p.grant(&spec("view", "dev-2")).await.unwrap_err();
@@ -169,7 +200,10 @@ async fn bad_roles_and_scopes_are_refused_with_what_is_allowed() {
     assert!(e.to_string().contains("dev-2"), "{e}");
     let mut past = spec("view", "team-a");
     past.not_after = Utc::now() - TimeDelta::seconds(1);
-    assert_eq!(invalid_field(&p.grant(&past).await.unwrap_err()), Some("not_after"));
+    assert_eq!(
+        invalid_field(&p.grant(&past).await.unwrap_err()),
+        Some("not_after")
+    );
 }
 
 #[tokio::test]
@@ -208,7 +242,10 @@ async fn without_bind_on_the_role_the_api_server_forbids_the_grant() {
     let bad = provider_as(&c, "no-such-token", |_| {}).await;
     let e = bad.grant(&spec("view", "team-a")).await.unwrap_err();
     assert!(e.to_string().contains("credentials"), "{e}");
-    assert!(!e.to_string().contains("no-such-token"), "the token never shows: {e}");
+    assert!(
+        !e.to_string().contains("no-such-token"),
+        "the token never shows: {e}"
+    );
 }
 
 #[tokio::test]
@@ -225,10 +262,15 @@ async fn throttling_is_waited_out_as_retry_after_asks_then_reported_as_retryable
     c.fake.faults().throttle(1, 1, Filter::method("POST"));
     let started = std::time::Instant::now();
     p.grant(&spec("view", "team-a")).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After: 1 was not honoured");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "Retry-After: 1 was not honoured"
+    );
     assert_eq!(posts(&c), 2);
     // Throttled for longer than the call retries: a retryable error for the engine.
-    c.fake.faults().throttle_status(5, 1, Filter::method("POST"));
+    c.fake
+        .faults()
+        .throttle_status(5, 1, Filter::method("POST"));
     let e = p.grant(&spec("view", "team-a")).await.unwrap_err();
     match &e {
         ProviderError::Throttled { retry_after, .. } => {
@@ -239,7 +281,11 @@ async fn throttling_is_waited_out_as_retry_after_asks_then_reported_as_retryable
     c.fake.faults().clear();
     c.fake.faults().fail(1, Filter::method("POST"));
     let e = p.grant(&spec("view", "team-a")).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Unknown, "a 500 on a write may have applied: {e}");
+    assert_eq!(
+        e.class(),
+        ErrorClass::Unknown,
+        "a 500 on a write may have applied: {e}"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +305,10 @@ async fn a_grant_applied_but_whose_answer_was_lost_is_found_by_the_retry() {
     assert!(p.revoke(&again).await.is_err());
     p.revoke(&again).await.unwrap();
     assert_eq!(p.inspect(&again).await.unwrap(), GrantState::Gone);
-    assert!(matches!(p.grant(&s).await, Err(ProviderError::Tombstoned { .. })));
+    assert!(matches!(
+        p.grant(&s).await,
+        Err(ProviderError::Tombstoned { .. })
+    ));
 }
 
 #[tokio::test]
@@ -272,7 +321,11 @@ async fn a_revoke_leaves_a_tombstone_binding_with_no_subjects() {
         .fake
         .object(Kind::RoleBinding, Some("team-a"), &binding_name(s.grant_id))
         .expect("the name stays taken");
-    assert!(b.get("subjects").is_none_or(|s| s.as_array().is_none_or(Vec::is_empty)), "{b}");
+    assert!(
+        b.get("subjects")
+            .is_none_or(|s| s.as_array().is_none_or(Vec::is_empty)),
+        "{b}"
+    );
     assert_eq!(b["metadata"]["labels"]["jitsudo.dev/tombstone"], "true");
 }
 
