@@ -1,5 +1,6 @@
 //! Mapping between the engine's domain types and the public jitsudo.v1 messages, at the edge.
 
+use jitsudo_actors::ProviderStatus;
 use jitsudo_actors::domain::{self, GrantPurpose, GrantStatus, State};
 use jitsudo_actors::store::AuditEvent;
 use jitsudo_proto::v1;
@@ -146,4 +147,34 @@ pub fn event_state(e: &AuditEvent) -> v1::RequestState {
         .and_then(|d| d.get("to").and_then(|t| t.as_str()).and_then(State::parse))
         .map(state)
         .unwrap_or(v1::RequestState::Unspecified)
+}
+
+/// A provider as `ListProviders` shows it: counts saturate rather than wrap.
+pub fn provider_status(p: &ProviderStatus) -> v1::ProviderStatus {
+    let count = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+    v1::ProviderStatus {
+        name: p.name.clone(),
+        kind: p.info.kind.clone(),
+        roles: p.info.roles.clone(),
+        scopes: p.info.scopes.clone(),
+        native_expiry: p.info.native_expiry,
+        subject_template: p.subject_template.clone(),
+        on_drift: p.on_drift.into(),
+        last_call: p.last_call.as_ref().map(|l| v1::ProviderCall {
+            op: l.op.into(),
+            outcome: l.outcome.into(),
+            at: Some(ts(l.at)),
+            error: l.error.clone().unwrap_or_default(),
+        }),
+        last_pass: p.last_pass.as_ref().map(|r| v1::ReconcilePass {
+            node: r.node.clone(),
+            at: Some(ts(r.at)),
+            duration_ms: count(r.duration_ms),
+            listed: count(r.listed),
+            orphans: count(r.orphans),
+            drift: count(r.drift),
+            tombstones: count(r.tombstones),
+            error: r.error.clone().unwrap_or_default(),
+        }),
+    }
 }

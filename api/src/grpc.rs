@@ -429,4 +429,12 @@ impl AdminService for Api {
             .redrive(&c, m.id)
             .await)
     }
+    async fn list_providers(
+        &self,
+        req: Request<v1::ListProvidersRequest>,
+    ) -> Result<Response<v1::ListProvidersResponse>, Status> {
+        rpc!(self, "ListProviders", req, |state, c, _m| state
+            .list_providers(&c)
+            .await)
+    }
 }

@@ -72,7 +72,13 @@ impl AppState {
                 if let (Some(email), true) = (&id.email, id.email_verified) {
                     self.note_identity(&id.subject, email).await?;
                 }
-                (id.subject, id.email, id.email_verified, id.groups, id.claims)
+                (
+                    id.subject,
+                    id.email,
+                    id.email_verified,
+                    id.groups,
+                    id.claims,
+                )
             }
             (None, Some(b)) => (
                 b.subject.clone(),
@@ -1008,6 +1014,19 @@ impl AppState {
             shards: s.shards.iter().map(shard).collect(),
             audit_sequencer: s.audit_sequencer.as_ref().map(shard),
             epoch_changes: s.epoch_changes(),
+        })
+    }
+
+    pub async fn list_providers(&self, c: &Caller) -> Result<v1::ListProvidersResponse, ApiError> {
+        c.require_admin_or_auditor("listing providers")?;
+        Ok(v1::ListProvidersResponse {
+            providers: self
+                .engine
+                .providers()
+                .await?
+                .iter()
+                .map(convert::provider_status)
+                .collect(),
         })
     }
 

@@ -176,6 +176,62 @@ async fn admin_service_reports_version_node_actors_and_reloads_policies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_see_every_provider_with_its_last_call_and_requesters_are_refused() {
+    let j = Jitsudo::start().await;
+    let granted = j.active_viewer("alice", "cloud", 600).await;
+    let grant: uuid::Uuid = granted.grants[0].grant_id.parse().expect("a grant id");
+    assert!(j.cloud.is_active(grant), "the fake cloud holds the grant");
+    let mut admin = j.grpc("carol").admin;
+
+    // The reconciler's first pass runs soon after the start, over every provider.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let providers = loop {
+        let r = ok(admin.list_providers(v1::ListProvidersRequest {}).await);
+        if r.providers.iter().all(|p| p.last_pass.is_some()) {
+            break r.providers;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reconciler never passed over every provider: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["cloud", "demo"], "{providers:?}");
+    for (p, kind) in providers.iter().zip(["http", "demo"]) {
+        assert_eq!(p.kind, kind, "{p:?}");
+        assert!(p.native_expiry, "{p:?}");
+        assert_eq!(p.subject_template, "{sub}", "{p:?}");
+        assert_eq!(p.on_drift, "report", "{p:?}");
+        assert!(!p.roles.is_empty() && !p.scopes.is_empty(), "{p:?}");
+        let pass = p.last_pass.as_ref().expect("a pass");
+        assert_eq!(pass.node, "api-it", "{pass:?}");
+        assert_eq!(pass.error, "", "{pass:?}");
+        assert!(pass.at.is_some(), "{pass:?}");
+    }
+    let call = providers[0]
+        .last_call
+        .as_ref()
+        .unwrap_or_else(|| panic!("cloud was called for the grant: {providers:?}"));
+    assert!(
+        ["validate", "grant", "inspect", "list"].contains(&call.op.as_str()),
+        "{call:?}"
+    );
+    assert_eq!((call.outcome.as_str(), call.error.as_str()), ("ok", ""));
+    assert!(call.at.is_some(), "{call:?}");
+
+    let msg = refused(
+        j.grpc("alice")
+            .admin
+            .list_providers(v1::ListProvidersRequest {})
+            .await,
+        Code::PermissionDenied,
+    );
+    assert!(msg.contains("listing providers"), "{msg}");
+    j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_valid_token_are_unauthenticated_on_both_front_ends() {
     let j = Jitsudo::start().await;
     let audit_before = j.audit_log().await;

@@ -96,6 +96,7 @@ enum Op {
     GetVersion,
     GetNodeStatus,
     GetClusterStatus,
+    ListProviders,
     ListActors,
     ListDeadLetters,
     RedriveDeadLetter,
@@ -133,6 +134,7 @@ const MATRIX: &[(Op, [Expect; 5])] = &[
     (Op::GetVersion, [Y, Y, Y, Y, Y]),
     (Op::GetNodeStatus, [N, N, N, Y, Y]),
     (Op::GetClusterStatus, [N, N, N, Y, Y]),
+    (Op::ListProviders, [N, N, N, Y, Y]),
     (Op::ListActors, [N, N, N, Y, Y]),
     (Op::ListDeadLetters, [N, N, N, Y, Y]),
     (
@@ -428,6 +430,7 @@ async fn call(j: &Jitsudo, op: Op, role: Role, t: &Target) -> Result<(), Status>
                 .get_cluster_status(v1::GetClusterStatusRequest {})
                 .await,
         ),
+        Op::ListProviders => unit(g.admin.list_providers(v1::ListProvidersRequest {}).await),
         Op::ListActors => unit(g.admin.list_actors(v1::ListActorsRequest {}).await),
         Op::ListDeadLetters => unit(
             g.admin

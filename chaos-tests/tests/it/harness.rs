@@ -1,7 +1,8 @@
 //! The chaos harness: real `jitsudod` processes over TLS on one PostgreSQL, each reaching
 //! the database through a TCP proxy the harness can cut; the http provider's reference
-//! server as the fake cloud, logging every grant and revoke with its time; the demo OpenID
-//! issuer for tokens. Clients use the public gRPC API only.
+//! server as the fake cloud, logging every grant and revoke with its time; the faithful
+//! Kubernetes API fake as a second provider (`k8s`); the demo OpenID issuer for tokens.
+//! Clients use the public gRPC API only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use jitsudo_proto::v1::policy_service_client::PolicyServiceClient;
 use jitsudo_proto::v1::request_service_client::RequestServiceClient;
 use jitsudo_providers::http::Op;
 use jitsudo_providers::http::server::{Outcome, TestServer};
+use jitsudo_testkit::fakes::kubernetes::{FakeKube, Kind};
 use jitsudo_testkit::{PrivatePostgres, TestDatabase};
 use sqlx::Row;
 use tokio::time::Instant;
@@ -38,6 +40,7 @@ pub const APPROVAL: &str = r#"
 package jitsudo.approval
 
 auto_approve if input.request.role == "viewer"
+auto_approve if input.request.role == "view"
 approvals_required := 1
 approver_groups := {"approvers"}
 max_duration_seconds := 86400
@@ -107,6 +110,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub db_url: String,
     pub cloud: TestServer,
+    /// The Kubernetes API the nodes' `k8s` provider grants RoleBindings in (namespace
+    /// `chaos`, ClusterRole `view`).
+    pub kube: std::sync::Arc<FakeKube>,
     pub nodes: Vec<Node>,
     pub opts: Opts,
     issuer: Child,
@@ -213,6 +219,11 @@ impl Cluster {
         };
         let (db_addr, db_name, _) = split_url(&db.url);
         let cloud = TestServer::start(SECRET.as_bytes()).await;
+        let kube = FakeKube::start().await.expect("the Kubernetes fake starts");
+        kube.seed_cluster_role("view");
+        kube.seed_namespace("chaos");
+        kube.write_kubeconfig(&d.join("kubeconfig"), &kube.admin_token())
+            .expect("kubeconfig");
         let issuer_port = free_port();
         let issuer_url = format!("http://127.0.0.1:{issuer_port}/dev/oidc");
         let issuer = Command::new(&bin)
@@ -228,6 +239,7 @@ impl Cluster {
             db_url: db.url.clone(),
             dir,
             cloud,
+            kube: std::sync::Arc::new(kube),
             nodes: Vec::new(),
             opts: opts.clone(),
             issuer,
@@ -329,6 +341,14 @@ name = "cloud"
 kind = "http"
 base_url = "{cloud}"
 secret_file = "{d}/cloud.secret"
+timeout_seconds = 5
+[[providers]]
+name = "k8s"
+kind = "kubernetes"
+kubeconfig = "{d}/kubeconfig"
+context = "fake"
+roles = ["view"]
+namespaces = ["chaos"]
 timeout_seconds = 5
 "#,
                 d = d.display(),
@@ -564,13 +584,25 @@ timeout_seconds = 5
     /// Creates `n` auto-approved requests on node `i`, durations cycling through
     /// `durations` (seconds); answers their ids (every one acknowledged).
     pub async fn create_many(&mut self, i: usize, n: usize, durations: &[i64]) -> Vec<String> {
+        self.create_many_at(i, n, durations, ("cloud", "viewer", "chaos"))
+            .await
+    }
+
+    /// As [`Cluster::create_many`], at another provider: `(provider, role, scope)`.
+    pub async fn create_many_at(
+        &mut self,
+        i: usize,
+        n: usize,
+        durations: &[i64],
+        (provider, role, scope): (&str, &str, &str),
+    ) -> Vec<String> {
         let mut client = self.requests(i).await;
         let mut ids = Vec::with_capacity(n);
         for k in 0..n {
-            let req = self.auth(
-                "alice",
-                new_request("viewer", durations[k % durations.len()], "chaos test"),
-            );
+            let mut create = new_request(role, durations[k % durations.len()], "chaos test");
+            create.provider = provider.into();
+            create.scope = scope.into();
+            let req = self.auth("alice", create);
             let r = client
                 .create_request(req)
                 .await
@@ -787,6 +819,117 @@ timeout_seconds = 5
         report
     }
 
+    /// Watches the Kubernetes fake every 50 ms: for each grant's binding, when it was
+    /// first seen granting (with subjects) and when it was first seen granting no more
+    /// (a tombstone, or gone). Stop it by aborting the task.
+    pub fn watch_kube(&self) -> (tokio::task::JoinHandle<()>, KubeSightings) {
+        let seen = KubeSightings::default();
+        let (kube, out) = (self.kube.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let now = Utc::now();
+                let bindings = kube.objects(Kind::RoleBinding);
+                let mut live = std::collections::HashSet::new();
+                for b in &bindings {
+                    let Some(gid) = b["metadata"]["labels"]["jitsudo.dev/grant-id"]
+                        .as_str()
+                        .and_then(|g| g.parse::<Uuid>().ok())
+                    else {
+                        continue;
+                    };
+                    let granting = b["subjects"].as_array().is_some_and(|s| !s.is_empty());
+                    if granting {
+                        live.insert(gid);
+                    }
+                }
+                if let Ok(mut m) = out.0.lock() {
+                    for gid in &live {
+                        m.entry(*gid).or_insert((now, None));
+                    }
+                    for (gid, (_, removed)) in m.iter_mut() {
+                        if removed.is_none() && !live.contains(gid) {
+                            *removed = Some(now);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        (task, seen)
+    }
+
+    /// Waits until every request is EXPIRED, then checks each one's binding against what
+    /// the watch saw: granted once, no longer granting within twice the bound of
+    /// `expires_at`, and a tombstone (or nothing) left behind. Answers the lags.
+    pub async fn check_kube(&mut self, ids: &[String], seen: &KubeSightings) -> Report {
+        let pool = self.pool().await;
+        let uuids: Vec<Uuid> = ids.iter().map(|s| s.parse().expect("uuid")).collect();
+        let gate = self.bound() * 2;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let rows = loop {
+            let rows = sqlx::query(
+                "SELECT r.id, r.state, r.expires_at, g.grant_id FROM requests r
+                   JOIN grants g ON g.request_id = r.id WHERE r.id = ANY($1)",
+            )
+            .bind(&uuids)
+            .fetch_all(&pool)
+            .await
+            .expect("requests");
+            let open = rows
+                .iter()
+                .filter(|r| r.get::<String, _>("state") != "EXPIRED")
+                .count();
+            if open == 0 && rows.len() == ids.len() {
+                break rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} of {} Kubernetes requests never expired",
+                ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // One more look after the last record, so that every removal has been seen.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sightings = seen.0.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut samples = Vec::new();
+        for r in &rows {
+            let (id, gid): (Uuid, Uuid) = (r.get("id"), r.get("grant_id"));
+            let expires_at: DateTime<Utc> = r.get("expires_at");
+            let (_, removed) = sightings
+                .get(&gid)
+                .unwrap_or_else(|| panic!("the binding of {id} was never seen granting"));
+            let removed = removed.unwrap_or_else(|| panic!("the binding of {id} still grants"));
+            let b = self
+                .kube
+                .object(Kind::RoleBinding, Some("chaos"), &format!("jitsudo-{gid}"));
+            assert!(
+                b.as_ref()
+                    .is_none_or(|b| b["subjects"].as_array().is_none_or(Vec::is_empty)),
+                "the binding of {id} grants again: {b:?}"
+            );
+            samples.push((
+                expires_at,
+                (removed - expires_at).num_milliseconds() as f64 / 1000.0,
+            ));
+        }
+        let mut lags: Vec<f64> = samples.iter().map(|s| s.1).collect();
+        lags.sort_by(f64::total_cmp);
+        let report = Report {
+            lags,
+            samples,
+            gate: gate.as_secs_f64(),
+            chain_length: 0,
+        };
+        assert!(
+            report.max() <= report.gate,
+            "Kubernetes expiry lag {:.2} s exceeds twice the bound ({:.2} s): {report}",
+            report.max(),
+            report.gate
+        );
+        report
+    }
+
     /// Waits for the sequencer to chain every event, then verifies the chain through the
     /// API; answers the chain length.
     pub async fn verify_audit(&mut self, via: usize) -> i64 {
@@ -834,6 +977,14 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// What [`Cluster::watch_kube`] saw: per grant id, first seen granting and first seen
+/// granting no more.
+#[derive(Clone, Default)]
+pub struct KubeSightings(
+    #[allow(clippy::type_complexity)]
+    std::sync::Arc<std::sync::Mutex<HashMap<Uuid, (DateTime<Utc>, Option<DateTime<Utc>>)>>>,
+);
 
 /// Expiry lags of one scenario.
 pub struct Report {

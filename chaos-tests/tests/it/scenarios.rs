@@ -722,3 +722,37 @@ async fn create_tolerant(
     }
     (ids, unavailable)
 }
+
+/// 10. kill -9 of the busiest owner while Kubernetes grants expire: every RoleBinding stops
+/// granting within the bound (the engine's expiry on the new owner; the reconciler is the
+/// second line), and a tombstone or nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_kill9_while_kubernetes_grants_expire() {
+    let _one = SERIAL.lock().await;
+    let mut c = three_nodes().await;
+    let (watch, seen) = c.watch_kube();
+    let (n, durations) = load();
+    let n = (n / 2).max(3);
+    let mut ids = Vec::new();
+    let per = n.div_ceil(3);
+    for i in 0..3 {
+        ids.extend(
+            c.create_many_at(i, per, &durations, ("k8s", "view", "chaos"))
+                .await,
+        );
+    }
+    let victim = c.busiest_owner().await;
+    c.kill9(victim);
+    let took = fair(&c, 2, Duration::from_secs(60)).await;
+    let mut report = c.check_kube(&ids, &seen).await;
+    watch.abort();
+    report.chain_length = c.verify_audit((victim + 1) % 3).await;
+    record(
+        "s10 kill -9, Kubernetes",
+        &report,
+        &format!(
+            "; shards retaken {:.2} s after the kill; every RoleBinding a tombstone or gone",
+            took.as_secs_f64()
+        ),
+    );
+}

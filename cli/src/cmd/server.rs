@@ -1,4 +1,4 @@
-//! `jitsudo server status|cluster|version|actors|reload-policies`.
+//! `jitsudo server status|cluster|providers|version|actors|reload-policies`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::error::CliResult;
-use crate::output::{details, local_time, table};
+use crate::output::{details, format_duration, local_time, table, ts_utc};
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
@@ -18,6 +18,9 @@ pub enum ServerCommand {
     /// The cluster: members (heartbeat age, clock offset, shards), shard owners and
     /// epochs, and the node that sequences the audit chain.
     Cluster,
+    /// The providers: what each accepts, who ends access (the cloud or the reconciler),
+    /// this node's last call and the reconciler's last pass.
+    Providers,
     /// The server's and this CLI's versions.
     Version,
     /// The live actor tree of the node (kind, id, state, mailbox, restarts).
@@ -73,6 +76,15 @@ pub async fn server(app: &App, c: ServerCommand) -> CliResult<ExitCode> {
                 .map_err(|s| api.err(s))?
                 .into_inner();
             app.out.emit(&s, |_| cluster_view(&s))?;
+        }
+        ServerCommand::Providers => {
+            let r = admin
+                .list_providers(v1::ListProvidersRequest {})
+                .await
+                .map_err(|s| api.err(s))?
+                .into_inner();
+            app.out
+                .emit(&r, |_| providers_view(&r, chrono::Utc::now()))?;
         }
         ServerCommand::Version => {
             let v = admin
@@ -179,6 +191,84 @@ pub fn cluster_view(s: &v1::ClusterStatus) -> String {
             ("Lease TTL", format!("{} s", s.lease_ttl_seconds)),
         ])
     )
+}
+
+/// One line per provider; times are ages by this machine's clock (`-o json` has them as
+/// timestamps).
+pub fn providers_view(r: &v1::ListProvidersResponse, now: chrono::DateTime<chrono::Utc>) -> String {
+    let ago = |t: &Option<pbjson_types::Timestamp>| match ts_utc(t) {
+        // A clock behind the server's shows a fresh event as just now, not in the future.
+        Some(t) => format!("{} ago", format_duration((now - t).num_seconds().max(0))),
+        None => "at an unknown time".into(),
+    };
+    table(
+        &[
+            "NAME",
+            "KIND",
+            "ROLES",
+            "SCOPES",
+            "EXPIRY",
+            "LAST CALL",
+            "LAST PASS",
+        ],
+        r.providers
+            .iter()
+            .map(|p| {
+                let call = match &p.last_call {
+                    None => "none yet".into(),
+                    Some(c) if c.error.is_empty() => {
+                        format!("{} {} {}", c.op, c.outcome, ago(&c.at))
+                    }
+                    Some(c) => format!("{} {} {}: {}", c.op, c.outcome, ago(&c.at), c.error),
+                };
+                let pass = match &p.last_pass {
+                    None => "none yet".into(),
+                    Some(l) if !l.error.is_empty() => {
+                        format!("failed {}: {}", ago(&l.at), l.error)
+                    }
+                    Some(l) => {
+                        let mut s = format!(
+                            "{}, {} listed, {} reaped, {} drift",
+                            ago(&l.at),
+                            l.listed,
+                            plural(l.orphans, "orphan"),
+                            l.drift
+                        );
+                        if l.tombstones > 0 {
+                            s.push_str(&format!(
+                                ", {} forgotten",
+                                plural(l.tombstones, "tombstone")
+                            ));
+                        }
+                        s
+                    }
+                };
+                vec![
+                    p.name.clone(),
+                    p.kind.clone(),
+                    p.roles.join(", "),
+                    p.scopes.join(", "),
+                    if p.native_expiry {
+                        "native"
+                    } else {
+                        "reconciler"
+                    }
+                    .into(),
+                    call,
+                    pass,
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// `1 orphan`, `2 orphans`.
+fn plural(n: u32, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// The order kinds are shown in: the node's supervision tree, top down.
@@ -320,6 +410,95 @@ mod tests {
             mailbox,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn providers_show_their_last_call_and_pass_as_ages() {
+        let now = chrono::DateTime::from_timestamp(1_000_000, 0).expect("a time");
+        let at = |secs_ago: i64| {
+            Some(pbjson_types::Timestamp {
+                seconds: 1_000_000 - secs_ago,
+                nanos: 0,
+            })
+        };
+        let cloud = v1::ProviderStatus {
+            name: "cloud".into(),
+            kind: "http".into(),
+            roles: vec!["viewer".into(), "operator".into()],
+            scopes: vec!["staging".into()],
+            native_expiry: true,
+            last_call: Some(v1::ProviderCall {
+                op: "grant".into(),
+                outcome: "ok".into(),
+                at: at(12),
+                error: String::new(),
+            }),
+            last_pass: Some(v1::ReconcilePass {
+                at: at(4),
+                listed: 12,
+                orphans: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let k8s = v1::ProviderStatus {
+            name: "k8s".into(),
+            kind: "kubernetes".into(),
+            native_expiry: false,
+            last_call: Some(v1::ProviderCall {
+                op: "revoke".into(),
+                outcome: "retryable".into(),
+                at: at(3),
+                error: "the API server answered 503".into(),
+            }),
+            last_pass: Some(v1::ReconcilePass {
+                at: at(90),
+                error: "listing: connection refused".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let fresh = v1::ProviderStatus {
+            name: "new".into(),
+            kind: "demo".into(),
+            // A server clock ahead of this machine's is not "in the future".
+            last_call: Some(v1::ProviderCall {
+                op: "validate".into(),
+                outcome: "ok".into(),
+                at: at(-5),
+                error: String::new(),
+            }),
+            ..Default::default()
+        };
+        let view = providers_view(
+            &v1::ListProvidersResponse {
+                providers: vec![cloud, k8s, fresh],
+            },
+            now,
+        );
+        let lines: Vec<&str> = view.lines().collect();
+        assert!(
+            lines[0].starts_with("NAME") && lines[0].ends_with("LAST PASS"),
+            "{view}"
+        );
+        assert!(lines[1].contains("viewer, operator"), "{view}");
+        assert!(lines[1].contains(" native "), "{view}");
+        assert!(lines[1].contains("grant ok 12s ago"), "{view}");
+        assert!(
+            lines[1].ends_with("4s ago, 12 listed, 1 orphan reaped, 0 drift"),
+            "{view}"
+        );
+        assert!(lines[2].contains(" reconciler "), "{view}");
+        assert!(
+            lines[2].contains("revoke retryable 3s ago: the API server answered 503"),
+            "{view}"
+        );
+        assert!(
+            lines[2].ends_with("failed 1m30s ago: listing: connection refused"),
+            "{view}"
+        );
+        assert!(lines[3].contains("validate ok 0s ago"), "{view}");
+        assert!(lines[3].ends_with("none yet"), "{view}");
     }
 
     #[test]

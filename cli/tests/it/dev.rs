@@ -453,6 +453,31 @@ fn policies_eval_and_the_server() {
     assert_eq!(cluster["members"][0]["node"], "dev");
     assert_eq!(cluster["members"][0]["alive"], true);
     assert_eq!(cluster["shards"].as_array().map(Vec::len), Some(64));
+    let providers = carol.run(&["server", "providers"]).ok().stdout;
+    assert!(
+        providers.starts_with("NAME") && providers.contains("LAST PASS"),
+        "{providers}"
+    );
+    assert!(providers.contains("demo"), "{providers}");
+    assert!(providers.contains(" native "), "{providers}");
+    assert!(
+        providers.contains(" ok ") && providers.contains(" ago"),
+        "{providers}"
+    );
+    let providers = carol.json(&["server", "providers"]);
+    let demo = &providers["providers"][0];
+    assert_eq!(demo["name"], "demo", "{providers}");
+    assert_eq!(demo["kind"], "demo", "{providers}");
+    assert_eq!(demo["nativeExpiry"], true, "{providers}");
+    assert_eq!(demo["onDrift"], "report", "{providers}");
+    assert_eq!(demo["lastCall"]["outcome"], "ok", "{providers}");
+    let yaml = carol
+        .run(&["server", "providers", "-o", "yaml"])
+        .ok()
+        .stdout;
+    assert!(yaml.contains("kind: demo"), "{yaml}");
+    let r = alice.run(&["server", "providers"]).fails(3);
+    assert!(r.stderr.contains("listing providers"), "{}", r.stderr);
     let status = carol.json(&["server", "status"]);
     assert_eq!(status["devMode"], true);
     let version = carol.json(&["server", "version"]);
