@@ -76,6 +76,7 @@ pub fn request(r: &domain::Request) -> v1::Request {
         version: r.version,
         state: state(r.state) as i32,
         requester: r.requester.subject.clone(),
+        principal: r.cloud_principal().to_owned(),
         provider: r.spec.provider.clone(),
         role: r.spec.role.clone(),
         scope: r.spec.scope.clone(),

@@ -98,6 +98,10 @@ async fn a_kubernetes_grant_lives_expires_and_leaves_no_binding_behind() {
     let created = ok(alice.create_request(create).await);
     let stored = j.stored(&created.id).await;
     assert_eq!(stored.principal.as_deref(), Some("alice@example.com"));
+    assert_eq!(
+        created.principal, "alice@example.com",
+        "the API shows the mapped principal"
+    );
     ok(bob
         .approve_request(v1::DecideRequest {
             id: created.id.clone(),

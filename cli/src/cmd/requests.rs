@@ -272,6 +272,7 @@ pub fn request_details(out: &Out, r: &v1::Request) -> String {
         ("ID", r.id.clone()),
         ("State", out.state(state_name(r.state))),
         ("Requester", r.requester.clone()),
+        ("Principal", r.principal.clone()),
         ("Provider", r.provider.clone()),
         ("Role", r.role.clone()),
         ("Scope", r.scope.clone()),
