@@ -106,7 +106,6 @@ async fn a_kubernetes_grant_lives_expires_and_leaves_no_binding_behind() {
         .approve_request(v1::DecideRequest {
             id: created.id.clone(),
             comment: "ok".into(),
-            ..Default::default()
         })
         .await);
     let active = eventually("ACTIVE", async || {
@@ -145,7 +144,7 @@ async fn a_binding_deleted_by_hand_is_drift_and_a_stray_one_is_reaped() {
     ok(bob
         .approve_request(v1::DecideRequest {
             id: created.id.clone(),
-            ..Default::default()
+            comment: String::new(),
         })
         .await);
     let active = eventually("ACTIVE", async || {
