@@ -117,6 +117,8 @@ pub fn request(r: &domain::Request) -> v1::Request {
                 },
                 status: snake::<GrantStatus>(&g.status),
                 not_after: opt_ts(r.not_after(g)),
+                attempts: g.attempts,
+                last_error: g.last_error.clone().unwrap_or_default(),
             })
             .collect(),
         revocation_stuck: r.stuck,

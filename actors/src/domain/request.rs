@@ -184,6 +184,10 @@ pub struct GrantEntry {
     /// How the revoke was confirmed ("revoke" or "inspect: gone").
     #[serde(default)]
     pub evidence: Option<String>,
+    /// The provider's answer to the last failed grant or revoke call, until a call
+    /// succeeds: why a request is still APPROVED or ENDING (`jitsudo status` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -585,6 +585,7 @@ fn intend_primary_grant(
         provider_ref: String::new(),
         attempts: 0,
         evidence: None,
+        last_error: None,
     });
     times.grant_deadline = Some(Stamp::NowPlus(rules.grant_timeout));
     req.grant_deadline = Some(now + rules.grant_timeout);
@@ -833,6 +834,7 @@ pub fn step(
             if let Some(g) = tx.next.grant_mut(grant_id) {
                 g.status = GrantStatus::Active;
                 g.provider_ref = provider_ref;
+                g.last_error = None;
             }
             match (req.state, purpose) {
                 (Approved, GrantPurpose::Primary)
@@ -931,6 +933,7 @@ pub fn step(
                 .detail("error", &message);
             if let Some(g) = tx.next.grant_mut(grant_id) {
                 g.attempts = attempts;
+                g.last_error = Some(message.clone());
             }
             match (give_up, purpose) {
                 (false, _) => tx.effects.push(Effect::RetryGrantLater {
@@ -1023,6 +1026,9 @@ pub fn step(
                 .detail("failures", failures)
                 .detail("error", &message);
             tx.next.revoke_failures = failures;
+            if let Some(g) = tx.next.grant_mut(grant_id) {
+                g.last_error = Some(message.clone());
+            }
             if failures >= rules.stuck_after_failures.max(1) && !req.stuck {
                 tx.next.stuck = true;
                 tx.kind = "alert.revocation_stuck";
@@ -1254,6 +1260,7 @@ fn intend_extension_grant(tx: &mut Tx, number: u32) {
         provider_ref: String::new(),
         attempts: 0,
         evidence: None,
+        last_error: None,
     });
     if let Some(e) = tx.next.extensions.iter_mut().find(|e| e.number == number) {
         e.state = ExtensionState::Granting;
@@ -1287,6 +1294,7 @@ fn confirm_gone(
     if let Some(g) = tx.next.grant_mut(grant_id) {
         g.status = GrantStatus::Revoked;
         g.evidence = Some(evidence);
+        g.last_error = None;
     }
     tx.next.revoke_failures = 0;
     let all_gone = tx

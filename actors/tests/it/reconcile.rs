@@ -241,3 +241,46 @@ async fn the_mapped_principal_is_granted_and_an_unmappable_requester_is_refused(
     .await;
     rig.engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_throttled_grant_waits_out_retry_after_with_the_answer_visible() {
+    let rig = rig(postgres().await, "{sub}", DriftAction::Report).await;
+    // 429 with Retry-After: 1 twice; the engine's own back-off here is 50–200 ms.
+    rig.server.fail_next(
+        jitsudo_providers::http::Op::Grant,
+        2,
+        jitsudo_providers::http::server::FailureKind::Status(429),
+    );
+    let req = rig
+        .engine
+        .create(alice(), spec("cloud", 3600))
+        .await
+        .unwrap();
+    let waiting = wait_for(
+        &rig.store,
+        req.id,
+        "APPROVED with the provider's answer",
+        |r| r.state == State::Approved && r.grants.first().is_some_and(|g| g.last_error.is_some()),
+    )
+    .await;
+    let said = waiting.grants[0].last_error.clone().unwrap();
+    assert!(said.contains("throttled"), "{said}");
+    let active = wait_state(&rig.store, req.id, State::Active).await;
+    assert_eq!(active.grants[0].last_error, None, "cleared by the success");
+    assert_eq!(active.grants[0].attempts, 2);
+    let calls: Vec<_> = rig
+        .server
+        .events()
+        .into_iter()
+        .filter(|e| e.op == jitsudo_providers::http::Op::Grant)
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(calls.len(), 3, "two throttled, one granted");
+    for w in calls.windows(2) {
+        assert!(
+            w[1] - w[0] >= chrono::Duration::milliseconds(950),
+            "a retry came before Retry-After: {calls:?}"
+        );
+    }
+    rig.engine.shutdown().await;
+}

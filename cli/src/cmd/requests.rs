@@ -296,6 +296,15 @@ pub fn request_details(out: &Out, r: &v1::Request) -> String {
         ("Ended", local_time(&r.ended_at)),
         ("End detail", r.end_detail.clone()),
         (
+            "Provider said",
+            r.grants
+                .iter()
+                .filter(|g| !g.last_error.is_empty())
+                .map(|g| format!("{} ({} attempts): {}", g.purpose, g.attempts, g.last_error))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        (
             "Revocation",
             if r.revocation_stuck {
                 "STUCK: retrying, operators alerted".into()
