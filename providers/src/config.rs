@@ -159,7 +159,9 @@ impl ProviderSection {
             k if KINDS.contains(&k) => {
                 return Err(err(
                     Some(k),
-                    format!("the {k} provider is not in this build of jitsudod"),
+                    format!(
+                        "the {k} provider is not implemented in this version of jitsudod yet; kinds available now: kubernetes, http, demo"
+                    ),
                 ));
             }
             k => {

@@ -143,7 +143,10 @@ impl ManagedGrant {
             subject: self.subject.clone(),
             role: self.role.clone(),
             scope: self.scope.clone(),
-            not_after: self.not_after.unwrap_or(DateTime::<Utc>::MAX_UTC),
+            // An object without a recorded end (made by hand): its tombstone is kept a day.
+            not_after: self
+                .not_after
+                .unwrap_or_else(|| Utc::now() + chrono::TimeDelta::days(1)),
             provider_ref: self.provider_ref.clone(),
         }
     }

@@ -70,6 +70,9 @@ pub struct ReconcilerState {
     /// Drift already reported by this reconciler, so a pass does not repeat it every
     /// interval (a reconciler on another node after a failover reports it once more).
     reported: HashSet<(Uuid, String)>,
+    /// Drifted requests (`on_drift = "end"`) whose ending has not been accepted yet: tried
+    /// again every pass until it is (or the request is final).
+    to_end: BTreeMap<Uuid, String>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -99,6 +102,7 @@ impl Actor for Reconciler {
             renewed_at: Instant::now(),
             last_pass: None,
             reported: HashSet::new(),
+            to_end: BTreeMap::new(),
             ticker: Some(ticker),
         })
     }
@@ -140,6 +144,7 @@ impl Actor for Reconciler {
             for h in handles {
                 state.pass(&h).await;
             }
+            state.end_drifted().await;
             state.stats.set_state("holding the reconcile lease");
         }
         Ok(())
@@ -343,6 +348,10 @@ impl ReconcilerState {
                 };
                 let details = json!({
                     "provider": h.name,
+                    "request_id": expected.request_id,
+                    "principal": expected.subject,
+                    "role": expected.role,
+                    "scope": expected.scope,
                     "grant_id": expected.grant_id,
                     "drift": drift,
                     "what": what,
@@ -365,7 +374,7 @@ impl ReconcilerState {
                     .increment(1);
                 tracing::warn!(provider = %h.name, grant = %expected.grant_id, %what, "grant drift detected");
                 if h.on_drift == jitsudo_providers::registry::DriftAction::End {
-                    self.end(expected.request_id, &what).await;
+                    self.to_end.insert(expected.request_id, what);
                 }
             }
         }
@@ -399,20 +408,32 @@ impl ReconcilerState {
         }
     }
 
-    /// `on_drift = "end"`: the request ends as REVOKED with the drift as its reason.
-    async fn end(&self, request_id: Uuid, what: &str) {
-        let ctx = &self.args.ctx;
-        let by = Principal {
-            groups: ctx.config.admin_groups.clone(),
-            ..Principal::new(RECONCILER)
-        };
-        let cmd = Command::Revoke {
-            by,
-            reason: format!("drift: {what}"),
-        };
-        if let Err(e) = crate::mesh::route(ctx, &self.args.shards, RequestId(request_id), cmd).await
-        {
-            tracing::warn!(request = %request_id, error = %e, "could not end a drifted request");
+    /// `on_drift = "end"`: each drifted request ends as REVOKED with the drift as its
+    /// reason; one whose command was not accepted (its owner unreachable) is tried again
+    /// at the next pass, one already final is dropped.
+    async fn end_drifted(&mut self) {
+        let ctx = self.args.ctx.clone();
+        let pending = std::mem::take(&mut self.to_end);
+        for (request_id, what) in pending {
+            let by = Principal {
+                groups: ctx.config.admin_groups.clone(),
+                ..Principal::new(RECONCILER)
+            };
+            let cmd = Command::Revoke {
+                by,
+                reason: format!("drift: {what}"),
+            };
+            match crate::mesh::route(&ctx, &self.args.shards, RequestId(request_id), cmd).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
+                    tracing::warn!(request = %request_id, error = %e, "could not end a drifted request yet; retrying at the next pass");
+                    self.to_end.insert(request_id, what);
+                }
+                // Final already, or revoked meanwhile: nothing left to end.
+                Err(e) => {
+                    tracing::info!(request = %request_id, error = %e, "a drifted request was not ended");
+                }
+            }
         }
     }
 }

@@ -518,6 +518,16 @@ impl KubernetesProvider {
                 Err(kube::Error::Api(s)) if s.is_conflict() || s.is_already_exists() => {
                     conflict_pause(round).await;
                 }
+                // The escalation check applies to updates too: without `bind` on the role
+                // any more, the tombstone cannot be written. Delete instead — access ends
+                // now, and a late grant of this role is refused for the same reason.
+                Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                    return match api.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => Ok(()),
+                        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+                        Err(e) => Err(self.err("deleting the binding to revoke", Call::Write)(e)),
+                    };
+                }
                 // No such namespace: nothing can be granted in it either.
                 Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(()),
                 Err(e) => return Err(self.err("revoking the binding", Call::Write)(e)),
@@ -642,15 +652,15 @@ fn namespace_allowed(allowed: &[String], ns: &str) -> bool {
     })
 }
 
-/// A role name as the API server takes it: a DNS subdomain, with the colons that
-/// ClusterRoles such as `system:aggregate-to-view` carry.
+/// A role name as the API server takes it: RBAC names are path segments, so anything but
+/// `/` and `%`, and not `.` or `..`.
 fn role_name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:".contains(c))
-        && !s.starts_with(['-', '.'])
-        && !s.ends_with(['-', '.'])
+        && !s.contains(['/', '%'])
+        && s != "."
+        && s != ".."
+        && !s.chars().any(char::is_control)
 }
 
 /// A namespace name (DNS-1123 label), or a prefix of one followed by `*`.
@@ -798,14 +808,20 @@ impl Provider for KubernetesProvider {
         if let Some(ctx) = &self.config.user_context {
             env.insert("JITSUDO_KUBE_CONTEXT".to_owned(), ctx.clone());
         }
+        let mut how = String::from("kubectl");
+        if self.config.user_context.is_some() {
+            how.push_str(" --context \"$JITSUDO_KUBE_CONTEXT\"");
+        }
+        if grant.scope != CLUSTER_SCOPE {
+            how.push_str(" -n \"$JITSUDO_KUBE_NAMESPACE\"");
+        }
         Ok(Credentials {
             env,
             expires_at: grant.not_after,
             // The values stay in `env` only: the notice is shown (and logged) as it is.
-            notice: Some(
-                "no credentials are minted for Kubernetes: your own identity holds the role until the grant ends; use kubectl --context \"$JITSUDO_KUBE_CONTEXT\" -n \"$JITSUDO_KUBE_NAMESPACE\""
-                    .into(),
-            ),
+            notice: Some(format!(
+                "no credentials are minted for Kubernetes: your own identity holds the role until the grant ends; use {how}"
+            )),
         })
     }
 
@@ -911,8 +927,8 @@ mod tests {
         c.roles.clear();
         assert!(check(&c).unwrap_err().contains("roles is required"));
         c = config(&["a"], false);
-        c.roles = vec!["Bad Role".into()];
-        assert!(check(&c).unwrap_err().contains("\"Bad Role\""));
+        c.roles = vec!["team/admin".into()];
+        assert!(check(&c).unwrap_err().contains("\"team/admin\""));
     }
 
     #[test]

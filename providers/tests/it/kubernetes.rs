@@ -360,3 +360,34 @@ async fn listing_pages_through_every_managed_binding_and_ignores_others() {
         .count();
     assert!(lists >= 3, "paged: {lists} list calls");
 }
+
+#[tokio::test]
+async fn a_revoke_without_bind_on_the_role_deletes_the_binding_instead() {
+    let (c, admin) = pair().await;
+    let s = spec("view", "team-a");
+    let record = admin.grant(&s).await.unwrap();
+    // `bind` on the role was taken away from jitsudod since: the tombstone (an update) is
+    // forbidden by the escalation check, so the binding is deleted.
+    c.fake.add_user(
+        "no-bind",
+        "jitsudod",
+        Rights {
+            bind_all: false,
+            bindable: vec![],
+            read_only: false,
+        },
+    );
+    let weak = provider_as(&c, "no-bind", |_| {}).await;
+    weak.revoke(&record).await.unwrap();
+    assert!(
+        c.fake
+            .object(Kind::RoleBinding, Some("team-a"), &binding_name(s.grant_id))
+            .is_none()
+    );
+    assert_eq!(weak.inspect(&record).await.unwrap(), GrantState::Gone);
+    // And a late grant of the same role by that identity is refused as well.
+    assert!(matches!(
+        weak.grant(&s).await,
+        Err(ProviderError::Forbidden { .. })
+    ));
+}
