@@ -194,6 +194,24 @@ impl ProviderSection {
         Ok(section)
     }
 
+    /// A call's whole budget, from the kind's own per-request timeout: the http provider
+    /// makes one request per call; the Kubernetes provider up to three (two retries after
+    /// a throttle) plus the read-modify-write rounds of a revoke.
+    fn call_timeout(&self) -> Option<std::time::Duration> {
+        use std::time::Duration;
+        match &self.kind {
+            KindConfig::Demo(_) => None,
+            KindConfig::Http(c) => c
+                .timeout_seconds
+                .map(|t| Duration::from_secs(t) + Duration::from_secs(1)),
+            #[cfg(feature = "kubernetes")]
+            KindConfig::Kubernetes(c) => {
+                let each = Duration::from_secs(c.timeout_seconds.unwrap_or(10));
+                Some(each * 3 + Duration::from_secs(2))
+            }
+        }
+    }
+
     fn error(&self, message: impl Into<String>) -> ConfigError {
         ConfigError {
             provider: self.name.clone(),
@@ -227,6 +245,7 @@ impl ProviderSection {
             provider,
             identity: Arc::new(identity),
             on_drift: self.on_drift,
+            call_timeout: self.call_timeout(),
         })
     }
 }

@@ -32,6 +32,9 @@ pub struct Entry {
     pub provider: Arc<dyn Provider>,
     pub identity: Arc<IdentityMapping>,
     pub on_drift: DriftAction,
+    /// The longest one call may take, all in (the engine abandons it as outcome-unknown
+    /// after that); `None` for the engine's default.
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 impl Entry {
@@ -41,6 +44,7 @@ impl Entry {
             identity: Arc::new(IdentityMapping::subject_as_is(provider.name())),
             provider,
             on_drift: DriftAction::Report,
+            call_timeout: None,
         }
     }
 }

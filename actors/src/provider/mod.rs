@@ -254,7 +254,12 @@ impl ProviderHandle {
             provider,
             identity,
             on_drift,
+            call_timeout,
         } = entry;
+        let limits = ProviderLimits {
+            call_timeout: call_timeout.unwrap_or(limits.call_timeout),
+            ..limits
+        };
         let name = provider.name().to_owned();
         let info = provider.info();
         let stats = ActorStats::new("provider", name.clone(), 0);

@@ -40,6 +40,7 @@ async fn rig(db: Db, subject: &str, on_drift: DriftAction) -> Rig {
         provider: Arc::new(provider("cloud")) as Arc<dyn Provider>,
         identity: Arc::new(IdentityMapping::new("cloud", subject).unwrap()),
         on_drift,
+        call_timeout: None,
     };
     let cfg = EngineConfig {
         reconcile: Some(ReconcileConfig {
