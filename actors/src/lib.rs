@@ -17,6 +17,7 @@ pub mod policy;
 pub mod provider;
 pub mod reconcile;
 pub mod request;
+pub mod singleton;
 pub mod stats;
 pub mod store;
 

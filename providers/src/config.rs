@@ -17,6 +17,14 @@ use crate::{Provider, demo, http};
 /// The kinds a `[[providers]]` table may name, whether or not this build has them.
 pub const KINDS: [&str; 6] = ["kubernetes", "aws", "gcp", "azure", "http", "demo"];
 
+/// The kinds this build can run.
+const BUILT: &[&str] = &[
+    #[cfg(feature = "kubernetes")]
+    "kubernetes",
+    "http",
+    "demo",
+];
+
 /// Keys every kind shares.
 const COMMON_KEYS: [&str; 5] = ["name", "kind", "subject", "identity_map_file", "on_drift"];
 
@@ -160,7 +168,8 @@ impl ProviderSection {
                 return Err(err(
                     Some(k),
                     format!(
-                        "the {k} provider is not implemented in this version of jitsudod yet; kinds available now: kubernetes, http, demo"
+                        "the {k} provider is not implemented in this version of jitsudod yet; kinds available in this build: {}",
+                        BUILT.join(", ")
                     ),
                 ));
             }

@@ -14,8 +14,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::record;
+use crate::singleton::{Holding, SingletonLease};
 use crate::stats::{ActorRegistry, ActorStats, names};
-use crate::store::{AUDIT_LEASE, ChainRow, Checkpoint, Fence, OutboxRow, SharedStore, Write};
+use crate::store::{AUDIT_LEASE, ChainRow, Checkpoint, OutboxRow, SharedStore, Write};
 
 #[derive(Clone)]
 pub struct AuditConfig {
@@ -83,8 +84,7 @@ pub struct SequencerArgs {
 pub struct SequencerState {
     args: SequencerArgs,
     stats: Arc<ActorStats>,
-    fence: Option<Fence>,
-    renewed_at: Instant,
+    lease: SingletonLease,
     /// (seq, hash) of the chain's last link as this sequencer knows it.
     tip: Option<(i64, [u8; 32], chrono::DateTime<chrono::Utc>)>,
     last_checkpoint: Option<(i64, Instant)>,
@@ -102,37 +102,21 @@ impl SequencerState {
     /// Takes (or keeps, by renewing) the `audit` lease.
     async fn hold_lease(&mut self) -> Result<bool, crate::store::StoreError> {
         let a = &self.args;
-        if self.fence.is_some() && self.renewed_at.elapsed() < a.lease_ttl / 3 {
-            return Ok(true);
-        }
-        if let Some(f) = &self.fence {
-            let leases = a
-                .store
-                .renew_shards(&a.node, a.incarnation, a.lease_ttl)
-                .await?;
-            if leases.iter().any(|l| l.fence == *f) {
-                self.renewed_at = Instant::now();
-                return Ok(true);
+        match self
+            .lease
+            .hold(&a.store, &a.node, a.incarnation, a.lease_ttl)
+            .await?
+        {
+            Holding::Kept => Ok(true),
+            Holding::Taken => {
+                self.load_tip().await?;
+                Ok(true)
             }
-            tracing::warn!(epoch = f.epoch, "the audit lease was lost");
-            self.fence = None;
+            Holding::Standby => {
+                self.stats.set_state("standby (another node sequences)");
+                Ok(false)
+            }
         }
-        let got = a
-            .store
-            .acquire_shards(&a.node, a.incarnation, &[AUDIT_LEASE], a.lease_ttl)
-            .await?;
-        if let Some(l) = got.into_iter().next() {
-            tracing::info!(
-                epoch = l.fence.epoch,
-                "holding the audit lease: this node sequences the audit chain"
-            );
-            self.fence = Some(l.fence);
-            self.renewed_at = Instant::now();
-            self.load_tip().await?;
-            return Ok(true);
-        }
-        self.stats.set_state("standby (another node sequences)");
-        Ok(false)
     }
 
     async fn load_tip(&mut self) -> Result<(), crate::store::StoreError> {
@@ -152,7 +136,7 @@ impl SequencerState {
 
     /// Chains one batch; returns how many events it linked.
     async fn chain_batch(&mut self) -> Result<usize, crate::store::StoreError> {
-        let Some(fence) = self.fence.clone() else {
+        let Some(fence) = self.lease.fence().cloned() else {
             return Ok(0);
         };
         let cfg = &self.args.config;
@@ -220,7 +204,7 @@ impl SequencerState {
             _ => {
                 // Fenced out or raced: another sequencer holds the lease. Start over.
                 tracing::warn!("audit chain append refused; re-reading the lease and the tip");
-                self.fence = None;
+                self.lease.lost();
                 Ok(0)
             }
         }
@@ -229,7 +213,7 @@ impl SequencerState {
     async fn checkpoint_if_due(&mut self) -> Result<(), crate::store::StoreError> {
         let (Some(key), Some(fence), Some((seq, hash, _))) = (
             self.args.config.signing_key.clone(),
-            self.fence.clone(),
+            self.lease.fence().cloned(),
             self.tip,
         ) else {
             return Ok(());
@@ -276,7 +260,7 @@ impl SequencerState {
                 metrics::counter!(names::AUDIT_CHECKPOINTS).increment(1);
                 self.last_checkpoint = Some((seq, Instant::now()));
             }
-            _ => self.fence = None,
+            _ => self.lease.lost(),
         }
         Ok(())
     }
@@ -336,8 +320,7 @@ impl Actor for AuditSequencer {
         Ok(SequencerState {
             args,
             stats,
-            fence: None,
-            renewed_at: Instant::now(),
+            lease: SingletonLease::new(AUDIT_LEASE, "audit sequencer"),
             tip: None,
             last_checkpoint: None,
             last_sweep: Instant::now() - Duration::from_secs(3600),

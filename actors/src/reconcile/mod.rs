@@ -24,8 +24,9 @@ use crate::context::NodeContext;
 use crate::domain::{GrantStatus, Notice, NoticeKind, Principal, Request, RequestId, State};
 use crate::provider::ProviderHandle;
 use crate::request::{Command, ShardHandle};
+use crate::singleton::{Holding, SingletonLease};
 use crate::stats::{ActorStats, names};
-use crate::store::{self as st, Fence, RECONCILE_LEASE, ReconcilePass, Write};
+use crate::store::{self as st, RECONCILE_LEASE, ReconcilePass, Write};
 
 /// Who the reconciler acts as in the audit log and in the requests it ends.
 pub const RECONCILER: &str = "jitsudo:reconciler";
@@ -64,8 +65,7 @@ pub struct ReconcilerArgs {
 pub struct ReconcilerState {
     args: ReconcilerArgs,
     stats: Arc<ActorStats>,
-    fence: Option<Fence>,
-    renewed_at: Instant,
+    lease: SingletonLease,
     last_pass: Option<Instant>,
     /// Drift already reported by this reconciler, so a pass does not repeat it every
     /// interval (a reconciler on another node after a failover reports it once more).
@@ -98,8 +98,7 @@ impl Actor for Reconciler {
         Ok(ReconcilerState {
             args,
             stats,
-            fence: None,
-            renewed_at: Instant::now(),
+            lease: SingletonLease::new(RECONCILE_LEASE, "grant reconciler"),
             last_pass: None,
             reported: HashSet::new(),
             to_end: BTreeMap::new(),
@@ -163,39 +162,27 @@ struct Tally {
 impl ReconcilerState {
     async fn hold_lease(&mut self) -> Result<bool, st::StoreError> {
         let ctx = &self.args.ctx;
-        let ttl = ctx.config.lease_ttl;
-        if self.fence.is_some() && self.renewed_at.elapsed() < ttl / 3 {
-            return Ok(true);
-        }
-        if let Some(f) = &self.fence {
-            let leases = ctx
-                .store
-                .renew_shards(ctx.node(), ctx.incarnation, ttl)
-                .await?;
-            if leases.iter().any(|l| l.fence == *f) {
-                self.renewed_at = Instant::now();
-                return Ok(true);
+        match self
+            .lease
+            .hold(
+                &ctx.store,
+                ctx.node(),
+                ctx.incarnation,
+                ctx.config.lease_ttl,
+            )
+            .await?
+        {
+            Holding::Kept => Ok(true),
+            Holding::Taken => {
+                // A new holder starts with a pass.
+                self.last_pass = None;
+                Ok(true)
             }
-            tracing::warn!(epoch = f.epoch, "the reconcile lease was lost");
-            self.fence = None;
+            Holding::Standby => {
+                self.stats.set_state("standby (another node reconciles)");
+                Ok(false)
+            }
         }
-        let got = ctx
-            .store
-            .acquire_shards(ctx.node(), ctx.incarnation, &[RECONCILE_LEASE], ttl)
-            .await?;
-        if let Some(l) = got.into_iter().next() {
-            tracing::info!(
-                epoch = l.fence.epoch,
-                "holding the reconcile lease: this node reconciles provider grants"
-            );
-            self.fence = Some(l.fence);
-            self.renewed_at = Instant::now();
-            // A new holder starts with a pass.
-            self.last_pass = None;
-            return Ok(true);
-        }
-        self.stats.set_state("standby (another node reconciles)");
-        Ok(false)
     }
 
     /// One provider: list, compare, act, record. Failures end the pass and are recorded.
@@ -388,7 +375,7 @@ impl ReconcilerState {
         details: serde_json::Value,
         notice: Option<Notice>,
     ) -> Result<(), String> {
-        let Some(fence) = &self.fence else {
+        let Some(fence) = self.lease.fence() else {
             return Err("the reconcile lease is not held".into());
         };
         let ctx = &self.args.ctx;

@@ -109,45 +109,37 @@ trait Binding:
     fn clear_subjects(&mut self);
 }
 
-impl Binding for RoleBinding {
-    const PLURAL: &'static str = "rolebindings";
-    fn make(metadata: ObjectMeta, role_ref: RoleRef, subjects: Option<Vec<Subject>>) -> Self {
-        RoleBinding {
-            metadata,
-            role_ref,
-            subjects,
+/// RoleBinding and ClusterRoleBinding have the same fields.
+macro_rules! binding {
+    ($kind:ty, $plural:literal) => {
+        impl Binding for $kind {
+            const PLURAL: &'static str = $plural;
+            fn make(
+                metadata: ObjectMeta,
+                role_ref: RoleRef,
+                subjects: Option<Vec<Subject>>,
+            ) -> Self {
+                Self {
+                    metadata,
+                    role_ref,
+                    subjects,
+                }
+            }
+            fn role_ref(&self) -> &RoleRef {
+                &self.role_ref
+            }
+            fn subjects(&self) -> &[Subject] {
+                self.subjects.as_deref().unwrap_or_default()
+            }
+            fn clear_subjects(&mut self) {
+                self.subjects = None;
+            }
         }
-    }
-    fn role_ref(&self) -> &RoleRef {
-        &self.role_ref
-    }
-    fn subjects(&self) -> &[Subject] {
-        self.subjects.as_deref().unwrap_or_default()
-    }
-    fn clear_subjects(&mut self) {
-        self.subjects = None;
-    }
+    };
 }
 
-impl Binding for ClusterRoleBinding {
-    const PLURAL: &'static str = "clusterrolebindings";
-    fn make(metadata: ObjectMeta, role_ref: RoleRef, subjects: Option<Vec<Subject>>) -> Self {
-        ClusterRoleBinding {
-            metadata,
-            role_ref,
-            subjects,
-        }
-    }
-    fn role_ref(&self) -> &RoleRef {
-        &self.role_ref
-    }
-    fn subjects(&self) -> &[Subject] {
-        self.subjects.as_deref().unwrap_or_default()
-    }
-    fn clear_subjects(&mut self) {
-        self.subjects = None;
-    }
-}
+binding!(RoleBinding, "rolebindings");
+binding!(ClusterRoleBinding, "clusterrolebindings");
 
 fn label<'a, B: Binding>(b: &'a B, key: &str) -> Option<&'a str> {
     b.meta().labels.as_ref()?.get(key).map(String::as_str)
