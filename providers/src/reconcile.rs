@@ -165,16 +165,32 @@ pub const MAX_PAGES: usize = 10_000;
 
 /// Every page of [`Provider::list_managed`].
 pub async fn list_all(provider: &dyn Provider) -> Result<Vec<ManagedGrant>, ProviderError> {
+    list_pages(provider.name(), |page| async move {
+        provider.list_managed(page.as_deref()).await
+    })
+    .await
+}
+
+/// Follows a paged listing to its end through `fetch` (a provider, or a handle to one),
+/// refusing a listing that repeats a page token or does not end within [`MAX_PAGES`].
+pub async fn list_pages<F, Fut>(
+    provider: &str,
+    mut fetch: F,
+) -> Result<Vec<ManagedGrant>, ProviderError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<crate::ManagedPage, ProviderError>>,
+{
     let mut all = Vec::new();
     let mut page: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        let got = provider.list_managed(page.as_deref()).await?;
+        let got = fetch(page.clone()).await?;
         all.extend(got.grants);
         match got.next {
             Some(next) if Some(&next) != page.as_ref() => page = Some(next),
             Some(_) => {
                 return Err(ProviderError::Unknown {
-                    provider: provider.name().to_owned(),
+                    provider: provider.to_owned(),
                     reason: "the listing returned the same page token twice".into(),
                 });
             }
@@ -182,7 +198,7 @@ pub async fn list_all(provider: &dyn Provider) -> Result<Vec<ManagedGrant>, Prov
         }
     }
     Err(ProviderError::Unknown {
-        provider: provider.name().to_owned(),
+        provider: provider.to_owned(),
         reason: format!("the listing did not end within {MAX_PAGES} pages"),
     })
 }

@@ -224,6 +224,7 @@ impl ReconcilerState {
             .collect();
         let mut expected = BTreeMap::new();
         for chunk in ids.chunks(IDS_PER_READ) {
+            let wanted: HashSet<&Uuid> = chunk.iter().collect();
             let owners = self
                 .args
                 .ctx
@@ -232,7 +233,7 @@ impl ReconcilerState {
                 .await
                 .map_err(|e| format!("reading the store: {e}"))?;
             for req in &owners {
-                for g in req.grants.iter().filter(|g| chunk.contains(&g.grant_id)) {
+                for g in req.grants.iter().filter(|g| wanted.contains(&g.grant_id)) {
                     expected.insert(g.grant_id, expectation(req, g.grant_id));
                 }
             }
@@ -426,24 +427,9 @@ impl ReconcilerState {
 }
 
 async fn list_all(h: &ProviderHandle) -> Result<Vec<ManagedGrant>, String> {
-    let mut all = Vec::new();
-    let mut page: Option<String> = None;
-    for _ in 0..reconcile::MAX_PAGES {
-        let got = h
-            .list_managed(page.clone())
-            .await
-            .map_err(|e| format!("listing managed grants: {e}"))?;
-        all.extend(got.grants);
-        match got.next {
-            Some(next) if Some(&next) != page.as_ref() => page = Some(next),
-            Some(_) => return Err("the listing returned the same page token twice".into()),
-            None => return Ok(all),
-        }
-    }
-    Err(format!(
-        "the listing did not end within {} pages",
-        reconcile::MAX_PAGES
-    ))
+    reconcile::list_pages(&h.name, |page| h.list_managed(page))
+        .await
+        .map_err(|e| format!("listing managed grants: {e}"))
 }
 
 /// The store's expectation of one grant of `req`.
