@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use ed25519_dalek::SigningKey;
-use jitsudo_actors::audit::{AuditConfig, SequencerArgs, SequencerHandle, record, verify};
+use jitsudo_actors::audit::{SequencerArgs, SequencerHandle, record, verify};
+use jitsudo_actors::config::AuditConfig;
 use jitsudo_actors::domain::{
     self, Decider, Event, NewRequest, Principal, Request, RequestId, RequestSpec, Rules,
     Transition, grant_id_for,

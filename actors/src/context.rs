@@ -8,80 +8,12 @@ use std::time::Duration;
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::config::EngineConfig;
 use crate::domain::{Notice, Principal, Rules, Timestamp};
-use crate::notify::NotifyConfig;
-use crate::policy::PolicyHandle;
-use crate::provider::{Backoff, ProviderHandle, ProviderLimits};
+use crate::policy_actor::PolicyHandle;
+use crate::provider::ProviderHandle;
 use crate::stats::ActorRegistry;
 use crate::store::{OutboxRow, SharedStore};
-
-/// Engine configuration (the server maps its config file onto this).
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// This node's name; unique in a cluster.
-    pub node: String,
-    /// Number of shards; fixed at the database's initialisation.
-    pub shards: u32,
-    /// Shard lease time-to-live; renewed every fifth of it.
-    pub lease_ttl: Duration,
-    pub rules: Rules,
-    /// Back-off between retries of failed grant and revoke calls.
-    pub backoff: Backoff,
-    pub provider_limits: ProviderLimits,
-    /// The outbox sinks each notice is enqueued for, and how the Notifier delivers them.
-    pub notify: NotifyConfig,
-    /// The audit sequencer this node runs (standby unless it holds the `audit` lease);
-    /// `None` runs none on this node.
-    pub audit: Option<crate::audit::AuditConfig>,
-    /// Members of these groups are admins (may revoke any request).
-    pub admin_groups: Vec<String>,
-    /// A request actor with this many queued messages refuses more (overload).
-    pub max_mailbox: usize,
-    /// How long a caller waits for an actor's answer.
-    pub call_timeout: Duration,
-    /// After a break-glass request, the same requester gets no other for this long.
-    pub break_glass_cooldown: Duration,
-    /// Requests of one requester that are not yet final, at most; 0 for no cap.
-    pub max_live_per_requester: i64,
-    /// How often each ShardActor looks in the database for overdue requests it does not
-    /// know about (the safety net behind its timers).
-    pub sweep_every: Duration,
-    /// The cluster mesh (routing between nodes); `None` on a single node.
-    pub mesh: Option<crate::mesh::MeshConfig>,
-    /// This node's API address as clients reach it (shown in `server cluster`).
-    pub api_addr: String,
-    /// How often the node re-reads the policy revision, in case a change on another node
-    /// did not ring it over the mesh (no mesh, or a cut).
-    pub policy_poll: Duration,
-    /// The grant reconciler this node runs (standby unless it holds the `reconcile`
-    /// lease); `None` runs none on this node.
-    pub reconcile: Option<crate::reconcile::ReconcileConfig>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            node: "jitsudod".into(),
-            shards: 64,
-            lease_ttl: Duration::from_secs(5),
-            rules: Rules::default(),
-            backoff: Backoff::default(),
-            provider_limits: ProviderLimits::default(),
-            notify: NotifyConfig::default(),
-            audit: Some(crate::audit::AuditConfig::default()),
-            admin_groups: vec!["jitsudo-admins".into()],
-            max_mailbox: 1000,
-            call_timeout: Duration::from_secs(30),
-            break_glass_cooldown: Duration::from_secs(15 * 60),
-            max_live_per_requester: 25,
-            sweep_every: Duration::from_secs(5),
-            mesh: None,
-            api_addr: String::new(),
-            policy_poll: crate::policy::POLL_EVERY,
-            reconcile: Some(crate::reconcile::ReconcileConfig::default()),
-        }
-    }
-}
 
 /// See [`NodeContext::expiry_records`]: a quarter of the store's 16 connections.
 const EXPIRY_RECORDS_AT_ONCE: usize = 4;
@@ -105,7 +37,7 @@ pub struct NodeContext {
     pub expiry_records: std::sync::Arc<tokio::sync::Semaphore>,
     /// This node's own view of its shard leases: grant calls start only while it says
     /// they stand (self-fencing, DESIGN.md §6).
-    pub lease: std::sync::Arc<crate::ownership::LeaseClock>,
+    pub lease: std::sync::Arc<crate::lease::LeaseClock>,
     /// Every shard's owner row as last read (each round of the node supervisor, and by
     /// routing when it had to look again): routing's first guess of where a shard lives.
     pub owners: std::sync::RwLock<Vec<crate::store::ShardRecord>>,
@@ -135,7 +67,7 @@ impl NodeContext {
             expiry_records: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 EXPIRY_RECORDS_AT_ONCE,
             )),
-            lease: std::sync::Arc::new(crate::ownership::LeaseClock::new(Duration::ZERO)),
+            lease: std::sync::Arc::new(crate::lease::LeaseClock::new(Duration::ZERO)),
             crashing: std::sync::atomic::AtomicBool::new(false),
             owners: std::sync::RwLock::new(Vec::new()),
         };
@@ -150,7 +82,7 @@ impl NodeContext {
     }
 
     /// Shares the lease clock the node supervisor keeps.
-    pub fn with_lease(mut self, lease: std::sync::Arc<crate::ownership::LeaseClock>) -> Self {
+    pub fn with_lease(mut self, lease: std::sync::Arc<crate::lease::LeaseClock>) -> Self {
         self.lease = lease;
         self
     }

@@ -13,17 +13,19 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::audit::{SequencerArgs, SequencerHandle};
-use crate::context::{EngineConfig, NodeContext};
+use crate::cluster::membership::Membership;
+use crate::cluster::node::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::config::EngineConfig;
+use crate::context::NodeContext;
 use crate::domain::{
     self, GrantStatus, Idempotency, Limits, NewRequest, PersonRef, Principal, Refusal, Request,
     RequestId, RequestSpec, State, Timestamp, check_text, grant_id_for, same_person,
 };
 use crate::error::EngineError;
-use crate::membership::Membership;
-use crate::node::{NodeArgs, NodeMsg, NodeSupervisor};
+use crate::lease::{LeaseClock, fence_margin};
 use crate::notify::NotifierHandle;
-use crate::ownership::LeaseClock;
-use crate::policy::{PolicyHandle, PolicyInput};
+use crate::policy::PolicyInput;
+use crate::policy_actor::PolicyHandle;
 use crate::provider::ProviderHandle;
 use crate::request::{Command, ShardHandle};
 use crate::stats::{ActorRegistry, ActorSnapshot};
@@ -52,8 +54,9 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let incarnation = Uuid::now_v7();
         let n = store.init_shards(config.shards).await?;
-        crate::membership::join(&store, &config.node, incarnation, config.lease_ttl).await?;
-        let lease = Arc::new(LeaseClock::new(crate::node::fence_margin(config.lease_ttl)));
+        crate::cluster::membership::join(&store, &config.node, incarnation, config.lease_ttl)
+            .await?;
+        let lease = Arc::new(LeaseClock::new(fence_margin(config.lease_ttl)));
         let registry = ActorRegistry::default();
         let shards: Arc<RwLock<Vec<Option<ShardHandle>>>> =
             Arc::new(RwLock::new(vec![None; n as usize]));
@@ -146,8 +149,8 @@ impl Engine {
                 })?;
             Actor::spawn_linked(
                 None,
-                crate::mesh::Router,
-                crate::mesh::RouterArgs {
+                crate::cluster::mesh::Router,
+                crate::cluster::mesh::RouterArgs {
                     ctx: ctx.clone(),
                     shards: shards.clone(),
                 },
@@ -172,11 +175,11 @@ impl Engine {
                 })?;
             }
             if let Some(mesh) = &ctx.config.mesh {
-                let server = crate::mesh::start_server(&ctx, mesh, cell.clone()).await?;
+                let server = crate::cluster::mesh::start_server(&ctx, mesh, cell.clone()).await?;
                 Actor::spawn_linked(
                     None,
-                    crate::mesh::Dialer,
-                    crate::mesh::DialerArgs {
+                    crate::cluster::mesh::Dialer,
+                    crate::cluster::mesh::DialerArgs {
                         ctx: ctx.clone(),
                         server,
                         mesh: mesh.clone(),
@@ -635,7 +638,7 @@ impl Engine {
     /// Carries out a command on the node holding the request's shard: this one, or
     /// another through the mesh (`mesh::route`).
     pub async fn command(&self, id: RequestId, cmd: Command) -> Result<Request, EngineError> {
-        crate::mesh::route(&self.ctx, &self.shards, id, cmd).await
+        crate::cluster::mesh::route(&self.ctx, &self.shards, id, cmd).await
     }
 
     pub async fn approve(

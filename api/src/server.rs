@@ -18,8 +18,8 @@ use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use jitsudo_actors::audit::{AuditConfig, load_signing_key};
-use jitsudo_actors::notify::{NotifyConfig, SinkConfig};
+use jitsudo_actors::audit::load_signing_key;
+use jitsudo_actors::config::{AuditConfig, MeshConfig, NotifyConfig, ReconcileConfig, SinkConfig};
 use jitsudo_actors::store::{self, Mode};
 use jitsudo_actors::{Engine, EngineConfig};
 use jitsudo_proto::v1;
@@ -60,9 +60,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 }
 
 /// The `[cluster]` section as the engine takes it; `None` without a mesh.
-fn mesh_config(
-    c: &crate::config::ClusterSection,
-) -> anyhow::Result<Option<jitsudo_actors::mesh::MeshConfig>> {
+fn mesh_config(c: &crate::config::ClusterSection) -> anyhow::Result<Option<MeshConfig>> {
     let Some(listen) = c.listen else {
         return Ok(None);
     };
@@ -84,7 +82,7 @@ fn mesh_config(
     let (server, client) = crate::tls::mesh_configs(&cert, &key, &ca)?;
     let cookie = String::from_utf8(read_secret(&cookie, "cluster cookie")?)
         .map_err(|_| anyhow::anyhow!("the cluster cookie file must hold text"))?;
-    Ok(Some(jitsudo_actors::mesh::MeshConfig {
+    Ok(Some(MeshConfig {
         listen,
         advertise,
         cookie,
@@ -221,7 +219,7 @@ impl Server {
                 ),
                 ..jitsudo_actors::domain::Rules::default()
             },
-            reconcile: Some(jitsudo_actors::reconcile::ReconcileConfig {
+            reconcile: Some(ReconcileConfig {
                 interval: Duration::from_secs(config.node.reconcile_interval_seconds.max(1)),
             }),
             ..EngineConfig::default()

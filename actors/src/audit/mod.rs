@@ -9,7 +9,7 @@ mod verify;
 pub use keys::{
     AuditKeyError, generate_signing_key, load_signing_key, load_verifying_key, public_key_pem,
 };
-pub use sequencer::{AuditConfig, AuditSequencer, SequencerArgs, SequencerHandle};
+pub use sequencer::{AuditSequencer, SequencerArgs, SequencerHandle};
 pub use verify::{CheckpointProblem, Truncation, VerifyReport, verify};
 
 use crate::store::AuditEvent;

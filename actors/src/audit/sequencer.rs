@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
 use jitsudo_proto::audit::{GENESIS, chain_hash, key_id, sign_checkpoint};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -14,55 +13,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::record;
+use crate::config::AuditConfig;
 use crate::singleton::{Holding, SingletonLease};
 use crate::stats::{ActorRegistry, ActorStats, names};
 use crate::store::{AUDIT_LEASE, ChainRow, Checkpoint, OutboxRow, SharedStore, Write};
-
-#[derive(Clone)]
-pub struct AuditConfig {
-    /// Checkpoints are signed with this key; without one, none are made.
-    pub signing_key: Option<Arc<SigningKey>>,
-    pub checkpoint_every: i64,
-    pub checkpoint_interval: Duration,
-    pub batch: u32,
-    pub poll: Duration,
-    /// Events are looked for from this long before the chain tip's event: a bound on how
-    /// much later than its timestamp an event can commit (statements time out after 10 s).
-    pub lookback: Duration,
-    /// Every so often, look for unchained events of any age (stragglers).
-    pub full_sweep_every: Duration,
-}
-
-impl std::fmt::Debug for AuditConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditConfig")
-            .field(
-                "signing_key",
-                &self
-                    .signing_key
-                    .as_ref()
-                    .map(|k| key_id(&k.verifying_key())),
-            )
-            .field("checkpoint_every", &self.checkpoint_every)
-            .field("checkpoint_interval", &self.checkpoint_interval)
-            .field("batch", &self.batch)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        AuditConfig {
-            signing_key: None,
-            checkpoint_every: 1000,
-            checkpoint_interval: Duration::from_secs(60),
-            batch: 2000,
-            poll: Duration::from_millis(200),
-            lookback: Duration::from_secs(60),
-            full_sweep_every: Duration::from_secs(30),
-        }
-    }
-}
 
 #[derive(RactorMessage)]
 pub enum SequencerMsg {

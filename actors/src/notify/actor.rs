@@ -11,10 +11,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
 use ractor_cluster::RactorMessage;
 use tokio::task::JoinSet;
 
-use super::NotifyConfig;
 use super::sink::{Sink, build_sinks};
+use crate::config::{Backoff, NotifyConfig};
 use crate::error::EngineError;
-use crate::provider::Backoff;
 use crate::stats::{ActorRegistry, ActorStats, names};
 use crate::store::{OutboxEntry, SharedStore};
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::webhook::WebhookSink;
-use super::{SinkConfig, SinkKind};
+use crate::config::{SinkConfig, SinkKind};
 use crate::error::EngineError;
 use crate::store::OutboxEntry;
 

@@ -22,8 +22,6 @@ pub use jitsudo_providers::http::SIGNATURE_HEADER;
 pub const EVENT_ID_HEADER: &str = "X-Jitsudo-Event-Id";
 /// The notice kind, e.g. `request.approval_needed`.
 pub const EVENT_KIND_HEADER: &str = "X-Jitsudo-Event-Kind";
-/// The per-attempt timeout when the configuration does not set one.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct WebhookSink {
     name: String,
@@ -180,9 +178,10 @@ mod tests {
             "not a url with token-abc",
             "ftp://example.invalid/token-abc",
         ] {
-            let err = WebhookSink::new("hook", url, vec![1], DEFAULT_TIMEOUT)
-                .err()
-                .expect("refused");
+            let err =
+                WebhookSink::new("hook", url, vec![1], crate::config::DEFAULT_WEBHOOK_TIMEOUT)
+                    .err()
+                    .expect("refused");
             assert!(!err.to_string().contains("token-abc"), "{err}");
         }
     }

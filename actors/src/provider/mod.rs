@@ -13,57 +13,10 @@ use jitsudo_providers::{
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use rand::Rng;
 use tokio::sync::Semaphore;
 
+use crate::config::ProviderLimits;
 use crate::stats::{ActorRegistry, ActorStats, names};
-
-/// Exponential back-off with jitter between retries of a provider call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            base: Duration::from_millis(500),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// Delay before retry number `attempt` (1-based): uniformly random in the upper half of
-    /// `base · 2^(attempt-1)`, capped at `max`, so that many failing requests spread out.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let cap = exp.min(self.max);
-        let half = cap / 2;
-        let jitter = rand::rng().random_range(0..=half.as_micros().min(u64::MAX as u128) as u64);
-        half + Duration::from_micros(jitter)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct ProviderLimits {
-    /// A call that takes longer is abandoned as outcome-unknown.
-    pub call_timeout: Duration,
-    /// Calls in flight at once to this provider.
-    pub concurrency: usize,
-}
-
-impl Default for ProviderLimits {
-    fn default() -> Self {
-        ProviderLimits {
-            call_timeout: Duration::from_secs(10),
-            concurrency: 128,
-        }
-    }
-}
 
 #[derive(Debug)]
 pub enum Call {
@@ -362,36 +315,6 @@ impl ProviderHandle {
         ProviderError::Unknown {
             provider: self.name.clone(),
             reason: "mismatched answer from the provider actor".into(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_exponentially_within_jitter_and_is_capped() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        for _ in 0..100 {
-            let d1 = b.delay(1);
-            assert!(
-                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
-                "{d1:?}"
-            );
-            let d3 = b.delay(3);
-            assert!(
-                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
-                "{d3:?}"
-            );
-            let d30 = b.delay(30);
-            assert!(
-                d30 >= Duration::from_millis(500) && d30 <= Duration::from_secs(1),
-                "{d30:?}"
-            );
         }
     }
 }

@@ -20,6 +20,7 @@ use ractor_cluster::RactorMessage;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::config::ReconcileConfig;
 use crate::context::NodeContext;
 use crate::domain::{GrantStatus, Notice, NoticeKind, Principal, Request, RequestId, State};
 use crate::provider::ProviderHandle;
@@ -34,20 +35,6 @@ pub const RECONCILER: &str = "jitsudo:reconciler";
 const IDS_PER_READ: usize = 500;
 /// ACTIVE requests per store page.
 const ACTIVE_PER_PAGE: u32 = 500;
-
-#[derive(Clone, Debug)]
-pub struct ReconcileConfig {
-    /// How often each provider is compared with the store.
-    pub interval: Duration,
-}
-
-impl Default for ReconcileConfig {
-    fn default() -> Self {
-        ReconcileConfig {
-            interval: Duration::from_secs(60),
-        }
-    }
-}
 
 #[derive(RactorMessage)]
 pub enum ReconcilerMsg {
@@ -411,7 +398,9 @@ impl ReconcilerState {
                 by,
                 reason: format!("drift: {what}"),
             };
-            match crate::mesh::route(&ctx, &self.args.shards, RequestId(request_id), cmd).await {
+            match crate::cluster::mesh::route(&ctx, &self.args.shards, RequestId(request_id), cmd)
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if e.kind() == crate::error::ErrorKind::Unavailable => {
                     tracing::warn!(request = %request_id, error = %e, "could not end a drifted request yet; retrying at the next pass");

@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::domain::{
     AuditEntry, Guard, Idempotency, PersonRef, Request, RequestId, State, TimePatch, Timestamp,
 };
+use crate::lease::{DEFAULT_LEASE_TTL, lock_wait_for};
 use crate::policy::PolicySource;
 
 pub use audit::*;
@@ -519,16 +520,6 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
-
-/// The lease TTL of a node configured without one (`EngineConfig::default`).
-pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// How long a PostgreSQL session may wait for a lock, or sit idle in a transaction, on a
-/// node with this lease TTL: half the self-fencing margin (`node::fence_margin`, TTL/5),
-/// so 500 ms with the default 5 s TTL.
-pub fn lock_wait_for(lease_ttl: std::time::Duration) -> std::time::Duration {
-    crate::node::fence_margin(lease_ttl) / 2
-}
 
 /// Opens the store named by `url`: `postgres://…` or `sqlite://PATH` (also a bare path).
 /// Runs migrations before returning and checks the dev-mode marker. The PostgreSQL

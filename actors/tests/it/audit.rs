@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
-use jitsudo_actors::audit::{AuditConfig, SequencerArgs, SequencerHandle, VerifyReport, verify};
+use jitsudo_actors::audit::{SequencerArgs, SequencerHandle, VerifyReport, verify};
+use jitsudo_actors::config::AuditConfig;
 use jitsudo_actors::domain::{self, Decider, Event, Principal, RequestId, Rules};
 use jitsudo_actors::stats::ActorRegistry;
 use jitsudo_actors::store::{SharedStore, Write};

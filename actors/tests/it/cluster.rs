@@ -86,9 +86,9 @@ async fn a_joining_node_gets_its_share_and_the_survivor_takes_over_after_a_crash
     // A policy applied on one node rings every node's bell (here through the process-local
     // group; across processes over the mesh), and the other reloads at once. A malformed
     // ring is dropped first: the bells keep working.
-    for cell in ractor::pg::get_members(&jitsudo_actors::policy::POLICY_GROUP.to_owned()) {
-        let bell: ractor::ActorRef<jitsudo_actors::policy::Ring> = cell.into();
-        bell.cast(jitsudo_actors::policy::Ring(vec![0xff, 0x01, 0x02]))
+    for cell in ractor::pg::get_members(&jitsudo_actors::policy_actor::POLICY_GROUP.to_owned()) {
+        let bell: ractor::ActorRef<jitsudo_actors::policy_actor::Ring> = cell.into();
+        bell.cast(jitsudo_actors::policy_actor::Ring(vec![0xff, 0x01, 0x02]))
             .expect("the bell takes a cast");
     }
     a.policy()

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use jitsudo_actors::config::Backoff;
 use jitsudo_actors::domain::{Principal, Request, RequestId, Rules, State};
-use jitsudo_actors::provider::Backoff;
 use jitsudo_actors::store::SharedStore;
 use jitsudo_actors::{Engine, EngineConfig, EngineError};
 use jitsudo_providers::http::server::{FailureKind, TestServer};

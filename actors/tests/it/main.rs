@@ -6,6 +6,7 @@ mod cluster;
 mod engine;
 mod engine_api;
 mod fixtures;
+mod layering;
 mod outbox;
 mod reconcile;
 mod store_contract;

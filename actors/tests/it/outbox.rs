@@ -11,12 +11,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use jitsudo_actors::EngineError;
+use jitsudo_actors::config::Backoff;
+use jitsudo_actors::config::{NotifyConfig, SinkConfig};
 use jitsudo_actors::domain::RequestId;
 use jitsudo_actors::notify::{
-    EVENT_ID_HEADER, EVENT_KIND_HEADER, NotifyConfig, SIGNATURE_HEADER, Sink, SinkConfig,
-    WebhookSink,
+    EVENT_ID_HEADER, EVENT_KIND_HEADER, SIGNATURE_HEADER, Sink, WebhookSink,
 };
-use jitsudo_actors::provider::Backoff;
 use jitsudo_actors::store::{OutboxEntry, OutboxRow, SharedStore, Write};
 use jitsudo_providers::http::verify_signature;
 use sqlx::Row;

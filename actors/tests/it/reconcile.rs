@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use jitsudo_actors::config::ReconcileConfig;
 use jitsudo_actors::domain::{Principal, RequestId, State};
-use jitsudo_actors::reconcile::ReconcileConfig;
 use jitsudo_actors::store::{AuditEvent, AuditQuery, SharedStore};
 use jitsudo_actors::{Engine, EngineConfig, EngineError};
 use jitsudo_providers::http::server::TestServer;

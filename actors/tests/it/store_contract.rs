@@ -697,7 +697,7 @@ async fn postgres_lock_waits_end_at_half_the_fencing_margin() {
     let tdb = jitsudo_testkit::postgres().await;
     let ttl = Duration::from_secs(2);
     assert_eq!(
-        jitsudo_actors::store::lock_wait_for(ttl),
+        jitsudo_actors::lease::lock_wait_for(ttl),
         Duration::from_millis(200)
     );
     let store = jitsudo_actors::store::open_for(&tdb.url, Mode::Dev, ttl)

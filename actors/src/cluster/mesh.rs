@@ -12,7 +12,6 @@
 //! bytes decoded fallibly: a malformed or unknown call is answered with an error and
 //! logged, never a panic.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::{NodeServer, NodeServerMessage, RactorMessage};
 use tokio::time::Instant;
 
+use crate::config::MeshConfig;
 use crate::context::NodeContext;
 use crate::domain::{Request, RequestId};
 use crate::error::{EngineError, ErrorKind};
@@ -36,33 +36,6 @@ pub type Shards = Arc<RwLock<Vec<Option<ShardHandle>>>>;
 pub const ROUTE_VERSION: u32 = 1;
 const ROUTE_VARIANT: &str = "jitsudo.route";
 const NOT_OWNER: &str = "not_owner";
-
-/// How a node joins the mesh.
-#[derive(Clone)]
-pub struct MeshConfig {
-    /// Where this node's NodeServer listens.
-    pub listen: SocketAddr,
-    /// `host:port` the other nodes dial (stored as `nodes.cluster_addr`); the host must be
-    /// in this node's certificate.
-    pub advertise: String,
-    /// The shared cookie (a secret: never logged).
-    pub cookie: String,
-    /// This node's certificate and key, and a verifier that requires a peer certificate
-    /// signed by the cluster CA.
-    pub server: Arc<rustls::ServerConfig>,
-    /// This node's certificate as a client, and the cluster CA to verify peers.
-    pub client: Arc<rustls::ClientConfig>,
-}
-
-impl std::fmt::Debug for MeshConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshConfig")
-            .field("listen", &self.listen)
-            .field("advertise", &self.advertise)
-            .field("cookie", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
 
 /// The process group of a node's router: by name and incarnation, so that a call never
 /// reaches a previous life of the owner (or another cluster's node of the same name).

@@ -13,10 +13,7 @@
 //! renewal was *committed*, which is later than it was sent).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use crate::domain::Timestamp;
 use crate::store::ShardRecord;
@@ -107,51 +104,6 @@ pub fn plan(v: &View<'_>) -> Plan {
         }
     }
     p
-}
-
-/// This node's own view of whether its leases still stand, by its monotonic clock.
-pub struct LeaseClock {
-    base: std::time::Instant,
-    /// Nanoseconds after `base` until which the leases may be used; 0 = never renewed.
-    usable_until_ns: AtomicU64,
-    margin: Duration,
-}
-
-impl LeaseClock {
-    pub fn new(margin: Duration) -> Self {
-        LeaseClock {
-            base: std::time::Instant::now(),
-            usable_until_ns: AtomicU64::new(0),
-            margin,
-        }
-    }
-
-    /// The safety margin subtracted from the TTL.
-    pub fn margin(&self) -> Duration {
-        self.margin
-    }
-
-    /// A renewal (or acquisition) sent at `sent` succeeded.
-    pub fn renewed(&self, sent: Instant, ttl: Duration) {
-        let until = sent.into_std() + ttl.saturating_sub(self.margin);
-        let ns = until.saturating_duration_since(self.base).as_nanos() as u64;
-        self.usable_until_ns.fetch_max(ns, Ordering::AcqRel);
-    }
-
-    /// How long the leases may still be used for grants; zero when fenced.
-    pub fn remaining(&self) -> Duration {
-        self.remaining_at(std::time::Instant::now())
-    }
-
-    fn remaining_at(&self, now: std::time::Instant) -> Duration {
-        let until = Duration::from_nanos(self.usable_until_ns.load(Ordering::Acquire));
-        until.saturating_sub(now.saturating_duration_since(self.base))
-    }
-
-    /// The node has renewed recently enough to start a grant call.
-    pub fn usable(&self) -> bool {
-        !self.remaining().is_zero()
-    }
 }
 
 #[cfg(test)]
@@ -290,24 +242,5 @@ mod tests {
         let none = BTreeSet::new();
         let p = plan(&view("a", &l, &table, &none, now));
         assert_eq!(p.acquire, vec![0, 2, 4, 6]);
-    }
-
-    #[test]
-    fn the_lease_clock_fences_after_ttl_minus_margin() {
-        let clock = LeaseClock::new(Duration::from_millis(200));
-        assert!(!clock.usable(), "never renewed");
-        let sent = Instant::now();
-        let t0 = sent.into_std();
-        clock.renewed(sent, Duration::from_millis(300));
-        let ms = Duration::from_millis;
-        // Usable for TTL − margin after the renewal was sent, not after it came back.
-        assert_eq!(clock.remaining_at(t0 + ms(40)), ms(60));
-        assert_eq!(clock.remaining_at(t0 + ms(100)), Duration::ZERO);
-        assert_eq!(clock.remaining_at(t0 + ms(150)), Duration::ZERO);
-        // An older renewal never moves it back; a newer one moves it on.
-        clock.renewed(sent - ms(10_000), Duration::from_secs(1));
-        assert_eq!(clock.remaining_at(t0 + ms(40)), ms(60));
-        clock.renewed(sent + ms(100), Duration::from_millis(300));
-        assert_eq!(clock.remaining_at(t0 + ms(150)), ms(50));
     }
 }

@@ -15,8 +15,9 @@ use ractor_cluster::RactorMessage;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::cluster::ownership::{self, View};
 use crate::context::NodeContext;
-use crate::ownership::{self, LeaseClock, View};
+use crate::lease::{LeaseClock, round_every};
 use crate::request::ShardHandle;
 use crate::stats::{ActorRegistry, ActorStats, names};
 use crate::store::{Fence, SharedStore};
@@ -51,17 +52,6 @@ pub struct NodeState {
     /// Shard actors stopped on purpose (handed over or lost): not restarted.
     retired: HashSet<ActorId>,
     ticker: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// How often a node renews its leases and rebalances: a fifth of the TTL, so that a
-/// renewal can fail three times in a row before the self-fence (TTL − margin) closes.
-pub fn round_every(ttl: Duration) -> Duration {
-    ttl / 5
-}
-
-/// The self-fencing margin: a fifth of the TTL (1 s with the default 5 s).
-pub fn fence_margin(ttl: Duration) -> Duration {
-    ttl / 5
 }
 
 impl NodeState {

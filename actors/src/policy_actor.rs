@@ -14,8 +14,8 @@ use ractor::message::{BoxedDowncastErr, SerializedMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
-use super::{Decision, PolicyError, PolicyInput, PolicySet, PolicySource};
 use crate::error::EngineError;
+use crate::policy::{Decision, PolicyError, PolicyInput, PolicySet, PolicySource};
 use crate::stats::{ActorRegistry, ActorStats, names};
 use crate::store::SharedStore;
 
@@ -40,10 +40,6 @@ pub enum PolicyMsg {
     /// Reload if another node changed the policies (the revision moved).
     Poll,
 }
-
-/// How often a node looks for policy changes made on other nodes (the default of
-/// `EngineConfig::policy_poll`).
-pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The process group of every node's [`PolicyBell`] (across the mesh).
 pub const POLICY_GROUP: &str = "jitsudo.policy";
