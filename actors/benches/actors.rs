@@ -339,7 +339,10 @@ fn config(node: &str) -> EngineConfig {
     EngineConfig {
         node: node.into(),
         shards: SHARDS,
-        max_live_per_requester: 0,
+        rules: jitsudo_actors::domain::Rules {
+            max_open_per_requester: 0,
+            ..jitsudo_actors::domain::Rules::default()
+        },
         ..EngineConfig::default()
     }
 }
@@ -1034,7 +1037,13 @@ async fn request_life(
         approver_allowed: true,
         is_admin: false,
     };
-    let tr = domain::create(new, decision.clone(), Utc::now(), &rules)?;
+    let tr = domain::create(
+        new,
+        decision.clone(),
+        Utc::now(),
+        &rules,
+        &Default::default(),
+    )?;
     let ob = outbox(&tr);
     let w = store.create(fence, persist(&tr, 0, &ob)).await?;
     let mut req = applied(w, tr)?;

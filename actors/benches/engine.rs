@@ -464,7 +464,14 @@ fn domain_benches(c: &mut Criterion) {
     // A request through its whole life, each state as the actor holds it after the commit.
     let t0 = now();
     let pending = committed(
-        domain::create(new.clone(), decision.clone(), t0, &rules).unwrap(),
+        domain::create(
+            new.clone(),
+            decision.clone(),
+            t0,
+            &rules,
+            &Default::default(),
+        )
+        .unwrap(),
         1,
         t0,
     );
@@ -509,7 +516,7 @@ fn domain_benches(c: &mut Criterion) {
     g.bench_function("create", |b| {
         b.iter_batched(
             || (new.clone(), decision.clone()),
-            |(n, d)| domain::create(n, d, t0, &rules).unwrap(),
+            |(n, d)| domain::create(n, d, t0, &rules, &Default::default()).unwrap(),
             BatchSize::SmallInput,
         )
     });

@@ -38,10 +38,6 @@ pub struct EngineConfig {
     pub max_mailbox: usize,
     /// How long a caller waits for an actor's answer.
     pub call_timeout: Duration,
-    /// After a break-glass request, the same requester gets no other for this long.
-    pub break_glass_cooldown: Duration,
-    /// Requests of one requester that are not yet final, at most; 0 for no cap.
-    pub max_live_per_requester: i64,
     /// How often each ShardActor looks in the database for overdue requests it does not
     /// know about (the safety net behind its timers).
     pub sweep_every: Duration,
@@ -71,8 +67,6 @@ impl Default for EngineConfig {
             admin_groups: vec!["jitsudo-admins".into()],
             max_mailbox: 1000,
             call_timeout: Duration::from_secs(30),
-            break_glass_cooldown: Duration::from_secs(15 * 60),
-            max_live_per_requester: 25,
             sweep_every: Duration::from_secs(5),
             mesh: None,
             api_addr: String::new(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use jitsudo_providers::identity::Identity;
-use jitsudo_providers::{Credentials, GrantSpec, Registry};
+use jitsudo_providers::{Credentials, Registry};
 use ractor::{Actor, ActorRef};
 use serde_json::json;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ use crate::config::EngineConfig;
 use crate::context::NodeContext;
 use crate::domain::{
     self, GrantStatus, Idempotency, Limits, NewRequest, PersonRef, Principal, Refusal, Request,
-    RequestId, RequestSpec, State, Timestamp, check_text, grant_id_for, same_person,
+    RequestId, RequestSpec, RequesterLoad, State, Timestamp, Verdict, check_text, same_person,
 };
 use crate::error::EngineError;
 use crate::lease::{LeaseClock, fence_margin};
@@ -91,16 +91,11 @@ impl Engine {
             let mut handles = BTreeMap::new();
             for entry in providers.entries() {
                 let name = entry.provider.name().to_owned();
-                let h = ProviderHandle::spawn(
+                let h = ProviderHandle::new(
                     entry.clone(),
                     config.provider_limits.clone(),
                     registry.clone(),
-                    cell.clone(),
-                )
-                .await
-                .map_err(|e| {
-                    EngineError::unavailable(format!("could not start provider {name}: {e}"))
-                })?;
+                );
                 handles.insert(name, h);
             }
             let notifier = NotifierHandle::spawn(
@@ -406,17 +401,8 @@ impl Engine {
         let input = PolicyInput::new(requester.policy_input(), spec.policy_input(), now);
         let decision = ctx.policy.evaluate(&input)?;
         let id = self.new_local_id()?;
-        let probe = GrantSpec {
-            grant_id: grant_id_for(id, 0),
-            request_id: id.0,
-            subject: principal.clone(),
-            role: spec.role.clone(),
-            scope: spec.scope.clone(),
-            not_after: now
-                + ctx.rules().grant_timeout
-                + chrono::Duration::seconds(spec.duration_seconds.max(0)),
-            metadata: spec.metadata.clone(),
-        };
+        let probe = domain::probe_spec(id, &spec, &principal, now, ctx.rules());
+        let load = self.requester_load(&subject, spec.break_glass).await?;
         let mut tr = domain::create(
             NewRequest {
                 id,
@@ -426,9 +412,8 @@ impl Engine {
             decision,
             now,
             ctx.rules(),
+            &load,
         )?;
-        self.check_requester_limits(&subject, tr.next.spec.break_glass, now)
-            .await?;
         if let serde_json::Value::Object(m) = &mut tr.audit.details {
             m.insert("principal".into(), json!(principal));
         }
@@ -573,33 +558,30 @@ impl Engine {
             .ok_or_else(|| Refusal::Duplicate.into())
     }
 
-    /// A cap on one requester's open requests, and the break-glass cooldown. Checked before
-    /// the create's commit (two creates racing each other can both pass; each is audited).
-    async fn check_requester_limits(
+    /// What [`domain::create`] weighs of this requester: their open requests (counted up to
+    /// the cap; not read without one) and, for a break-glass request, their last one. Read
+    /// before the create's commit: two creates racing each other can both pass (each is
+    /// audited).
+    async fn requester_load(
         &self,
         requester: &str,
         break_glass: bool,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), EngineError> {
-        let cfg = &self.ctx.config;
-        let cap = cfg.max_live_per_requester;
-        if cap > 0 {
-            let live = self.ctx.store.open_requests_of(requester, cap).await?;
-            if live >= cap {
-                return Err(Refusal::TooManyLive { live }.into());
-            }
-        }
-        if break_glass
-            && let Some(last) = self.ctx.store.last_break_glass_of(requester).await?
-            && let Ok(cooldown) = chrono::Duration::from_std(cfg.break_glass_cooldown)
-            && now < last + cooldown
-        {
-            return Err(Refusal::BreakGlassCooldown {
-                until: last + cooldown,
-            }
-            .into());
-        }
-        Ok(())
+    ) -> Result<RequesterLoad, EngineError> {
+        let cap = self.ctx.rules().max_open_per_requester;
+        let open = if cap > 0 {
+            self.ctx.store.open_requests_of(requester, cap).await?
+        } else {
+            0
+        };
+        let last_break_glass = if break_glass {
+            self.ctx.store.last_break_glass_of(requester).await?
+        } else {
+            None
+        };
+        Ok(RequesterLoad {
+            open,
+            last_break_glass,
+        })
     }
 
     /// Sets a principal's trust tier, audited with `by` as the actor. Nobody changes their
@@ -671,6 +653,35 @@ impl Engine {
             },
         )
         .await
+    }
+
+    /// A person's decision, idempotent per caller: a decision this caller already took is
+    /// answered with the request as it is instead of the refusal (the rule is the domain's,
+    /// [`domain::repeats_own_decision`]; a routed refusal arrives as its kind only, so the
+    /// request is read again to ask it). [`Engine::approve`] and [`Engine::deny`] refuse.
+    pub async fn decide(
+        &self,
+        id: RequestId,
+        by: Principal,
+        verdict: Verdict,
+        text: &str,
+    ) -> Result<Request, EngineError> {
+        let subject = by.subject.clone();
+        let res = match verdict {
+            Verdict::Approve => self.approve(id, by, text).await,
+            Verdict::Deny => self.deny(id, by, text).await,
+        };
+        match res {
+            Err(e) if e.may_be_a_repeat() => {
+                let current = self.get(id).await?;
+                if domain::repeats_own_decision(&current, &subject, verdict) {
+                    Ok(current)
+                } else {
+                    Err(e)
+                }
+            }
+            other => other,
+        }
     }
 
     pub async fn cancel(&self, id: RequestId, by: Principal) -> Result<Request, EngineError> {

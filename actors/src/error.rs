@@ -109,7 +109,18 @@ impl Refusal {
             | Refusal::SelfReview => ErrorKind::PermissionDenied,
             Refusal::AlreadyApproved | Refusal::Duplicate => ErrorKind::AlreadyExists,
             Refusal::TooManyLive { .. } => ErrorKind::ResourceExhausted,
-            _ => ErrorKind::FailedPrecondition,
+            // Every variant by name: a new refusal does not compile until it has a kind.
+            Refusal::Terminal { .. }
+            | Refusal::NotAccepted { .. }
+            | Refusal::ApprovalDeadlinePassed { .. }
+            | Refusal::AlreadyEnding
+            | Refusal::BreakGlassNotExtendable
+            | Refusal::ExtensionInProgress { .. }
+            | Refusal::UnknownExtension { .. }
+            | Refusal::UnknownGrant { .. }
+            | Refusal::StaleTimer
+            | Refusal::TimerEarly { .. }
+            | Refusal::BreakGlassCooldown { .. } => ErrorKind::FailedPrecondition,
         }
     }
 }
@@ -140,6 +151,21 @@ impl EngineError {
             EngineError::Overloaded { .. } => ErrorKind::ResourceExhausted,
             EngineError::SelfBenefit { .. } => ErrorKind::PermissionDenied,
             EngineError::Remote { kind, .. } => *kind,
+        }
+    }
+
+    /// A refusal that a repeated decision meets ([`Refusal::met_by_a_repeat`]), here or as a
+    /// routed call's kind (which carries no more than that).
+    pub fn may_be_a_repeat(&self) -> bool {
+        match self {
+            EngineError::Refused(r) => r.met_by_a_repeat(),
+            EngineError::Remote { kind, .. } => {
+                matches!(
+                    kind,
+                    ErrorKind::AlreadyExists | ErrorKind::FailedPrecondition
+                )
+            }
+            _ => false,
         }
     }
 

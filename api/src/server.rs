@@ -211,12 +211,15 @@ impl Server {
                 ..AuditConfig::default()
             }),
             admin_groups: config.authz.admin_groups.clone(),
-            break_glass_cooldown: Duration::from_secs(config.limits.break_glass_cooldown_seconds),
-            max_live_per_requester: config.limits.max_live_requests_per_principal.max(0),
             rules: jitsudo_actors::domain::Rules {
                 grant_timeout: chrono::Duration::seconds(
                     i64::try_from(config.limits.grant_timeout_seconds.max(1)).unwrap_or(300),
                 ),
+                break_glass_cooldown: chrono::Duration::from_std(Duration::from_secs(
+                    config.limits.break_glass_cooldown_seconds,
+                ))
+                .unwrap_or(chrono::Duration::MAX),
+                max_open_per_requester: config.limits.max_live_requests_per_principal.max(0),
                 ..jitsudo_actors::domain::Rules::default()
             },
             reconcile: Some(ReconcileConfig {

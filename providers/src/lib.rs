@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod config;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod demo;
 pub mod http;

@@ -20,8 +20,9 @@ pub use request::{
     Limits, NewRequest, Request, RequestSpec, Stamp, State, TimePatch,
 };
 pub use step::{
-    AuditEntry, Decider, Effect, Event, Guard, Notice, NoticeKind, Refusal, Rules, TimerKind,
-    Transition, check_text, create, outstanding_calls, step, timers,
+    AuditEntry, Decider, Effect, Event, Guard, Notice, NoticeKind, Refusal, RequesterLoad, Rules,
+    TimerKind, Transition, Verdict, check_text, create, outstanding_calls, probe_spec,
+    repeats_own_decision, step, timers,
 };
 
 /// Wall-clock instants. Deadlines are computed by the database clock (see [`Stamp`]).

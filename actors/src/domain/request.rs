@@ -244,6 +244,10 @@ pub struct Request {
     pub stuck: bool,
     #[serde(default)]
     pub end_detail: Option<String>,
+    /// Who denied it (a REJECTED request): a repeated denial by the same caller is answered,
+    /// not refused ([`crate::domain::repeats_own_decision`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<PersonRef>,
     // Times. Deadlines are set by the database clock of the committing transaction.
     pub created_at: Timestamp,
     pub approval_deadline: Option<Timestamp>,
@@ -287,9 +291,7 @@ impl Request {
     /// The absolute end the provider is told to enforce for this grant.
     pub fn not_after(&self, grant: &GrantEntry) -> Option<Timestamp> {
         match grant.purpose {
-            GrantPurpose::Primary => self
-                .grant_deadline
-                .map(|d| d + Duration::seconds(self.spec.duration_seconds)),
+            GrantPurpose::Primary => self.grant_deadline.map(|d| self.spec.primary_not_after(d)),
             GrantPurpose::Extension { not_after, .. } => Some(not_after),
         }
     }
@@ -301,15 +303,12 @@ impl Request {
 
     /// The provider's view of a grant of this request.
     pub fn grant_spec(&self, grant: &GrantEntry) -> Option<jitsudo_providers::GrantSpec> {
-        Some(jitsudo_providers::GrantSpec {
-            grant_id: grant.grant_id,
-            request_id: self.id.0,
-            subject: self.cloud_principal().to_owned(),
-            role: self.spec.role.clone(),
-            scope: self.spec.scope.clone(),
-            not_after: self.not_after(grant)?,
-            metadata: self.spec.metadata.clone(),
-        })
+        Some(self.spec.grant_spec(
+            self.id,
+            grant.grant_id,
+            self.cloud_principal(),
+            self.not_after(grant)?,
+        ))
     }
 
     pub fn grant_record(&self, grant: &GrantEntry) -> Option<jitsudo_providers::GrantRecord> {
@@ -381,6 +380,33 @@ pub struct TimePatch {
 }
 
 impl RequestSpec {
+    /// The end of the primary grant when its intent's deadline is `grant_deadline`: the
+    /// grant may succeed as late as that, and then lasts the requested duration.
+    pub fn primary_not_after(&self, grant_deadline: Timestamp) -> Timestamp {
+        grant_deadline + Duration::seconds(self.duration_seconds.max(0))
+    }
+
+    /// The one constructor of a [`jitsudo_providers::GrantSpec`]: for a grant of request
+    /// `id`, and for the provider's check of a request about to be created (see
+    /// [`crate::domain::probe_spec`]).
+    pub fn grant_spec(
+        &self,
+        id: RequestId,
+        grant_id: Uuid,
+        subject: &str,
+        not_after: Timestamp,
+    ) -> jitsudo_providers::GrantSpec {
+        jitsudo_providers::GrantSpec {
+            grant_id,
+            request_id: id.0,
+            subject: subject.to_owned(),
+            role: self.role.clone(),
+            scope: self.scope.clone(),
+            not_after,
+            metadata: self.metadata.clone(),
+        }
+    }
+
     /// The `request` part of the policy input document.
     pub fn policy_input(&self) -> crate::policy::RequestInput {
         crate::policy::RequestInput {

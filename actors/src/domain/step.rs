@@ -9,7 +9,7 @@ use uuid::Uuid;
 use jitsudo_providers::ErrorClass;
 
 use super::request::*;
-use super::{Idempotency, Principal, Timestamp, grant_id_for, same_person};
+use super::{Idempotency, Principal, RequestId, Timestamp, grant_id_for, same_person};
 use crate::policy::{Decision, PolicyRefusal};
 
 /// Engine-wide knobs that the lifecycle depends on.
@@ -21,6 +21,10 @@ pub struct Rules {
     pub max_grant_attempts: u32,
     /// Consecutive revoke failures after which the stuck-revocation alert is raised.
     pub stuck_after_failures: u32,
+    /// Requests of one requester that are not yet final, at most; 0 for no cap.
+    pub max_open_per_requester: i64,
+    /// After a break-glass request, the same requester gets no other for this long.
+    pub break_glass_cooldown: Duration,
 }
 
 impl Default for Rules {
@@ -29,8 +33,20 @@ impl Default for Rules {
             grant_timeout: Duration::minutes(5),
             max_grant_attempts: 8,
             stuck_after_failures: 5,
+            max_open_per_requester: 25,
+            break_glass_cooldown: Duration::minutes(15),
         }
     }
+}
+
+/// What the store knows of a requester that a create must weigh: read by the engine, judged
+/// by [`create`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequesterLoad {
+    /// Their requests not yet final (counted up to the cap, no further).
+    pub open: i64,
+    /// When their last break-glass request was made, if ever.
+    pub last_break_glass: Option<Timestamp>,
 }
 
 /// A person deciding on a request, with what the caller established about them: whether
@@ -298,6 +314,14 @@ pub struct Transition {
     pub guard: Option<Guard>,
     /// A create's idempotency key, committed with the new request; `None` otherwise.
     pub idempotency: Option<Idempotency>,
+    /// Grants whose revokes go out *before* the commit (an expiry's): revocation is safe to
+    /// repeat, so access ends on time even while the database is slow or unreachable. They
+    /// are in `effects` too; the actor issues each once.
+    pub revoke_first: Vec<Uuid>,
+    /// This commit records an expiry (ENDING(expired) or its end): the node paces such
+    /// commits (`NodeContext::expiry_records`) so that a burst leaves connections for the
+    /// revokes.
+    pub records_expiry: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,6 +388,7 @@ pub fn create(
     decision: Decision,
     now: Timestamp,
     rules: &Rules,
+    load: &RequesterLoad,
 ) -> Result<Transition, Refusal> {
     validate_spec(&new.spec)?;
     decision.check(&new.spec.policy_input())?;
@@ -373,6 +398,7 @@ pub fn create(
             reason: "a break-glass request must say why".into(),
         });
     }
+    check_requester_load(new.spec.break_glass, load, now, rules)?;
     let mut req = Request {
         id: new.id,
         version: 0,
@@ -388,6 +414,7 @@ pub fn create(
         revoke_failures: 0,
         stuck: false,
         end_detail: None,
+        denied_by: None,
         created_at: now,
         approval_deadline: None,
         grant_deadline: None,
@@ -487,7 +514,46 @@ pub fn create(
         effects,
         guard: None,
         idempotency: None,
+        revoke_first: Vec::new(),
+        records_expiry: false,
     })
+}
+
+/// What the provider is asked to validate before request `id` is created: its first grant
+/// as it would be if the grant intent were made `now` (the same grant id, subject, role,
+/// scope and `not_after` a grant at that moment would carry).
+pub fn probe_spec(
+    id: RequestId,
+    spec: &RequestSpec,
+    subject: &str,
+    now: Timestamp,
+    rules: &Rules,
+) -> jitsudo_providers::GrantSpec {
+    let not_after = spec.primary_not_after(now + rules.grant_timeout);
+    spec.grant_spec(id, grant_id_for(id, 0), subject, not_after)
+}
+
+/// The requester cap, then the break-glass cooldown.
+fn check_requester_load(
+    break_glass: bool,
+    load: &RequesterLoad,
+    now: Timestamp,
+    rules: &Rules,
+) -> Result<(), Refusal> {
+    let cap = rules.max_open_per_requester;
+    if cap > 0 && load.open >= cap {
+        return Err(Refusal::TooManyLive { live: load.open });
+    }
+    // A cooldown beyond the calendar's range is none (as a config value that large was).
+    if break_glass
+        && let Some(until) = load
+            .last_break_glass
+            .and_then(|last| last.checked_add_signed(rules.break_glass_cooldown))
+        && now < until
+    {
+        return Err(Refusal::BreakGlassCooldown { until });
+    }
+    Ok(())
 }
 
 /// The input rule for free text: at most `max` bytes, no control characters, and not blank
@@ -603,6 +669,8 @@ struct Tx {
     notices: Vec<Notice>,
     effects: Vec<Effect>,
     guard: Option<Guard>,
+    /// The revokes among `effects` go out before the commit (see [`Transition::revoke_first`]).
+    revoke_first: bool,
 }
 
 impl Tx {
@@ -617,6 +685,7 @@ impl Tx {
             notices: Vec::new(),
             effects: Vec::new(),
             guard: None,
+            revoke_first: false,
         }
     }
 
@@ -676,7 +745,22 @@ impl Tx {
             m.insert("from".into(), json!(self.from.as_str()));
             m.insert("to".into(), json!(self.next.state.as_str()));
         }
+        let revoke_first = if self.revoke_first {
+            self.effects
+                .iter()
+                .filter_map(|e| match *e {
+                    Effect::CallRevoke { grant_id } => Some(grant_id),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let records_expiry = matches!(self.from, State::Active | State::Ending)
+            && self.next.ending == Some(EndingCause::Expired);
         Transition {
+            revoke_first,
+            records_expiry,
             next: self.next,
             times: self.times,
             audit: AuditEntry {
@@ -689,6 +773,46 @@ impl Tx {
             guard: self.guard,
             idempotency: None,
         }
+    }
+}
+
+/// A person's decision on a pending request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Approve,
+    Deny,
+}
+
+/// Whether `subject` (this very caller, not merely the same person) already took this
+/// decision on `req`: an approval they gave, or the denial that rejected it. Decisions are
+/// idempotent per caller: when [`step`] refuses such a repeat with a refusal for which
+/// [`Refusal::met_by_a_repeat`] holds, the caller is answered with the request as it is
+/// (`Engine::decide`). Another identity of someone who already approved is not a repeat:
+/// it is told so.
+pub fn repeats_own_decision(req: &Request, subject: &str, verdict: Verdict) -> bool {
+    match verdict {
+        Verdict::Approve => req
+            .approvals
+            .iter()
+            .any(|a| a.kind == "approver" && a.by.subject == subject),
+        Verdict::Deny => {
+            req.state == State::Rejected
+                && req.denied_by.as_ref().is_some_and(|d| d.subject == subject)
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusals a repeated decision meets: the approval is on record already, or the
+    /// request has moved on because of it.
+    pub fn met_by_a_repeat(&self) -> bool {
+        matches!(
+            self,
+            Refusal::AlreadyApproved
+                | Refusal::NotAccepted { .. }
+                | Refusal::Terminal { .. }
+                | Refusal::AlreadyEnding
+        )
     }
 }
 
@@ -732,6 +856,7 @@ pub fn step(
             check_timer(s == Active, req.expires_at, expires_at, now)?;
             let mut tx = Tx::new(req, "request.ending", "system").detail("expires_at", expires_at);
             tx.begin_ending(EndingCause::Expired, "expired".into(), now);
+            tx.revoke_first = true;
             Ok(tx.done())
         }
 
@@ -794,6 +919,7 @@ pub fn step(
             tx.guard = Some(Guard::BeforeApprovalDeadline);
             tx.next.state = Rejected;
             tx.next.end_detail = Some(format!("denied by {}: {reason}", by.principal.subject));
+            tx.next.denied_by = Some(by.principal.person());
             tx.times.ended_at = Some(Stamp::now());
             tx.next.ended_at = Some(now);
             tx.notify(

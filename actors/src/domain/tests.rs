@@ -9,5 +9,6 @@ mod deciding;
 mod ending;
 mod extensions;
 mod granting;
+mod moved_rules;
 mod properties;
 mod timers_and_terminals;

@@ -370,13 +370,9 @@ async fn apply_with(
     };
     // Revocation is always safe to repeat: an expiry's revokes go out before its commit, so
     // the access ends on time even while the database is slow or unreachable.
-    if st.req.state == State::Active && tr.next.ending == Some(EndingCause::Expired) {
-        for e in &tr.effects {
-            if let Effect::CallRevoke { grant_id } = *e
-                && st.inflight.insert((false, grant_id))
-            {
-                spawn_call(me, &st.ctx, &st.stats, &tr.next, grant_id, false);
-            }
+    for &grant_id in &tr.revoke_first {
+        if st.inflight.insert((false, grant_id)) {
+            spawn_call(me, &st.ctx, &st.stats, &tr.next, grant_id, false);
         }
     }
     let outbox = ctx.outbox_rows(&tr.notices);
@@ -390,10 +386,8 @@ async fn apply_with(
         node: ctx.node(),
         idempotency: None,
     };
-    let expiry_record = (st.req.state == State::Active || st.req.state == State::Ending)
-        && tr.next.ending == Some(EndingCause::Expired);
     // An actor woken for its expiry's records already holds a slot (see `ShardMsg::Revoked`).
-    let _permit = if expiry_record && st.record_slot.is_none() {
+    let _permit = if tr.records_expiry && st.record_slot.is_none() {
         ctx.expiry_records.acquire().await.ok()
     } else {
         None

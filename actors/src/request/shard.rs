@@ -22,7 +22,7 @@ use super::actor::{
 };
 use crate::context::NodeContext;
 use crate::domain::{
-    Effect, Event, Refusal, Request, RequestId, State, Timestamp, Transition, step, timers,
+    Event, Refusal, Request, RequestId, State, Timestamp, Transition, step, timers,
 };
 use crate::error::EngineError;
 use crate::stats::{ActorStats, names};
@@ -329,14 +329,9 @@ impl ShardState {
             return false;
         };
         let calls: Vec<_> = tr
-            .effects
+            .revoke_first
             .iter()
-            .filter_map(|effect| match *effect {
-                Effect::CallRevoke { grant_id } => {
-                    provider_call(&self.ctx, &tr.next, grant_id, false)
-                }
-                _ => None,
-            })
+            .filter_map(|&grant_id| provider_call(&self.ctx, &tr.next, grant_id, false))
             .collect();
         if calls.is_empty() {
             return false;

@@ -60,6 +60,7 @@ pub fn rules() -> Rules {
         grant_timeout: chrono::Duration::seconds(30),
         max_grant_attempts: 1000,
         stuck_after_failures: 2,
+        ..Rules::default()
     }
 }
 

@@ -136,7 +136,8 @@ pub fn new_request(d: Decision) -> Transition {
         requester: alice(),
         spec: spec("demo", 3600),
     };
-    domain::create(new, d, Utc::now(), &Rules::default()).expect("valid request")
+    domain::create(new, d, Utc::now(), &Rules::default(), &Default::default())
+        .expect("valid request")
 }
 
 pub fn outbox(tr: &Transition) -> Vec<OutboxRow> {

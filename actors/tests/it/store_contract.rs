@@ -407,7 +407,7 @@ async fn approval_guard_is_checked_by_the_store(db: Db) {
             requester: alice(),
             spec: spec("demo", 600),
         };
-        domain::create(new, d, Utc::now(), &Rules::default()).unwrap()
+        domain::create(new, d, Utc::now(), &Rules::default(), &Default::default()).unwrap()
     };
     let fence = db.fence_for(tr.next.id).await;
     let ob = outbox(&tr);

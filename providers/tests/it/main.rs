@@ -3,6 +3,7 @@
 
 mod conformance;
 mod demo;
+mod features;
 mod http;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;

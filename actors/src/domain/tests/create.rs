@@ -3,7 +3,8 @@
 
 use crate::domain::{
     Approval, Effect, Event, GrantPurpose, GrantStatus, Limits, NewRequest, NoticeKind, Refusal,
-    RequestSpec, Rules, Stamp, State, TimerKind, create, grant_id_for, outstanding_calls, timers,
+    RequestSpec, RequesterLoad, Rules, Stamp, State, TimerKind, create, grant_id_for,
+    outstanding_calls, timers,
 };
 use crate::policy::{Decision, PolicyRefusal, PolicyStamp};
 
@@ -15,7 +16,14 @@ fn try_create(decision: Decision, spec: RequestSpec) -> Result<(), Refusal> {
         requester: alice(),
         spec,
     };
-    create(new, decision, t(0), &Rules::default()).map(|tx| check_transition(None, &tx, t(0)))
+    create(
+        new,
+        decision,
+        t(0),
+        &Rules::default(),
+        &RequesterLoad::default(),
+    )
+    .map(|tx| check_transition(None, &tx, t(0)))
 }
 
 /// A decision that lets every limit of the hard input checks be reached.
@@ -506,6 +514,6 @@ fn an_absurd_approval_timeout_from_policy_does_not_panic() {
         requester: alice(),
         spec: spec(),
     };
-    let tx = create(new, d, t(0), &Rules::default()).expect("accepted");
+    let tx = create(new, d, t(0), &Rules::default(), &RequesterLoad::default()).expect("accepted");
     assert!(tx.next.approval_deadline.expect("a deadline") > t(0));
 }

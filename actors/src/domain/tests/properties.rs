@@ -15,8 +15,9 @@ use jitsudo_providers::ErrorClass;
 
 use crate::domain::{
     Decider, Effect, EndingCause, Event, ExtensionState, GrantPurpose, GrantStatus, Guard,
-    NewRequest, NoticeKind, Principal, Refusal, Request, RequestSpec, Rules, State, TimerKind,
-    Timestamp, Transition, create, outstanding_calls, same_person, step, timers,
+    NewRequest, NoticeKind, Principal, Refusal, Request, RequestSpec, RequesterLoad, Rules, State,
+    TimerKind, Timestamp, Transition, Verdict, create, outstanding_calls, repeats_own_decision,
+    same_person, step, timers,
 };
 use crate::policy::Decision;
 
@@ -212,6 +213,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         grant_timeout: Duration::seconds(grant_timeout),
                         max_grant_attempts: attempts,
                         stuck_after_failures: stuck,
+                        ..Rules::default()
                     },
                     events,
                 }
@@ -388,6 +390,7 @@ impl Run {
                 stored.apply_times(&tx.times, self.now);
                 self.req = stored;
                 check_request(&self.req)?;
+                check_repeat(&self.req, &ev, self.now, &self.rules)?;
                 self.deadlines.extend(
                     [
                         self.req.approval_deadline,
@@ -406,6 +409,36 @@ impl Run {
             }
         }
     }
+}
+
+/// A decision just taken, taken again by the same caller, is a repeat: `step` refuses it
+/// with a refusal a repeat meets (and the actor answers the request as it is). The same
+/// decision by any other subject is no repeat.
+fn check_repeat(
+    req: &Request,
+    ev: &Event,
+    now: Timestamp,
+    rules: &Rules,
+) -> Result<(), TestCaseError> {
+    let (by, verdict) = match ev {
+        Event::Approve { by, .. } => (by, Verdict::Approve),
+        Event::Deny { by, .. } => (by, Verdict::Deny),
+        _ => return Ok(()),
+    };
+    let subject = &by.principal.subject;
+    prop_assert!(
+        repeats_own_decision(req, subject, verdict),
+        "{:?} on {}",
+        ev,
+        req.state
+    );
+    match step(req, ev.clone(), now, rules) {
+        Err(r) => prop_assert!(r.met_by_a_repeat(), "a repeat met {:?}", r),
+        Ok(tx) => prop_assert!(false, "a repeat was accepted: {}", tx.audit.kind),
+    }
+    let other = format!("{subject}-other");
+    prop_assert!(!repeats_own_decision(req, &other, verdict));
+    Ok(())
 }
 
 /// What a refusal must mean, where the event makes it unambiguous.
@@ -451,6 +484,27 @@ fn check_accepted(
     let mut stored = next.clone();
     stored.apply_times(&tx.times, now);
     prop_assert_eq!(&stored, next, "the patch reproduces the in-memory times");
+
+    // The expiry's revokes go out before its commit, and only the expiry's; expiry records
+    // (ENDING(expired) and its end) are paced.
+    let expiring = matches!(ev, Event::Expiry { .. }) && prev.state == State::Active;
+    let revokes: Vec<uuid::Uuid> = tx
+        .effects
+        .iter()
+        .filter_map(|e| match *e {
+            Effect::CallRevoke { grant_id } => Some(grant_id),
+            _ => None,
+        })
+        .collect();
+    prop_assert_eq!(
+        &tx.revoke_first,
+        &if expiring { revokes } else { Vec::new() }
+    );
+    prop_assert_eq!(
+        tx.records_expiry,
+        matches!(prev.state, State::Active | State::Ending)
+            && next.ending == Some(EndingCause::Expired)
+    );
 
     // Only the moves of the §4 table.
     use State::*;
@@ -719,7 +773,8 @@ fn run(s: Scenario) -> Result<BTreeSet<String>, TestCaseError> {
         requester: alice(),
         spec,
     };
-    let tx = create(new, s.decision, now, &s.rules).expect("the scenario's request is valid");
+    let tx = create(new, s.decision, now, &s.rules, &RequesterLoad::default())
+        .expect("the scenario's request is valid");
     prop_assert_eq!(&tx.audit.details["from"], &serde_json::Value::Null);
     let mut req = tx.next.clone();
     req.apply_times(&tx.times, now);

@@ -13,7 +13,7 @@ use jitsudo_providers::ErrorClass;
 
 use crate::domain::{
     Decider, Effect, Event, GrantPurpose, NewRequest, Refusal, Request, RequestId, RequestSpec,
-    Rules, State, Timestamp, Transition, create, step,
+    RequesterLoad, Rules, State, Timestamp, Transition, create, step,
 };
 use crate::policy::Decision;
 
@@ -309,7 +309,8 @@ impl Life {
             requester: alice(),
             spec,
         };
-        let tx = create(new, decision, now, &rules).expect("create is accepted");
+        let tx = create(new, decision, now, &rules, &RequesterLoad::default())
+            .expect("create is accepted");
         check_transition(None, &tx, now);
         let mut req = tx.next.clone();
         req.apply_times(&tx.times, now);

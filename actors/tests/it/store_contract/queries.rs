@@ -22,7 +22,8 @@ fn transition(requester: Principal, spec: RequestSpec, d: Decision) -> Transitio
         requester,
         spec,
     };
-    domain::create(new, d, Utc::now(), &Rules::default()).expect("valid request")
+    domain::create(new, d, Utc::now(), &Rules::default(), &Default::default())
+        .expect("valid request")
 }
 
 fn keyed(mut tr: Transition, key: &str) -> Transition {
