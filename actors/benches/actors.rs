@@ -11,7 +11,7 @@
 //! - `chain`: ~100,000 audit events written through the store (requests and their
 //!   transitions), then an AuditSequencer chains them; events chained per second, and the
 //!   share of that time that is in-memory hashing.
-//! - `pgbench`: baselines on the same server for the ratios (DESIGN.md §11).
+//! - `pgbench`: baselines on the same server for the ratios (docs/benchmarks.md).
 //!
 //! Run: `cargo bench -p jitsudo-actors --bench actors [-- memory expiry chain pgbench]`.
 //! Settings come from the environment (see `Settings::from_env`). Each part works in its own
@@ -772,7 +772,7 @@ async fn expiry(s: &Settings, db: &BenchDb) -> Result<ExpiryResult> {
             Ok(spec("cloud", "viewer", (x.ceil() as i64).max(1)))
         })
     };
-    // The node's estimate of the database clock (DESIGN.md §3: timers are armed for
+    // The node's estimate of the database clock (docs/engine.md, "Time": timers are armed for
     // `deadline − estimated database now`), sampled while the expiry timers are being armed.
     let offsets = {
         let ctx = ctx.clone();

@@ -36,7 +36,7 @@ pub struct NodeContext {
     /// them), their records follow at this pace.
     pub expiry_records: std::sync::Arc<tokio::sync::Semaphore>,
     /// This node's own view of its shard leases: grant calls start only while it says
-    /// they stand (self-fencing, DESIGN.md §6).
+    /// they stand (self-fencing, docs/engine.md "Fencing and ownership").
     pub lease: std::sync::Arc<crate::lease::LeaseClock>,
     /// Every shard's owner row as last read (each round of the node supervisor, and by
     /// routing when it had to look again): routing's first guess of where a shard lives.

@@ -466,7 +466,7 @@ impl Engine {
     }
 
     /// Mints credentials of an ACTIVE request for its requester, from the provider through
-    /// this node's provider actor, and audits the fetch (`credentials.issued`: request,
+    /// this node's provider handle, and audits the fetch (`credentials.issued`: request,
     /// grant and expiry). The credentials are returned only; they are never stored or
     /// logged, and none are returned if the fetch could not be audited.
     pub async fn credentials(

@@ -1,4 +1,4 @@
-//! Membership (DESIGN.md §6): the node heartbeats its row in `nodes` every second; a node
+//! Membership (docs/operations.md): the node heartbeats its row in `nodes` every second; a node
 //! whose heartbeat is older than the lease TTL by the database clock is dead. The table is
 //! the truth about who is alive; `Engine::cluster_status` reads it.
 

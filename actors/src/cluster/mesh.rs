@@ -1,4 +1,4 @@
-//! The mesh and routing (DESIGN.md §6). Any node accepts any call; a command about a
+//! The mesh and routing (docs/operations.md, docs/architecture.md). Any node accepts any call; a command about a
 //! request is carried out by the owner of the request's shard. A node that does not hold
 //! the shard resolves the owner from the database, sends the command to the owner's
 //! `Router` (a local call, or a remote one over ractor_cluster) with the epoch it resolved

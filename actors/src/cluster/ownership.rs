@@ -1,4 +1,4 @@
-//! Shard ownership (DESIGN.md §6): which shards this node should hold, given who is alive
+//! Shard ownership (docs/engine.md "Fencing and ownership"): which shards this node should hold, given who is alive
 //! and who holds what, and the node's own view of whether its leases still stand.
 //!
 //! Every live node computes the same fair share from the membership table: live nodes in

@@ -1,7 +1,7 @@
 //! The pure domain of jitsudo: requests, principals and the lifecycle state machine.
 //!
 //! Nothing here performs I/O or reads a clock: `step` and `create` are functions of their
-//! inputs, so the lifecycle of DESIGN.md §4 can be tested exhaustively without a database.
+//! inputs, so the lifecycle (docs/engine.md) can be tested exhaustively without a database.
 
 mod idempotency;
 mod ids;

@@ -1,4 +1,4 @@
-//! Who is acting, and the one rule that decides "same person" (DESIGN.md §9): the same
+//! Who is acting, and the one rule that decides "same person" (docs/security.md): the same
 //! subject, or the same *verified* email. An unverified email never links identities.
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The lifecycle of DESIGN.md §4 as a pure function: `step(request, event, now, rules)`
+//! The lifecycle of docs/engine.md as a pure function: `step(request, event, now, rules)`
 //! returns the next request, the one audit entry, the notices and the effects the actor
 //! must carry out — or a typed refusal that changes nothing.
 
@@ -816,7 +816,7 @@ impl Refusal {
     }
 }
 
-/// The lifecycle transition function (DESIGN.md §4).
+/// The lifecycle transition function (the table of docs/engine.md).
 pub fn step(
     req: &Request,
     ev: Event,

@@ -1,4 +1,4 @@
-//! Tests that prove the lifecycle of DESIGN.md §4: one table test per row (and per refusal)
+//! Tests that prove the lifecycle of docs/engine.md: one table test per row (and per refusal)
 //! in the submodules, and a property test that drives random event sequences through `step`
 //! and checks the §4 invariants after every step. No clock is read: every `now` is explicit.
 

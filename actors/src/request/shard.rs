@@ -252,7 +252,7 @@ impl ShardState {
 
     /// Wakes every sleeping request whose deadline has come, then re-arms the alarm.
     /// Expiries go first: their revokes are issued before any actor starts (revocation is
-    /// safe to repeat and needs no commit before it, DESIGN.md §6), so that a burst of
+    /// safe to repeat and needs no commit before it, docs/engine.md), so that a burst of
     /// expiries is not revoked at the pace of actor starts and commits.
     async fn ring(&mut self, me: &ActorRef<ShardMsg>) {
         self.alarm = None;
@@ -309,7 +309,7 @@ impl ShardState {
     }
 
     /// For a sleeping ACTIVE request past its expiry: issues the revokes its expiry calls
-    /// for (DESIGN.md §6: revocation is safe to repeat and needs no commit before it), in one
+    /// for (docs/engine.md: revocation is safe to repeat and needs no commit before it), in one
     /// task that reports back with `Revoked`. A burst of expiries is thus revoked at the
     /// provider's pace, not at the pace of actor starts and commits. `false` when this is
     /// not such a request.

@@ -1,5 +1,5 @@
 //! Several engines on one PostgreSQL, in one process: fair shares, handover on join and on
-//! a clean stop, takeover after a crash (DESIGN.md §6). The chaos tests do the same with
+//! a clean stop, takeover after a crash (docs/engine.md, "Fencing and ownership"). The chaos tests do the same with
 //! real processes and cut networks.
 
 use std::collections::BTreeSet;

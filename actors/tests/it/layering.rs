@@ -142,3 +142,43 @@ fn the_checker_sees_groups_paths_and_ignores_comments() {
         code_of("use crate::{store::X, domain};\n// crate::engine\nlet a = crate::audit::f();");
     assert_eq!(named_modules(&code), ["store", "domain", "audit"]);
 }
+
+/// The design file the project started from is not part of the repository: every reference
+/// points to docs/ instead.
+#[test]
+fn no_source_or_doc_points_to_the_design_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let p = entry.expect("dir entry").path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with('.') || name == "target" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, out);
+            } else if ["rs", "toml", "md", "proto", "sh", "yaml"]
+                .iter()
+                .any(|e| p.extension().is_some_and(|x| x == *e))
+            {
+                out.push(p);
+            }
+        }
+    }
+    walk(&root, &mut files);
+    let needle = ["DESIGN", ".md"].concat();
+    let hits: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .map(|t| t.contains(&needle))
+                .unwrap_or(false)
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        hits.is_empty(),
+        "these point to {needle}, which is not in the repository; point to docs/ instead: {hits:?}"
+    );
+}

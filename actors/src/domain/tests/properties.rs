@@ -1,4 +1,4 @@
-//! Random event sequences through `step`, checking the invariants of DESIGN.md §4 after every
+//! Random event sequences through `step`, checking the lifecycle invariants (docs/engine.md) after every
 //! event. Events are drawn abstractly ("the request's second grant", "the timer that is due",
 //! "a timer armed for an earlier deadline") and resolved against the current request, so the
 //! runs reach deep into the lifecycle instead of being refused at the first step.
