@@ -7,8 +7,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
-use super::sqlite::{from_micros, micros};
-use super::*;
+use super::{from_micros, micros};
+use crate::store::*;
 
 fn principal(r: &SqliteRow) -> StoreResult<PrincipalRecord> {
     let e = || db("reading a principal");

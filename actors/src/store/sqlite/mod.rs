@@ -2,6 +2,13 @@
 //! an exclusive lock file beside it is held for the store's lifetime, and every write runs
 //! in `BEGIN IMMEDIATE`. The database clock is the clock read inside that transaction.
 
+mod admin;
+mod audit;
+mod cluster;
+mod outbox;
+mod reconcile;
+mod requests;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -578,19 +585,19 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, hb: &Heartbeat<'_>, ttl: Duration) -> StoreResult<bool> {
-        super::sqlite_cluster::heartbeat(&self.pool, hb, ttl).await
+        cluster::heartbeat(&self.pool, hb, ttl).await
     }
 
     async fn leave(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
-        super::sqlite_cluster::leave(&self.pool, node, incarnation).await
+        cluster::leave(&self.pool, node, incarnation).await
     }
 
     async fn members(&self) -> StoreResult<(Timestamp, Vec<Member>)> {
-        super::sqlite_cluster::members(&self.pool).await
+        cluster::members(&self.pool).await
     }
 
     async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>> {
-        super::sqlite_cluster::shard_table(&self.pool).await
+        cluster::shard_table(&self.pool).await
     }
 
     async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
@@ -602,7 +609,7 @@ impl Store for SqliteStore {
     }
 
     async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
-        super::sqlite_reconcile::requests_by_grant(self, grant_ids).await
+        reconcile::requests_by_grant(self, grant_ids).await
     }
 
     async fn active_requests_of(
@@ -611,19 +618,19 @@ impl Store for SqliteStore {
         after: Option<RequestId>,
         limit: u32,
     ) -> StoreResult<Vec<Request>> {
-        super::sqlite_reconcile::active_requests_of(self, provider, after, limit).await
+        reconcile::active_requests_of(self, provider, after, limit).await
     }
 
     async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write> {
-        super::sqlite_reconcile::record_finding(self, fence, finding).await
+        reconcile::record_finding(self, fence, finding).await
     }
 
     async fn put_reconcile_pass(&self, pass: &ReconcilePass) -> StoreResult<()> {
-        super::sqlite_reconcile::put_pass(self, pass).await
+        reconcile::put_pass(self, pass).await
     }
 
     async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
-        super::sqlite_reconcile::passes(self).await
+        reconcile::passes(self).await
     }
 
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
@@ -706,21 +713,19 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading audit events"))?;
-        rows.iter().map(super::sqlite_audit::audit_event).collect()
+        rows.iter().map(audit::audit_event).collect()
     }
 
     async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM outbox WHERE request_id = ?1 ORDER BY id",
-            super::sqlite_outbox::OUTBOX_COLUMNS
+            outbox::OUTBOX_COLUMNS
         )))
         .bind(id.0.to_string())
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading outbox rows"))?;
-        rows.iter()
-            .map(super::sqlite_outbox::decode_outbox)
-            .collect()
+        rows.iter().map(outbox::decode_outbox).collect()
     }
 
     async fn policy_revision(&self) -> StoreResult<i64> {
@@ -778,11 +783,11 @@ impl Store for SqliteStore {
         id: RequestId,
         after_version: i64,
     ) -> StoreResult<Vec<AuditEvent>> {
-        super::sqlite_requests::events(&self.pool, id, after_version).await
+        requests::events(&self.pool, id, after_version).await
     }
 
     async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>> {
-        super::sqlite_requests::list(&self.pool, filter).await
+        requests::list(&self.pool, filter).await
     }
 
     async fn get_by_idempotency_key(
@@ -790,11 +795,11 @@ impl Store for SqliteStore {
         requester: &str,
         key: &str,
     ) -> StoreResult<Option<(Request, String)>> {
-        super::sqlite_requests::by_idempotency_key(&self.pool, requester, key).await
+        requests::by_idempotency_key(&self.pool, requester, key).await
     }
 
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>> {
-        super::sqlite_admin::get_principal(&self.pool, subject).await
+        admin::get_principal(&self.pool, subject).await
     }
 
     async fn close_review(
@@ -909,7 +914,7 @@ impl Store for SqliteStore {
         reason: &str,
         node: &str,
     ) -> StoreResult<PrincipalRecord> {
-        super::sqlite_admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
+        admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
     }
 
     async fn append_audit(
@@ -920,22 +925,22 @@ impl Store for SqliteStore {
         details: &serde_json::Value,
         node: &str,
     ) -> StoreResult<Uuid> {
-        super::sqlite_audit::append(&self.pool, kind, actor, request_id, details, node).await
+        audit::append(&self.pool, kind, actor, request_id, details, node).await
     }
 
     async fn query_audit(
         &self,
         q: &AuditQuery,
     ) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
-        super::sqlite_audit::query(&self.pool, q).await
+        audit::query(&self.pool, q).await
     }
 
     async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>> {
-        super::sqlite_admin::get_policy(&self.pool, name).await
+        admin::get_policy(&self.pool, name).await
     }
 
     async fn list_policies(&self) -> StoreResult<Vec<(PolicySource, Timestamp)>> {
-        super::sqlite_admin::list_policies(&self.pool).await
+        admin::list_policies(&self.pool).await
     }
 }
 

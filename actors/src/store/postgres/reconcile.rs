@@ -3,8 +3,8 @@
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::postgres::{PgStore, REQUEST_COLUMNS, fence_sql};
-use super::*;
+use super::{PgStore, REQUEST_COLUMNS, fence_sql};
+use crate::store::*;
 
 pub(super) async fn requests_by_grant(
     s: &PgStore,
@@ -70,7 +70,7 @@ pub(super) async fn record_finding(
     .bind(f.request_id)
     .bind(f.node)
     .bind(f.details.to_string())
-    .bind(super::rows::outbox_json(f.outbox))
+    .bind(crate::store::rows::outbox_json(f.outbox))
     .fetch_optional(&s.pool)
     .await
     .map_err(db("recording a reconciler finding"))?;

@@ -1,35 +1,47 @@
-//! SQLite implementation of the audit chain store (single node: one writer at a time).
+//! PostgreSQL implementation of the audit chain store.
 
 use async_trait::async_trait;
-use chrono::Utc;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::sqlite::{from_micros, micros, opt_uuid_col, uuid_col};
-use super::*;
+use super::fence_sql;
+use crate::store::*;
 
 const EVENT_COLUMNS: &str =
     "e.id, e.at, e.kind, e.actor, e.request_id, e.request_version, e.node, e.details";
 
-pub(super) fn audit_event(r: &SqliteRow) -> StoreResult<AuditEvent> {
+pub(super) fn audit_event(r: &PgRow) -> StoreResult<AuditEvent> {
     let e = || db("reading an audit event");
     Ok(AuditEvent {
-        id: uuid_col(r, "id")?,
-        at: from_micros(r.try_get("at").map_err(e())?)?,
+        id: r.try_get("id").map_err(e())?,
+        at: r.try_get("at").map_err(e())?,
         kind: r.try_get("kind").map_err(e())?,
         actor: r.try_get("actor").map_err(e())?,
-        request_id: opt_uuid_col(r, "request_id")?,
+        request_id: r.try_get("request_id").map_err(e())?,
         request_version: r.try_get("request_version").map_err(e())?,
         node: r.try_get("node").map_err(e())?,
         details: r.try_get("details").map_err(e())?,
     })
 }
 
-const UNCHAINED: &str = "NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)";
+fn checkpoint(r: &PgRow) -> StoreResult<Checkpoint> {
+    let e = || db("reading a checkpoint");
+    Ok(Checkpoint {
+        seq: r.try_get("seq").map_err(e())?,
+        hash: r.try_get("hash").map_err(e())?,
+        at: r.try_get("at").map_err(e())?,
+        key_id: r.try_get("key_id").map_err(e())?,
+        signature: r.try_get("signature").map_err(e())?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
 
 #[async_trait]
-impl AuditStore for SqliteStore {
+impl AuditStore for PgStore {
     async fn chain_tip(&self) -> StoreResult<Option<ChainTip>> {
         let row = sqlx::query(
             "SELECT c.seq, c.hash, e.at, e.id FROM audit_chain c JOIN audit_events e ON e.id = c.event_id
@@ -39,12 +51,11 @@ impl AuditStore for SqliteStore {
         .await
         .map_err(db("reading the chain tip"))?;
         row.map(|r| {
-            let e = || db("reading the chain tip");
             Ok(ChainTip {
-                seq: r.try_get("seq").map_err(e())?,
-                hash: r.try_get("hash").map_err(e())?,
-                event_at: from_micros(r.try_get("at").map_err(e())?)?,
-                event_id: uuid_col(&r, "id")?,
+                seq: r.try_get("seq").map_err(db("reading the chain tip"))?,
+                hash: r.try_get("hash").map_err(db("reading the chain tip"))?,
+                event_at: r.try_get("at").map_err(db("reading the chain tip"))?,
+                event_id: r.try_get("id").map_err(db("reading the chain tip"))?,
             })
         })
         .transpose()
@@ -57,10 +68,11 @@ impl AuditStore for SqliteStore {
     ) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM audit_events e
-              WHERE (?1 IS NULL OR e.at >= ?1) AND {UNCHAINED}
-              ORDER BY e.at, e.id LIMIT ?2"
+              WHERE ($1::timestamptz IS NULL OR e.at >= $1)
+                AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
+              ORDER BY e.at, e.id LIMIT $2"
         )))
-        .bind(since.map(micros))
+        .bind(since)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
@@ -75,11 +87,11 @@ impl AuditStore for SqliteStore {
     ) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM audit_events e
-              WHERE (e.at > ?1 OR (e.at = ?1 AND e.id > ?2)) AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
-              ORDER BY e.at, e.id LIMIT ?3"
+              WHERE (e.at, e.id) > ($1, $2) AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
+              ORDER BY e.at, e.id LIMIT $3"
         )))
-        .bind(micros(after.0))
-        .bind(after.1.to_string())
+        .bind(after.0)
+        .bind(after.1)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
@@ -91,43 +103,53 @@ impl AuditStore for SqliteStore {
         if links.is_empty() {
             return Ok(Write::Stale);
         }
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a transaction"))?;
-        let db_now = Utc::now();
-        if !SqliteStore::fence_holds(&mut tx, fence, micros(db_now)).await? {
+        let seqs: Vec<i64> = links.iter().map(|l| l.seq).collect();
+        let ids: Vec<Uuid> = links.iter().map(|l| l.event_id).collect();
+        let prevs: Vec<Vec<u8>> = links.iter().map(|l| l.prev_hash.clone()).collect();
+        let hashes: Vec<Vec<u8>> = links.iter().map(|l| l.hash.clone()).collect();
+        // One round trip: the rows appended and the database clock.
+        let res = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH fence AS ({fence}),
+             appended AS (
+                INSERT INTO audit_chain (seq, event_id, prev_hash, hash)
+                SELECT * FROM unnest($4::bigint[], $5::uuid[], $6::bytea[], $7::bytea[])
+                 WHERE EXISTS (SELECT 1 FROM fence)
+                RETURNING 1
+             )
+             SELECT count(*) AS n, statement_timestamp() AS db_now FROM appended",
+            fence = fence_sql(1, 2, 3)
+        )))
+        .bind(fence.shard as i32)
+        .bind(&fence.owner)
+        .bind(fence.epoch)
+        .bind(&seqs)
+        .bind(&ids)
+        .bind(&prevs)
+        .bind(&hashes)
+        .fetch_one(&self.pool)
+        .await;
+        let row = match res {
+            // A competing append took these sequence numbers (or chained these events).
+            Err(e) if is_unique_violation(&e) => return Ok(Write::Stale),
+            Err(e) => {
+                return Err(StoreError::Database {
+                    op: "appending to the audit chain",
+                    source: e,
+                });
+            }
+            Ok(row) => row,
+        };
+        let n: i64 = row
+            .try_get("n")
+            .map_err(db("appending to the audit chain"))?;
+        if n != links.len() as i64 {
             return Ok(Write::Stale);
         }
-        for l in links {
-            let res = sqlx::query(
-                "INSERT INTO audit_chain (seq, event_id, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(l.seq)
-            .bind(l.event_id.to_string())
-            .bind(&l.prev_hash)
-            .bind(&l.hash)
-            .execute(&mut *tx)
-            .await;
-            match res {
-                Ok(_) => {}
-                // A competing append took this sequence number or event: write nothing.
-                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                    return Ok(Write::Stale);
-                }
-                Err(e) => {
-                    return Err(StoreError::Database {
-                        op: "appending to the audit chain",
-                        source: e,
-                    });
-                }
-            }
-        }
-        tx.commit().await.map_err(db("committing chain links"))?;
         Ok(Write::Updated {
             version: links[links.len() - 1].seq,
-            db_now,
+            db_now: row
+                .try_get("db_now")
+                .map_err(db("appending to the audit chain"))?,
         })
     }
 
@@ -137,45 +159,41 @@ impl AuditStore for SqliteStore {
         cp: &Checkpoint,
         outbox: &[OutboxRow],
     ) -> StoreResult<Write> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a transaction"))?;
-        let db_now = Utc::now();
-        let now = micros(db_now);
-        if !SqliteStore::fence_holds(&mut tx, fence, now).await? {
-            return Ok(Write::Stale);
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH fence AS ({fence}),
+             cp AS (
+                INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature)
+                SELECT $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM fence)
+                RETURNING seq
+             ), ob AS (
+                INSERT INTO outbox (event_id, request_id, sink, kind, payload, created_at, next_attempt_at)
+                SELECT $9, NULL, o.sink, o.kind, o.payload, statement_timestamp(), statement_timestamp()
+                  FROM cp, jsonb_to_recordset($10::jsonb) AS o(sink text, kind text, payload text)
+             )
+             SELECT seq, statement_timestamp() AS db_now FROM cp",
+            fence = fence_sql(1, 2, 3)
+        )))
+        .bind(fence.shard as i32)
+        .bind(&fence.owner)
+        .bind(fence.epoch)
+        .bind(cp.seq)
+        .bind(&cp.hash)
+        .bind(cp.at)
+        .bind(&cp.key_id)
+        .bind(&cp.signature)
+        .bind(Uuid::now_v7())
+        .bind(crate::store::rows::outbox_json(outbox))
+        .fetch_optional(&self.pool)
+        .await;
+        match res_row(row)? {
+            Some(r) => Ok(Write::Updated {
+                version: r.try_get("seq").map_err(db("reading a checkpoint"))?,
+                db_now: r
+                    .try_get("db_now")
+                    .map_err(db("reading the database clock"))?,
+            }),
+            None => Ok(Write::Stale),
         }
-        sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .bind(cp.seq)
-            .bind(&cp.hash)
-            .bind(micros(cp.at))
-            .bind(&cp.key_id)
-            .bind(&cp.signature)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("storing a checkpoint"))?;
-        let event_id = Uuid::now_v7().to_string();
-        for o in outbox {
-            sqlx::query(
-                "INSERT INTO outbox (event_id, request_id, sink, kind, payload, created_at, next_attempt_at)
-                 VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?5)",
-            )
-            .bind(&event_id)
-            .bind(&o.sink)
-            .bind(&o.kind)
-            .bind(&o.payload)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("enqueueing a checkpoint"))?;
-        }
-        tx.commit().await.map_err(db("committing a checkpoint"))?;
-        Ok(Write::Updated {
-            version: cp.seq,
-            db_now,
-        })
     }
 
     async fn chain_page(
@@ -184,9 +202,9 @@ impl AuditStore for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<(ChainRow, Option<AuditEvent>)>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT c.seq, c.event_id AS link_event, c.prev_hash, c.hash, e.id IS NOT NULL AS present, {EVENT_COLUMNS}
+            "SELECT c.seq, c.event_id, c.prev_hash, c.hash, e.id IS NOT NULL AS present, {EVENT_COLUMNS}
                FROM audit_chain c LEFT JOIN audit_events e ON e.id = c.event_id
-              WHERE c.seq > ?1 ORDER BY c.seq LIMIT ?2"
+              WHERE c.seq > $1 ORDER BY c.seq LIMIT $2"
         )))
         .bind(after_seq)
         .bind(i64::from(limit))
@@ -198,7 +216,7 @@ impl AuditStore for SqliteStore {
                 let e = || db("reading the audit chain");
                 let link = ChainRow {
                     seq: r.try_get("seq").map_err(e())?,
-                    event_id: uuid_col(r, "link_event")?,
+                    event_id: r.try_get("event_id").map_err(e())?,
                     prev_hash: r.try_get("prev_hash").map_err(e())?,
                     hash: r.try_get("hash").map_err(e())?,
                 };
@@ -216,47 +234,42 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading checkpoints"))?;
-        rows.iter()
-            .map(|r| {
-                let e = || db("reading a checkpoint");
-                Ok(Checkpoint {
-                    seq: r.try_get("seq").map_err(e())?,
-                    hash: r.try_get("hash").map_err(e())?,
-                    at: from_micros(r.try_get("at").map_err(e())?)?,
-                    key_id: r.try_get("key_id").map_err(e())?,
-                    signature: r.try_get("signature").map_err(e())?,
-                })
-            })
-            .collect()
+        rows.iter().map(checkpoint).collect()
     }
 
     async fn audit_stats(&self, since: Option<Timestamp>) -> StoreResult<AuditStats> {
-        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT (SELECT coalesce(max(seq), 0) FROM audit_chain) AS chained,
-                    (SELECT count(*) FROM audit_events e WHERE (?1 IS NULL OR e.at >= ?1) AND {UNCHAINED}) AS unchained,
-                    (SELECT min(e.at) FROM audit_events e WHERE (?1 IS NULL OR e.at >= ?1) AND {UNCHAINED}) AS oldest"
-        )))
-        .bind(since.map(micros))
+        let r = sqlx::query(
+            "WITH unchained AS (
+                SELECT e.at FROM audit_events e
+                 WHERE ($1::timestamptz IS NULL OR e.at >= $1)
+                   AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
+             )
+             SELECT (SELECT coalesce(max(seq), 0) FROM audit_chain) AS chained,
+                    (SELECT count(*) FROM unchained) AS unchained,
+                    (SELECT min(at) FROM unchained) AS oldest,
+                    statement_timestamp() AS db_now",
+        )
+        .bind(since)
         .fetch_one(&self.pool)
         .await
         .map_err(db("reading audit statistics"))?;
         let e = || db("reading audit statistics");
-        let oldest: Option<i64> = r.try_get("oldest").map_err(e())?;
         Ok(AuditStats {
             chain_length: r.try_get("chained").map_err(e())?,
             unchained: r.try_get("unchained").map_err(e())?,
-            oldest_unchained_at: oldest.map(from_micros).transpose()?,
-            db_now: Utc::now(),
+            oldest_unchained_at: r.try_get("oldest").map_err(e())?,
+            db_now: r.try_get("db_now").map_err(e())?,
         })
     }
 
     async fn version_gaps(&self, limit: u32) -> StoreResult<Vec<VersionGap>> {
         let rows = sqlx::query(
-            "SELECT r.id, r.version, group_concat(DISTINCT a.request_version) AS present
+            "SELECT r.id, r.version,
+                    COALESCE(array_agg(DISTINCT a.request_version) FILTER (WHERE a.request_version IS NOT NULL), '{}') AS present
                FROM requests r LEFT JOIN audit_events a ON a.request_id = r.id
               GROUP BY r.id, r.version
-             HAVING count(DISTINCT a.request_version) <> r.version OR max(a.request_version) IS NOT r.version
-              ORDER BY r.id LIMIT ?1",
+             HAVING count(DISTINCT a.request_version) <> r.version OR max(a.request_version) IS DISTINCT FROM r.version
+              ORDER BY r.id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -266,15 +279,10 @@ impl AuditStore for SqliteStore {
             .map(|r| {
                 let e = || db("checking audit versions");
                 let version: i64 = r.try_get("version").map_err(e())?;
-                let present: Option<String> = r.try_get("present").map_err(e())?;
-                let mut present: Vec<i64> = present
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter_map(|v| v.trim().parse().ok())
-                    .collect();
+                let mut present: Vec<i64> = r.try_get("present").map_err(e())?;
                 present.sort_unstable();
                 Ok(VersionGap {
-                    request_id: uuid_col(r, "id")?,
+                    request_id: r.try_get("id").map_err(e())?,
                     version,
                     missing: missing_versions(version, &present),
                 })
@@ -283,8 +291,12 @@ impl AuditStore for SqliteStore {
     }
 }
 
+fn res_row(r: Result<Option<PgRow>, sqlx::Error>) -> StoreResult<Option<PgRow>> {
+    r.map_err(db("storing a checkpoint"))
+}
+
 pub(super) async fn append(
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::PgPool,
     kind: &str,
     actor: &str,
     request_id: Option<Uuid>,
@@ -294,13 +306,12 @@ pub(super) async fn append(
     let id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         VALUES ($1, statement_timestamp(), $2, $3, $4, $5, $6)",
     )
-    .bind(id.to_string())
-    .bind(micros(Utc::now()))
+    .bind(id)
     .bind(kind)
     .bind(actor)
-    .bind(request_id.map(|r| r.to_string()))
+    .bind(request_id)
     .bind(node)
     .bind(details.to_string())
     .execute(pool)
@@ -310,15 +321,15 @@ pub(super) async fn append(
 }
 
 pub(super) async fn query(
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::PgPool,
     q: &AuditQuery,
 ) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
-    let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+    let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
         "SELECT {EVENT_COLUMNS}, c.seq, c.prev_hash, c.hash
-           FROM audit_events e LEFT JOIN audit_chain c ON c.event_id = e.id WHERE 1"
+           FROM audit_events e LEFT JOIN audit_chain c ON c.event_id = e.id WHERE true"
     ));
     if let Some(id) = q.request_id {
-        b.push(" AND e.request_id = ").push_bind(id.to_string());
+        b.push(" AND e.request_id = ").push_bind(id);
     }
     if let Some(actor) = &q.actor {
         b.push(" AND e.actor = ").push_bind(actor);
@@ -332,10 +343,10 @@ pub(super) async fn query(
             .push(")");
     }
     if let Some(since) = q.since {
-        b.push(" AND e.at >= ").push_bind(micros(since));
+        b.push(" AND e.at >= ").push_bind(since);
     }
     if let Some(until) = q.until {
-        b.push(" AND e.at < ").push_bind(micros(until));
+        b.push(" AND e.at < ").push_bind(until);
     }
     let (cmp, dir) = if q.oldest_first {
         (">", "ASC")
@@ -344,9 +355,9 @@ pub(super) async fn query(
     };
     if let Some((at, id)) = q.after {
         b.push(format_args!(" AND (e.at, e.id) {cmp} ("))
-            .push_bind(micros(at))
+            .push_bind(at)
             .push(", ")
-            .push_bind(id.to_string())
+            .push_bind(id)
             .push(")");
     }
     b.push(format_args!(" ORDER BY e.at {dir}, e.id {dir} LIMIT "))

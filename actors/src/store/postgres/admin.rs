@@ -5,7 +5,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::*;
+use crate::store::*;
 
 fn principal(r: &PgRow) -> StoreResult<PrincipalRecord> {
     let e = || db("reading a principal");

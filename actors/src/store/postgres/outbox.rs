@@ -9,8 +9,8 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::outbox::{delay_us, stored_error};
-use super::*;
+use crate::store::outbox::{delay_us, stored_error};
+use crate::store::*;
 
 pub(super) const OUTBOX_COLUMNS: &str = "id, event_id, request_id, sink, kind, payload, state, attempts, created_at, next_attempt_at, last_error";
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use super::*;
+use crate::store::*;
 
 pub(super) async fn heartbeat(
     pool: &PgPool,

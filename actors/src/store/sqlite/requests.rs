@@ -3,9 +3,9 @@
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::sqlite::{REQUEST_COLUMNS, SqliteStore, micros};
-use super::sqlite_audit::audit_event;
-use super::*;
+use super::audit::audit_event;
+use super::{REQUEST_COLUMNS, SqliteStore, micros};
+use crate::store::*;
 
 fn json_list<T: Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())

@@ -5,8 +5,8 @@ use uuid::Uuid;
 
 use sqlx::Row;
 
-use super::sqlite::{REQUEST_COLUMNS, SqliteStore, from_micros, micros};
-use super::*;
+use super::{REQUEST_COLUMNS, SqliteStore, from_micros, micros};
+use crate::store::*;
 
 pub(super) async fn requests_by_grant(
     s: &SqliteStore,

@@ -3,9 +3,9 @@
 
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
-use super::postgres::{PgStore, REQUEST_COLUMNS};
-use super::postgres_audit::audit_event;
-use super::*;
+use super::audit::audit_event;
+use super::{PgStore, REQUEST_COLUMNS};
+use crate::store::*;
 
 pub(super) async fn list(pool: &PgPool, f: &ListFilter) -> StoreResult<Vec<Request>> {
     let mut q = QueryBuilder::<Postgres>::new(format!(

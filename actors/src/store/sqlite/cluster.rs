@@ -7,8 +7,8 @@ use chrono::Utc;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 
-use super::sqlite::{from_micros, micros, uuid_col};
-use super::*;
+use super::{from_micros, micros, uuid_col};
+use crate::store::*;
 
 pub(super) async fn heartbeat(
     pool: &SqlitePool,

@@ -10,9 +10,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
-use super::outbox::{delay_us, stored_error};
-use super::sqlite::{from_micros, micros, opt_uuid_col, uuid_col};
-use super::*;
+use super::{from_micros, micros, opt_uuid_col, uuid_col};
+use crate::store::outbox::{delay_us, stored_error};
+use crate::store::*;
 
 pub(super) const OUTBOX_COLUMNS: &str = "id, event_id, request_id, sink, kind, payload, state, attempts, created_at, next_attempt_at, last_error";
 

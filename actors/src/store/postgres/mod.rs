@@ -2,6 +2,13 @@
 //! transaction ever sits idle holding locks. Fenced writes read their `shard_owners` row
 //! `FOR SHARE`: a takeover's update of that row waits for them and then sees them.
 
+mod admin;
+mod audit;
+mod cluster;
+mod outbox;
+mod reconcile;
+mod requests;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -431,19 +438,19 @@ impl Store for PgStore {
     }
 
     async fn heartbeat(&self, hb: &Heartbeat<'_>, ttl: Duration) -> StoreResult<bool> {
-        super::postgres_cluster::heartbeat(&self.pool, hb, ttl).await
+        cluster::heartbeat(&self.pool, hb, ttl).await
     }
 
     async fn leave(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
-        super::postgres_cluster::leave(&self.pool, node, incarnation).await
+        cluster::leave(&self.pool, node, incarnation).await
     }
 
     async fn members(&self) -> StoreResult<(Timestamp, Vec<Member>)> {
-        super::postgres_cluster::members(&self.pool).await
+        cluster::members(&self.pool).await
     }
 
     async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>> {
-        super::postgres_cluster::shard_table(&self.pool).await
+        cluster::shard_table(&self.pool).await
     }
 
     async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
@@ -455,7 +462,7 @@ impl Store for PgStore {
     }
 
     async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
-        super::postgres_reconcile::requests_by_grant(self, grant_ids).await
+        reconcile::requests_by_grant(self, grant_ids).await
     }
 
     async fn active_requests_of(
@@ -464,19 +471,19 @@ impl Store for PgStore {
         after: Option<RequestId>,
         limit: u32,
     ) -> StoreResult<Vec<Request>> {
-        super::postgres_reconcile::active_requests_of(self, provider, after, limit).await
+        reconcile::active_requests_of(self, provider, after, limit).await
     }
 
     async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write> {
-        super::postgres_reconcile::record_finding(self, fence, finding).await
+        reconcile::record_finding(self, fence, finding).await
     }
 
     async fn put_reconcile_pass(&self, pass: &ReconcilePass) -> StoreResult<()> {
-        super::postgres_reconcile::put_pass(self, pass).await
+        reconcile::put_pass(self, pass).await
     }
 
     async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
-        super::postgres_reconcile::passes(self).await
+        reconcile::passes(self).await
     }
 
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
@@ -546,23 +553,19 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading audit events"))?;
-        rows.iter()
-            .map(super::postgres_audit::audit_event)
-            .collect()
+        rows.iter().map(audit::audit_event).collect()
     }
 
     async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM outbox WHERE request_id = $1 ORDER BY id",
-            super::postgres_outbox::OUTBOX_COLUMNS
+            outbox::OUTBOX_COLUMNS
         )))
         .bind(id.0)
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading outbox rows"))?;
-        rows.iter()
-            .map(super::postgres_outbox::decode_outbox)
-            .collect()
+        rows.iter().map(outbox::decode_outbox).collect()
     }
 
     async fn policy_revision(&self) -> StoreResult<i64> {
@@ -619,11 +622,11 @@ impl Store for PgStore {
         id: RequestId,
         after_version: i64,
     ) -> StoreResult<Vec<AuditEvent>> {
-        super::postgres_requests::events(&self.pool, id, after_version).await
+        requests::events(&self.pool, id, after_version).await
     }
 
     async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>> {
-        super::postgres_requests::list(&self.pool, filter).await
+        requests::list(&self.pool, filter).await
     }
 
     async fn get_by_idempotency_key(
@@ -631,11 +634,11 @@ impl Store for PgStore {
         requester: &str,
         key: &str,
     ) -> StoreResult<Option<(Request, String)>> {
-        super::postgres_requests::by_idempotency_key(&self.pool, requester, key).await
+        requests::by_idempotency_key(&self.pool, requester, key).await
     }
 
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>> {
-        super::postgres_admin::get_principal(&self.pool, subject).await
+        admin::get_principal(&self.pool, subject).await
     }
 
     async fn close_review(
@@ -736,7 +739,7 @@ impl Store for PgStore {
         reason: &str,
         node: &str,
     ) -> StoreResult<PrincipalRecord> {
-        super::postgres_admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
+        admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
     }
 
     async fn append_audit(
@@ -747,22 +750,22 @@ impl Store for PgStore {
         details: &serde_json::Value,
         node: &str,
     ) -> StoreResult<Uuid> {
-        super::postgres_audit::append(&self.pool, kind, actor, request_id, details, node).await
+        audit::append(&self.pool, kind, actor, request_id, details, node).await
     }
 
     async fn query_audit(
         &self,
         q: &AuditQuery,
     ) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
-        super::postgres_audit::query(&self.pool, q).await
+        audit::query(&self.pool, q).await
     }
 
     async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>> {
-        super::postgres_admin::get_policy(&self.pool, name).await
+        admin::get_policy(&self.pool, name).await
     }
 
     async fn list_policies(&self) -> StoreResult<Vec<(PolicySource, Timestamp)>> {
-        super::postgres_admin::list_policies(&self.pool).await
+        admin::list_policies(&self.pool).await
     }
 }
 
