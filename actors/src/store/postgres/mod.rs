@@ -1,308 +1,69 @@
 //! The PostgreSQL store: every transition is one data-modifying statement, so no
 //! transaction ever sits idle holding locks. Fenced writes read their `shard_owners` row
 //! `FOR SHARE`: a takeover's update of that row waits for them and then sees them.
+//!
+//! `impl Store` below holds the body of every method, in the trait's order; the audit chain
+//! (`audit.rs`) and the outbox (`outbox.rs`) are traits of their own. Besides them:
+//! `connect.rs` opens the pool, `requests.rs` has the statement that create and transition
+//! share and the list filter's SQL. Rows are decoded by the decoders both backends share
+//! (`store/rows.rs`), through the [`Columns`] impl here for PostgreSQL's column types.
 
-mod admin;
 mod audit;
-mod cluster;
+mod connect;
 mod outbox;
-mod reconcile;
 mod requests;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::rows::{self, Times};
+use super::rows::{self, Columns, OUTBOX_COLUMNS, Plain, REQUEST_COLUMNS};
 use super::*;
-use crate::domain::{Stamp, State, TimePatch};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+use crate::domain::State;
 
 pub struct PgStore {
-    pub(super) pool: PgPool,
+    pool: PgPool,
 }
 
-/// The settings of every session: lock waits and idle transactions end within `lock_wait`
-/// (below the shard lease margin: a takeover never waits long behind a write, nor behind
-/// the open transaction of a frozen node), statements within 10 s.
-fn session_settings(lock_wait: Duration) -> String {
-    let ms = lock_wait.as_millis().max(1);
-    format!(
-        "SET lock_timeout = '{ms}ms'; SET idle_in_transaction_session_timeout = '{ms}ms'; SET statement_timeout = '10s'"
-    )
-}
-
-impl PgStore {
-    /// Connects with the lock wait of the default lease TTL ([`lock_wait_for`]).
-    pub async fn connect(url: &str, mode: Mode) -> StoreResult<Self> {
-        Self::connect_with(url, mode, lock_wait_for(DEFAULT_LEASE_TTL)).await
+impl Columns for PgRow {
+    fn read<T: Plain>(&self, col: &str, op: &'static str) -> StoreResult<T> {
+        self.try_get(col).map_err(db(op))
     }
 
-    /// Connects; every session's lock waits and idle transactions end within `lock_wait`.
-    pub async fn connect_with(url: &str, mode: Mode, lock_wait: Duration) -> StoreResult<Self> {
-        let settings: std::sync::Arc<str> = session_settings(lock_wait).into();
-        let opts: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                let settings = settings.to_string();
-                Box::pin(async move {
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(settings))
-                        .execute(conn)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect_with(opts.clone())
-            .await
-            .map_err(db("connecting to PostgreSQL"))?;
-        // Migrations run on a connection of their own without the lock wait: nodes starting
-        // together queue on the migrator's advisory lock for as long as the first one takes.
-        // (A pool of one: `Migrator::run` on a bare `&mut PgConnection` makes the caller's
-        // future fail the `Send` check.)
-        let migrating = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await
-            .map_err(db("connecting to PostgreSQL"))?;
-        let migrated = MIGRATOR.run(&migrating).await;
-        migrating.close().await;
-        migrated.map_err(StoreError::Migrate)?;
-        let store = PgStore { pool };
-        store.check_mode(mode).await?;
-        Ok(store)
+    fn time(&self, col: &str, op: &'static str) -> StoreResult<Timestamp> {
+        self.try_get(col).map_err(db(op))
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    fn opt_time(&self, col: &str, op: &'static str) -> StoreResult<Option<Timestamp>> {
+        self.try_get(col).map_err(db(op))
     }
 
-    async fn check_mode(&self, mode: Mode) -> StoreResult<()> {
-        let want = if mode == Mode::Dev {
-            "dev"
-        } else {
-            "production"
-        };
-        let stored: String = sqlx::query_scalar(
-            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('mode', $1) ON CONFLICT (key) DO UPDATE SET value = cluster_meta.value RETURNING value)
-             SELECT value FROM ins",
-        )
-        .bind(want)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("reading the database mode"))?;
-        if stored != want {
-            return Err(StoreError::ModeMismatch {
-                database_is_dev: stored == "dev",
-            });
-        }
-        Ok(())
+    fn uuid(&self, col: &str, op: &'static str) -> StoreResult<Uuid> {
+        self.try_get(col).map_err(db(op))
     }
 
-    /// Binds one time of a patch: an absolute instant, or an offset from the statement's clock.
-    fn time_params(s: &Option<Stamp>) -> (Option<Timestamp>, Option<i64>) {
-        match s {
-            None => (None, None),
-            Some(Stamp::At(t)) => (Some(*t), None),
-            Some(Stamp::NowPlus(d)) => (None, Some(d.num_microseconds().unwrap_or(i64::MAX))),
-        }
+    fn opt_uuid(&self, col: &str, op: &'static str) -> StoreResult<Option<Uuid>> {
+        self.try_get(col).map_err(db(op))
     }
 
-    fn times(p: &TimePatch) -> [(Option<Timestamp>, Option<i64>); 6] {
-        [
-            Self::time_params(&p.created_at),
-            Self::time_params(&p.approval_deadline),
-            Self::time_params(&p.grant_deadline),
-            Self::time_params(&p.granted_at),
-            Self::time_params(&p.expires_at),
-            Self::time_params(&p.ended_at),
-        ]
+    fn shard(&self, col: &str, op: &'static str) -> StoreResult<u32> {
+        Ok(self.try_get::<i32, _>(col).map_err(db(op))? as u32)
     }
 
-    /// The statement shared by create and transition; `$1..$37` as bound by `write`.
-    fn write_sql(create: bool) -> String {
-        let t = |col: &str, i: usize, keep: bool| {
-            let old = if keep { col } else { "NULL" };
-            format!(
-                "COALESCE(${a}::timestamptz, statement_timestamp() + ${b}::bigint * interval '1 microsecond', {old})",
-                a = 9 + 2 * i,
-                b = 10 + 2 * i
-            )
-        };
-        let cols = [
-            "created_at",
-            "approval_deadline",
-            "grant_deadline",
-            "granted_at",
-            "expires_at",
-            "ended_at",
-        ];
-        let main = if create {
-            format!(
-                "INSERT INTO requests (id, shard, version, state, requester, provider, role, scope, break_glass, updated_at, body,
-                                       idempotency_key, content_hash, {cols})
-                 SELECT $1, $3, 1, $6, $32, $31, $33, $34, $35, statement_timestamp(), $7, $36, $37, {vals}
-                 WHERE EXISTS (SELECT 1 FROM fence)
-                 ON CONFLICT (id) DO NOTHING
-                 RETURNING id, version, grant_deadline",
-                cols = cols.join(", "),
-                vals = cols.iter().enumerate().map(|(i, c)| t(c, i, false)).collect::<Vec<_>>().join(", "),
-            )
-        } else {
-            format!(
-                "UPDATE requests SET version = version + 1, state = $6, body = $7, updated_at = statement_timestamp(), {sets}
-                 WHERE id = $1 AND version = $2 AND EXISTS (SELECT 1 FROM fence)
-                   AND (NOT $8 OR approval_deadline > statement_timestamp())
-                 RETURNING id, version, grant_deadline",
-                sets = cols.iter().enumerate().map(|(i, c)| format!("{c} = {}", t(c, i, true))).collect::<Vec<_>>().join(", "),
-            )
-        };
-        format!(
-            "WITH fence AS ({fence}), w AS ({main}),
-             aud AS (
-                INSERT INTO audit_events (id, at, kind, actor, request_id, request_version, node, details)
-                SELECT $21, statement_timestamp(), $22, $23, w.id, w.version, $24, $25 FROM w
-             ), ob AS (
-                INSERT INTO outbox (event_id, request_id, sink, kind, payload, created_at, next_attempt_at)
-                SELECT $21, w.id, o.sink, o.kind, o.payload, statement_timestamp(), statement_timestamp()
-                  FROM w, jsonb_to_recordset($26::jsonb) AS o(sink text, kind text, payload text)
-             ), ap AS (
-                INSERT INTO approvals (request_id, extension, approver, kind, comment, at)
-                SELECT w.id, a.extension, a.approver, a.kind, a.comment, a.at
-                  FROM w, jsonb_to_recordset($27::jsonb) AS a(extension int, approver text, kind text, comment text, at timestamptz)
-                ON CONFLICT DO NOTHING
-             ), gr AS (
-                INSERT INTO grants (grant_id, request_id, provider, purpose, status, provider_ref, not_after, updated_at)
-                SELECT g.grant_id, w.id, $31, g.purpose, g.status, g.provider_ref,
-                       COALESCE(g.not_after, w.grant_deadline + $30::bigint * interval '1 second'), statement_timestamp()
-                  FROM w, jsonb_to_recordset($28::jsonb)
-                       AS g(grant_id uuid, purpose text, status text, provider_ref text, not_after timestamptz)
-                ON CONFLICT (grant_id) DO UPDATE
-                   SET status = EXCLUDED.status, provider_ref = EXCLUDED.provider_ref,
-                       not_after = EXCLUDED.not_after, updated_at = EXCLUDED.updated_at
-             ), ex AS (
-                INSERT INTO extensions (request_id, number, by_seconds, state, grant_id)
-                SELECT w.id, e.number, e.by_seconds, e.state, e.grant_id
-                  FROM w, jsonb_to_recordset($29::jsonb) AS e(number int, by_seconds bigint, state text, grant_id uuid)
-                ON CONFLICT (request_id, number) DO UPDATE SET state = EXCLUDED.state, grant_id = EXCLUDED.grant_id
-             )
-             SELECT w.version, statement_timestamp() AS db_now FROM w",
-            fence = fence_sql(3, 4, 5),
-        )
-    }
-
-    async fn write(&self, fence: &Fence, p: Persist<'_>, create: bool) -> StoreResult<Write> {
-        let r = p.request;
-        let sql = Self::write_sql(create);
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(r.id.0)
-            .bind(p.expected_version)
-            .bind(fence.shard as i32)
-            .bind(&fence.owner)
-            .bind(fence.epoch)
-            .bind(r.state.as_str())
-            .bind(sqlx::types::Json(rows::body(r)?))
-            .bind(matches!(p.guard, Some(Guard::BeforeApprovalDeadline)));
-        for (abs, off) in Self::times(p.times) {
-            q = q.bind(abs).bind(off);
-        }
-        let details = p.audit.details.to_string();
-        q = q
-            .bind(Uuid::now_v7())
-            .bind(&p.audit.kind)
-            .bind(&p.audit.actor)
-            .bind(p.node)
-            .bind(details)
-            .bind(rows::outbox_json(p.outbox))
-            .bind(rows::approvals_json(r))
-            .bind(rows::grants_json(r))
-            .bind(rows::extensions_json(r))
-            .bind(r.spec.duration_seconds)
-            .bind(&r.spec.provider)
-            .bind(&r.requester.subject)
-            .bind(&r.spec.role)
-            .bind(&r.spec.scope)
-            .bind(r.spec.break_glass)
-            .bind(p.idempotency.map(|i| &i.key))
-            .bind(p.idempotency.map(|i| &i.content_hash));
-        let row = match q.fetch_optional(&self.pool).await {
-            Ok(row) => row,
-            // A concurrent create with this key committed first: its statement held the
-            // key's index entry, so this one waited for it and then failed as a whole.
-            Err(sqlx::Error::Database(d))
-                if create && d.constraint() == Some(IDEMPOTENCY_INDEX) =>
-            {
-                return Err(idempotency_taken(r, p.idempotency));
-            }
-            Err(e) => return Err(db("committing a transition")(e)),
-        };
-        if let Some(row) = row {
-            return Ok(Write::Updated {
-                version: row
-                    .try_get("version")
-                    .map_err(db("reading the new version"))?,
-                db_now: row
-                    .try_get("db_now")
-                    .map_err(db("reading the database clock"))?,
-            });
-        }
-        let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM requests WHERE id = $1")
-            .bind(r.id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("checking a request after a refused write"))?;
-        Ok(match (create, exists) {
-            (true, Some(_)) => return Err(StoreError::Duplicate { id: r.id }),
-            (true, None) | (false, Some(_)) => Write::Stale,
-            (false, None) => Write::Missing,
-        })
-    }
-
-    pub(super) fn decode(row: &PgRow) -> StoreResult<Request> {
-        let get = |c: &'static str| {
-            row.try_get::<Option<Timestamp>, _>(c)
-                .map_err(db("reading a request time"))
-        };
-        let times = Times([
-            get("created_at")?,
-            get("approval_deadline")?,
-            get("grant_deadline")?,
-            get("granted_at")?,
-            get("expires_at")?,
-            get("ended_at")?,
-        ]);
-        let body: sqlx::types::Json<serde_json::Value> =
-            row.try_get("body").map_err(db("reading a request body"))?;
-        let version: i64 = row
-            .try_get("version")
-            .map_err(db("reading a request version"))?;
-        rows::decode(body.0, version, times)
-    }
-
-    fn lease(row: &PgRow, owner: &str) -> StoreResult<Lease> {
-        Ok(Lease {
-            fence: Fence {
-                shard: row
-                    .try_get::<i32, _>("shard")
-                    .map_err(db("reading a lease"))? as u32,
-                owner: owner.to_owned(),
-                epoch: row.try_get("epoch").map_err(db("reading a lease"))?,
-            },
-            expires_at: row.try_get("expires_at").map_err(db("reading a lease"))?,
-        })
+    fn body(&self) -> StoreResult<Value> {
+        let body: sqlx::types::Json<Value> =
+            self.try_get("body").map_err(db("reading a request body"))?;
+        Ok(body.0)
     }
 }
 
 /// The fence of DESIGN.md §5: this owner at this epoch, with an unexpired lease. Reading the
 /// owner row `FOR SHARE` makes a takeover (an UPDATE of that row) wait for this write.
-pub(super) fn fence_sql(shard: u8, owner: u8, epoch: u8) -> String {
+fn fence_sql(shard: u8, owner: u8, epoch: u8) -> String {
     format!(
         "SELECT 1 FROM shard_owners o
           WHERE o.shard = ${shard} AND o.owner = ${owner} AND o.epoch = ${epoch}
@@ -311,10 +72,6 @@ pub(super) fn fence_sql(shard: u8, owner: u8, epoch: u8) -> String {
           FOR SHARE OF o"
     )
 }
-
-pub(super) const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
-
-const IDEMPOTENCY_INDEX: &str = "requests_by_idempotency_key";
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
@@ -390,7 +147,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("acquiring shards"))?;
-        rows.iter().map(|r| Self::lease(r, node)).collect()
+        rows.iter().map(|r| rows::lease(r, node)).collect()
     }
 
     async fn renew_shards(
@@ -412,7 +169,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("renewing shard leases"))?;
-        rows.iter().map(|r| Self::lease(r, node)).collect()
+        rows.iter().map(|r| rows::lease(r, node)).collect()
     }
 
     async fn release_shards(
@@ -438,52 +195,83 @@ impl Store for PgStore {
     }
 
     async fn heartbeat(&self, hb: &Heartbeat<'_>, ttl: Duration) -> StoreResult<bool> {
-        cluster::heartbeat(&self.pool, hb, ttl).await
+        // A restarted node (new incarnation) takes its row over once the old heartbeat is older
+        // than the TTL; until then the row is another live process's and nothing is written.
+        let row = sqlx::query(
+            "INSERT INTO nodes AS n (node_id, incarnation, cluster_addr, api_addr, started_at, heartbeat_at, clock_offset_us)
+             VALUES ($1, $2, $3, $4, statement_timestamp(), statement_timestamp(), $5)
+             ON CONFLICT (node_id) DO UPDATE
+                SET incarnation = EXCLUDED.incarnation, cluster_addr = EXCLUDED.cluster_addr,
+                    api_addr = EXCLUDED.api_addr, heartbeat_at = EXCLUDED.heartbeat_at,
+                    clock_offset_us = EXCLUDED.clock_offset_us,
+                    started_at = CASE WHEN n.incarnation = EXCLUDED.incarnation THEN n.started_at
+                                      ELSE EXCLUDED.started_at END
+              WHERE n.incarnation = EXCLUDED.incarnation
+                 OR n.heartbeat_at < statement_timestamp() - $6::bigint * interval '1 microsecond'
+             RETURNING 1",
+        )
+        .bind(hb.node)
+        .bind(hb.incarnation)
+        .bind(hb.cluster_addr)
+        .bind(hb.api_addr)
+        .bind(hb.clock_offset_us)
+        .bind(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a heartbeat"))?;
+        Ok(row.is_some())
     }
 
     async fn leave(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
-        cluster::leave(&self.pool, node, incarnation).await
+        sqlx::query(
+            "UPDATE nodes SET heartbeat_at = statement_timestamp() - interval '1 day'
+              WHERE node_id = $1 AND incarnation = $2",
+        )
+        .bind(node)
+        .bind(incarnation)
+        .execute(&self.pool)
+        .await
+        .map_err(db("leaving the cluster"))?;
+        Ok(())
     }
 
     async fn members(&self) -> StoreResult<(Timestamp, Vec<Member>)> {
-        cluster::members(&self.pool).await
+        let rows = sqlx::query(
+            "SELECT node_id, incarnation, cluster_addr, api_addr, started_at, heartbeat_at, clock_offset_us,
+                    statement_timestamp() AS db_now
+               FROM nodes ORDER BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the members"))?;
+        let db_now = match rows.first() {
+            Some(r) => r.time("db_now", "reading the members")?,
+            None => self.db_now().await?,
+        };
+        Ok((
+            db_now,
+            rows.iter().map(rows::member).collect::<StoreResult<_>>()?,
+        ))
     }
 
     async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>> {
-        cluster::shard_table(&self.pool).await
+        let rows = sqlx::query(
+            "SELECT o.shard, o.owner, o.incarnation, o.epoch, o.acquired_at,
+                    (SELECT r.expires_at FROM shard_renewals r WHERE r.shard = o.shard AND r.epoch = o.epoch) AS expires_at
+               FROM shard_owners o ORDER BY o.shard",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the shard table"))?;
+        rows.iter().map(rows::shard_record).collect()
     }
 
     async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
-        self.write(fence, p, true).await
+        requests::write(&self.pool, fence, p, true).await
     }
 
     async fn transition(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
-        self.write(fence, p, false).await
-    }
-
-    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
-        reconcile::requests_by_grant(self, grant_ids).await
-    }
-
-    async fn active_requests_of(
-        &self,
-        provider: &str,
-        after: Option<RequestId>,
-        limit: u32,
-    ) -> StoreResult<Vec<Request>> {
-        reconcile::active_requests_of(self, provider, after, limit).await
-    }
-
-    async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write> {
-        reconcile::record_finding(self, fence, finding).await
-    }
-
-    async fn put_reconcile_pass(&self, pass: &ReconcilePass) -> StoreResult<()> {
-        reconcile::put_pass(self, pass).await
-    }
-
-    async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
-        reconcile::passes(self).await
+        requests::write(&self.pool, fence, p, false).await
     }
 
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
@@ -494,7 +282,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("loading a request"))?;
-        row.as_ref().map(Self::decode).transpose()
+        row.as_ref().map(rows::request).transpose()
     }
 
     async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>> {
@@ -512,7 +300,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading live requests"))?;
-        rows.iter().map(Self::decode).collect()
+        rows.iter().map(rows::request).collect()
     }
 
     async fn overdue_requests(
@@ -543,6 +331,111 @@ impl Store for PgStore {
         Ok(ids.into_iter().map(RequestId).collect())
     }
 
+    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests
+              WHERE id IN (SELECT request_id FROM grants WHERE grant_id = ANY($1)) ORDER BY id"
+        )))
+        .bind(grant_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading the requests of grants"))?;
+        rows.iter().map(rows::request).collect()
+    }
+
+    async fn active_requests_of(
+        &self,
+        provider: &str,
+        after: Option<RequestId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Request>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests
+              WHERE state = 'ACTIVE' AND provider = $1 AND ($2::uuid IS NULL OR id > $2)
+              ORDER BY id LIMIT $3"
+        )))
+        .bind(provider)
+        .bind(after.map(|a| a.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading active requests of a provider"))?;
+        rows.iter().map(rows::request).collect()
+    }
+
+    async fn record_finding(&self, fence: &Fence, f: &Finding<'_>) -> StoreResult<Write> {
+        let event_id = Uuid::now_v7();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH fence AS ({fence}),
+             aud AS (
+                INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+                SELECT $4, statement_timestamp(), $5, $6, $7, $8, $9 FROM fence
+                RETURNING id
+             ), ob AS (
+                INSERT INTO outbox (event_id, request_id, sink, kind, payload, created_at, next_attempt_at)
+                SELECT $4, $7, o.sink, o.kind, o.payload, statement_timestamp(), statement_timestamp()
+                  FROM aud, jsonb_to_recordset($10::jsonb) AS o(sink text, kind text, payload text)
+             )
+             SELECT statement_timestamp() AS db_now FROM aud",
+            fence = fence_sql(1, 2, 3)
+        )))
+        .bind(fence.shard as i32)
+        .bind(&fence.owner)
+        .bind(fence.epoch)
+        .bind(event_id)
+        .bind(f.kind)
+        .bind(f.actor)
+        .bind(f.request_id)
+        .bind(f.node)
+        .bind(f.details.to_string())
+        .bind(rows::outbox_json(f.outbox))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a reconciler finding"))?;
+        match row {
+            Some(r) => Ok(Write::Updated {
+                version: 0,
+                db_now: r
+                    .try_get("db_now")
+                    .map_err(db("reading the database clock"))?,
+            }),
+            None => Ok(Write::Stale),
+        }
+    }
+
+    async fn put_reconcile_pass(&self, p: &ReconcilePass) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO reconcile_passes (provider, node, at, duration_ms, listed, orphans, drift, tombstones, error)
+             VALUES ($1, $2, statement_timestamp(), $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (provider) DO UPDATE SET node = EXCLUDED.node, at = EXCLUDED.at,
+                 duration_ms = EXCLUDED.duration_ms, listed = EXCLUDED.listed, orphans = EXCLUDED.orphans,
+                 drift = EXCLUDED.drift, tombstones = EXCLUDED.tombstones, error = EXCLUDED.error",
+        )
+        .bind(&p.provider)
+        .bind(&p.node)
+        .bind(p.duration_ms)
+        .bind(p.listed)
+        .bind(p.orphans)
+        .bind(p.drift)
+        .bind(p.tombstones)
+        .bind(&p.error)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording a reconcile pass"))?;
+        Ok(())
+    }
+
+    async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
+        let rows = sqlx::query(
+            "SELECT provider, node, at, duration_ms, listed, orphans, drift, tombstones, error
+               FROM reconcile_passes ORDER BY provider",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading reconcile passes"))?;
+        rows.iter().map(rows::reconcile_pass).collect()
+    }
+
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, kind, actor, request_id, request_version, node, details
@@ -553,68 +446,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading audit events"))?;
-        rows.iter().map(audit::audit_event).collect()
-    }
-
-    async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM outbox WHERE request_id = $1 ORDER BY id",
-            outbox::OUTBOX_COLUMNS
-        )))
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("loading outbox rows"))?;
-        rows.iter().map(outbox::decode_outbox).collect()
-    }
-
-    async fn policy_revision(&self) -> StoreResult<i64> {
-        sqlx::query_scalar("SELECT count(*) FROM policies")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("reading the policy revision"))
-    }
-
-    async fn policies(&self) -> StoreResult<Vec<PolicySource>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT ON (name) name, version, rego, author, deleted FROM policies ORDER BY name, version DESC",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("loading policies"))?;
-        let mut out = Vec::new();
-        for r in rows {
-            if r.try_get::<bool, _>("deleted")
-                .map_err(db("reading a policy"))?
-            {
-                continue;
-            }
-            out.push(PolicySource {
-                name: r.try_get("name").map_err(db("reading a policy"))?,
-                version: r.try_get("version").map_err(db("reading a policy"))?,
-                author: r.try_get("author").map_err(db("reading a policy"))?,
-                rego: r.try_get("rego").map_err(db("reading a policy"))?,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn put_policy(
-        &self,
-        name: &str,
-        rego: &str,
-        author: &str,
-        node: &str,
-    ) -> StoreResult<i64> {
-        put_policy_pg(&self.pool, name, rego, author, node, false)
-            .await
-            .map(|v| v.unwrap_or(0))
-    }
-
-    async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool> {
-        put_policy_pg(&self.pool, name, "", author, node, true)
-            .await
-            .map(|v| v.is_some())
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn request_events(
@@ -622,11 +454,26 @@ impl Store for PgStore {
         id: RequestId,
         after_version: i64,
     ) -> StoreResult<Vec<AuditEvent>> {
-        requests::events(&self.pool, id, after_version).await
+        let rows = sqlx::query(
+            "SELECT id, at, kind, actor, request_id, request_version, node, details
+               FROM audit_events WHERE request_id = $1 AND request_version > $2
+              ORDER BY request_version",
+        )
+        .bind(id.0)
+        .bind(after_version)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading request events"))?;
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>> {
-        requests::list(&self.pool, filter).await
+        let rows = requests::list_query(filter)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing requests"))?;
+        rows.iter().map(rows::request).collect()
     }
 
     async fn get_by_idempotency_key(
@@ -634,11 +481,31 @@ impl Store for PgStore {
         requester: &str,
         key: &str,
     ) -> StoreResult<Option<(Request, String)>> {
-        requests::by_idempotency_key(&self.pool, requester, key).await
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS}, content_hash FROM requests
+              WHERE requester = $1 AND idempotency_key = $2"
+        )))
+        .bind(requester)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("looking up an idempotency key"))?;
+        row.map(|r| {
+            let hash: String = r.read("content_hash", "reading a content hash")?;
+            Ok((rows::request(&r)?, hash))
+        })
+        .transpose()
     }
 
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>> {
-        admin::get_principal(&self.pool, subject).await
+        let row = sqlx::query(
+            "SELECT subject, trust_tier, updated_by, updated_at FROM principals WHERE subject = $1",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("loading a principal"))?;
+        row.as_ref().map(rows::principal).transpose()
     }
 
     async fn close_review(
@@ -739,7 +606,46 @@ impl Store for PgStore {
         reason: &str,
         node: &str,
     ) -> StoreResult<PrincipalRecord> {
-        admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
+        // `old` locks an existing row, so `from` is the value this update replaces. A row that a
+        // concurrent first write inserts after this statement's snapshot is not updated blindly
+        // (its `from` would be unknown): nothing is written and the statement runs again.
+        for _ in 0..3 {
+            let row = sqlx::query(
+                "WITH old AS (
+                    SELECT trust_tier FROM principals WHERE subject = $1 FOR UPDATE
+                 ), up AS (
+                    INSERT INTO principals AS p (subject, trust_tier, updated_by, updated_at)
+                    VALUES ($1, $2, $3, statement_timestamp())
+                    ON CONFLICT (subject) DO UPDATE
+                       SET trust_tier = EXCLUDED.trust_tier, updated_by = EXCLUDED.updated_by,
+                           updated_at = EXCLUDED.updated_at
+                     WHERE EXISTS (SELECT 1 FROM old)
+                    RETURNING subject, trust_tier, updated_by, updated_at
+                 ), aud AS (
+                    INSERT INTO audit_events (id, at, kind, actor, node, details)
+                    SELECT $6, statement_timestamp(), 'principal.trust_tier_changed', $3, $5,
+                           json_build_object('subject', up.subject, 'from', (SELECT trust_tier FROM old),
+                                             'to', up.trust_tier, 'reason', $4::text)::text
+                      FROM up
+                 )
+                 SELECT subject, trust_tier, updated_by, updated_at FROM up",
+            )
+            .bind(subject)
+            .bind(tier)
+            .bind(by)
+            .bind(reason)
+            .bind(node)
+            .bind(Uuid::now_v7())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("setting a trust tier"))?;
+            if let Some(row) = row {
+                return rows::principal(&row);
+            }
+        }
+        Err(StoreError::Contended {
+            op: "setting a trust tier",
+        })
     }
 
     async fn append_audit(
@@ -750,28 +656,110 @@ impl Store for PgStore {
         details: &serde_json::Value,
         node: &str,
     ) -> StoreResult<Uuid> {
-        audit::append(&self.pool, kind, actor, request_id, details, node).await
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+             VALUES ($1, statement_timestamp(), $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(actor)
+        .bind(request_id)
+        .bind(node)
+        .bind(details.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db("appending an audit event"))?;
+        Ok(id)
     }
 
     async fn query_audit(
         &self,
         q: &AuditQuery,
     ) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
-        audit::query(&self.pool, q).await
+        let rows = audit::audit_query(q)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("querying audit events"))?;
+        rows.iter().map(rows::audit_with_link).collect()
+    }
+
+    async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE request_id = $1 ORDER BY id"
+        )))
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading outbox rows"))?;
+        rows.iter().map(rows::outbox_entry).collect()
+    }
+
+    async fn policies(&self) -> StoreResult<Vec<PolicySource>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (name) name, version, rego, author, deleted FROM policies ORDER BY name, version DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading policies"))?;
+        rows::live_policies(&rows)
+    }
+
+    async fn policy_revision(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM policies")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the policy revision"))
     }
 
     async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>> {
-        admin::get_policy(&self.pool, name).await
+        let row = sqlx::query(
+            "SELECT name, version, rego, author, created_at FROM (
+                SELECT * FROM policies WHERE name = $1 ORDER BY version DESC LIMIT 1
+             ) latest WHERE NOT deleted",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("loading a policy"))?;
+        row.as_ref().map(rows::policy_at).transpose()
     }
 
     async fn list_policies(&self) -> StoreResult<Vec<(PolicySource, Timestamp)>> {
-        admin::list_policies(&self.pool).await
+        let rows = sqlx::query(
+            "SELECT name, version, rego, author, created_at FROM (
+                SELECT DISTINCT ON (name) * FROM policies ORDER BY name, version DESC
+             ) latest WHERE NOT deleted ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading policies"))?;
+        rows.iter().map(rows::policy_at).collect()
+    }
+
+    async fn put_policy(
+        &self,
+        name: &str,
+        rego: &str,
+        author: &str,
+        node: &str,
+    ) -> StoreResult<i64> {
+        put_policy_version(&self.pool, name, rego, author, node, false)
+            .await
+            .map(|v| v.unwrap_or(0))
+    }
+
+    async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool> {
+        put_policy_version(&self.pool, name, "", author, node, true)
+            .await
+            .map(|v| v.is_some())
     }
 }
 
 /// A new policy version and its audit event in one statement. Deleting an unknown (or
 /// already deleted) policy writes nothing and answers `None`.
-async fn put_policy_pg(
+async fn put_policy_version(
     pool: &PgPool,
     name: &str,
     rego: &str,

@@ -1,451 +1,111 @@
 //! The embedded SQLite store for the single-node default. One process per database file:
 //! an exclusive lock file beside it is held for the store's lifetime, and every write runs
 //! in `BEGIN IMMEDIATE`. The database clock is the clock read inside that transaction.
+//!
+//! `impl Store` below holds the body of every method, in the trait's order; the audit chain
+//! (`audit.rs`) and the outbox (`outbox.rs`) are traits of their own. Besides them:
+//! `open.rs` opens the file, `requests.rs` has the transaction that create and transition
+//! share and the list filter's SQL. Rows are decoded by the decoders both backends share
+//! (`store/rows.rs`), through the [`Columns`] impl here: times are integer microseconds,
+//! ids text.
 
-mod admin;
 mod audit;
-mod cluster;
+mod open;
 mod outbox;
-mod reconcile;
 mod requests;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use serde_json::Value;
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::rows::{self, Times};
+use super::rows::{self, Columns, OUTBOX_COLUMNS, Plain, REQUEST_COLUMNS};
 use super::*;
-use crate::domain::{GrantPurpose, Stamp, State};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+use crate::domain::State;
 
 pub struct SqliteStore {
-    pub(super) pool: SqlitePool,
+    pool: SqlitePool,
     _lock: File,
 }
 
-pub(super) fn micros(t: Timestamp) -> i64 {
+fn micros(t: Timestamp) -> i64 {
     t.timestamp_micros()
 }
 
-pub(super) fn from_micros(v: i64) -> StoreResult<Timestamp> {
+fn from_micros(v: i64) -> StoreResult<Timestamp> {
     DateTime::<Utc>::from_timestamp_micros(v).ok_or_else(|| StoreError::Corrupt {
         what: format!("time {v}"),
     })
 }
 
-pub(super) fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
-    let s: String = row.try_get(col).map_err(db("reading an id"))?;
-    Uuid::from_str(&s).map_err(|_| StoreError::Corrupt {
+fn parse_uuid(col: &str, s: &str) -> StoreResult<Uuid> {
+    Uuid::from_str(s).map_err(|_| StoreError::Corrupt {
         what: format!("{col} {s:?}"),
     })
 }
 
-pub(super) fn opt_uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Option<Uuid>> {
-    let s: Option<String> = row.try_get(col).map_err(db("reading an id"))?;
-    s.map(|s| {
-        Uuid::from_str(&s).map_err(|_| StoreError::Corrupt {
-            what: format!("{col} {s:?}"),
+impl Columns for SqliteRow {
+    fn read<T: Plain>(&self, col: &str, op: &'static str) -> StoreResult<T> {
+        self.try_get(col).map_err(db(op))
+    }
+
+    fn time(&self, col: &str, op: &'static str) -> StoreResult<Timestamp> {
+        from_micros(self.try_get(col).map_err(db(op))?)
+    }
+
+    fn opt_time(&self, col: &str, op: &'static str) -> StoreResult<Option<Timestamp>> {
+        let v: Option<i64> = self.try_get(col).map_err(db(op))?;
+        v.map(from_micros).transpose()
+    }
+
+    fn uuid(&self, col: &str, op: &'static str) -> StoreResult<Uuid> {
+        let s: String = self.try_get(col).map_err(db(op))?;
+        parse_uuid(col, &s)
+    }
+
+    fn opt_uuid(&self, col: &str, op: &'static str) -> StoreResult<Option<Uuid>> {
+        let s: Option<String> = self.try_get(col).map_err(db(op))?;
+        s.map(|s| parse_uuid(col, &s)).transpose()
+    }
+
+    fn shard(&self, col: &str, op: &'static str) -> StoreResult<u32> {
+        Ok(self.try_get::<i64, _>(col).map_err(db(op))? as u32)
+    }
+
+    fn body(&self) -> StoreResult<Value> {
+        let body: String = self.try_get("body").map_err(db("reading a request body"))?;
+        serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+            what: format!("request body: {e}"),
         })
-    })
-    .transpose()
+    }
+}
+
+/// Whether `fence` holds at `now`: this owner at this epoch, with an unexpired lease. Read
+/// inside the writer's `BEGIN IMMEDIATE`, so no takeover can commit before the write does.
+async fn fence_holds(conn: &mut SqliteConnection, fence: &Fence, now: i64) -> StoreResult<bool> {
+    let ok: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM shard_owners o JOIN shard_renewals r ON r.shard = o.shard AND r.epoch = o.epoch
+          WHERE o.shard = ?1 AND o.owner = ?2 AND o.epoch = ?3 AND r.expires_at > ?4",
+    )
+    .bind(fence.shard as i64)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("checking the shard fence"))?;
+    Ok(ok.is_some())
 }
 
 fn ttl_us(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)
 }
-
-impl SqliteStore {
-    pub async fn open(path: impl AsRef<Path>, mode: Mode) -> StoreResult<Self> {
-        let path = path.as_ref();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Config(format!("creating {}: {e}", dir.display())))?;
-        }
-        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                StoreError::Config(format!(
-                    "opening the lock file {}: {e}",
-                    lock_path.display()
-                ))
-            })?;
-        // Two processes must never run actor trees on one file.
-        if lock.try_lock().is_err() {
-            return Err(StoreError::Locked {
-                path: path.to_path_buf(),
-            });
-        }
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(db("opening the SQLite database"))?;
-        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        let store = SqliteStore { pool, _lock: lock };
-        store.check_mode(mode).await?;
-        Ok(store)
-    }
-
-    async fn check_mode(&self, mode: Mode) -> StoreResult<()> {
-        let want = if mode == Mode::Dev {
-            "dev"
-        } else {
-            "production"
-        };
-        let stored = self.meta_get_or_insert("mode", want).await?;
-        if stored != want {
-            return Err(StoreError::ModeMismatch {
-                database_is_dev: stored == "dev",
-            });
-        }
-        Ok(())
-    }
-
-    async fn meta_get_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a transaction"))?;
-        sqlx::query("INSERT INTO cluster_meta (key, value, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .bind(micros(Utc::now()))
-            .execute(&mut *tx)
-            .await
-            .map_err(db("writing cluster metadata"))?;
-        let stored: String = sqlx::query_scalar("SELECT value FROM cluster_meta WHERE key = ?1")
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("reading cluster metadata"))?;
-        tx.commit()
-            .await
-            .map_err(db("committing cluster metadata"))?;
-        Ok(stored)
-    }
-
-    pub(super) async fn fence_holds(
-        conn: &mut SqliteConnection,
-        fence: &Fence,
-        now: i64,
-    ) -> StoreResult<bool> {
-        let ok: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM shard_owners o JOIN shard_renewals r ON r.shard = o.shard AND r.epoch = o.epoch
-              WHERE o.shard = ?1 AND o.owner = ?2 AND o.epoch = ?3 AND r.expires_at > ?4",
-        )
-        .bind(fence.shard as i64)
-        .bind(&fence.owner)
-        .bind(fence.epoch)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db("checking the shard fence"))?;
-        Ok(ok.is_some())
-    }
-
-    async fn write(&self, fence: &Fence, p: Persist<'_>, create: bool) -> StoreResult<Write> {
-        let r = p.request;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("starting a transaction"))?;
-        let db_now = Utc::now();
-        let now = micros(db_now);
-        if !Self::fence_holds(&mut tx, fence, now).await? {
-            return Ok(Write::Stale);
-        }
-        let t = |s: &Option<Stamp>| s.map(|s| micros(s.resolve(db_now)));
-        let pt = p.times;
-        let times = [
-            t(&pt.created_at),
-            t(&pt.approval_deadline),
-            t(&pt.grant_deadline),
-            t(&pt.granted_at),
-            t(&pt.expires_at),
-            t(&pt.ended_at),
-        ];
-        let body = rows::body(r)?.to_string();
-        let version: i64;
-        if create {
-            let res = sqlx::query(
-                "INSERT INTO requests (id, shard, version, state, requester, provider, role, scope, break_glass, updated_at, body,
-                                       created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at,
-                                       idempotency_key, content_hash)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(r.id.0.to_string())
-            .bind(fence.shard as i64)
-            .bind(r.state.as_str())
-            .bind(&r.requester.subject)
-            .bind(&r.spec.provider)
-            .bind(&r.spec.role)
-            .bind(&r.spec.scope)
-            .bind(r.spec.break_glass)
-            .bind(now)
-            .bind(&body)
-            .bind(times[0].unwrap_or(now))
-            .bind(times[1])
-            .bind(times[2])
-            .bind(times[3])
-            .bind(times[4])
-            .bind(times[5])
-            .bind(p.idempotency.map(|i| &i.key))
-            .bind(p.idempotency.map(|i| &i.content_hash))
-            .execute(&mut *tx)
-            .await;
-            let res = match res {
-                Ok(res) => res,
-                Err(sqlx::Error::Database(d))
-                    if d.is_unique_violation() && d.message().contains("idempotency_key") =>
-                {
-                    return Err(idempotency_taken(r, p.idempotency));
-                }
-                Err(e) => return Err(db("inserting a request")(e)),
-            };
-            if res.rows_affected() == 0 {
-                return Err(StoreError::Duplicate { id: r.id });
-            }
-            version = 1;
-        } else {
-            let guard = matches!(p.guard, Some(Guard::BeforeApprovalDeadline));
-            let res = sqlx::query(
-                "UPDATE requests SET version = version + 1, state = ?3, body = ?4, updated_at = ?5,
-                        created_at = COALESCE(?6, created_at), approval_deadline = COALESCE(?7, approval_deadline),
-                        grant_deadline = COALESCE(?8, grant_deadline), granted_at = COALESCE(?9, granted_at),
-                        expires_at = COALESCE(?10, expires_at), ended_at = COALESCE(?11, ended_at)
-                  WHERE id = ?1 AND version = ?2 AND (NOT ?12 OR approval_deadline > ?5)",
-            )
-            .bind(r.id.0.to_string())
-            .bind(p.expected_version)
-            .bind(r.state.as_str())
-            .bind(&body)
-            .bind(now)
-            .bind(times[0])
-            .bind(times[1])
-            .bind(times[2])
-            .bind(times[3])
-            .bind(times[4])
-            .bind(times[5])
-            .bind(guard)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("updating a request"))?;
-            if res.rows_affected() == 0 {
-                let exists: Option<i64> =
-                    sqlx::query_scalar("SELECT version FROM requests WHERE id = ?1")
-                        .bind(r.id.0.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db("checking a request after a refused write"))?;
-                return Ok(if exists.is_some() {
-                    Write::Stale
-                } else {
-                    Write::Missing
-                });
-            }
-            version = p.expected_version + 1;
-        }
-        let event_id = Uuid::now_v7().to_string();
-        sqlx::query(
-            "INSERT INTO audit_events (id, at, kind, actor, request_id, request_version, node, details)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(&event_id)
-        .bind(now)
-        .bind(&p.audit.kind)
-        .bind(&p.audit.actor)
-        .bind(r.id.0.to_string())
-        .bind(version)
-        .bind(p.node)
-        .bind(p.audit.details.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(db("writing an audit event"))?;
-        for o in p.outbox {
-            sqlx::query(
-                "INSERT INTO outbox (event_id, request_id, sink, kind, payload, created_at, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            )
-            .bind(&event_id)
-            .bind(r.id.0.to_string())
-            .bind(&o.sink)
-            .bind(&o.kind)
-            .bind(&o.payload)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("enqueueing an outbox row"))?;
-        }
-        Self::write_children(&mut tx, r, times[2], now).await?;
-        tx.commit().await.map_err(db("committing a transition"))?;
-        Ok(Write::Updated { version, db_now })
-    }
-
-    async fn write_children(
-        conn: &mut SqliteConnection,
-        r: &Request,
-        new_grant_deadline: Option<i64>,
-        now: i64,
-    ) -> StoreResult<()> {
-        let id = r.id.0.to_string();
-        let mut approvals: Vec<(u32, &crate::domain::Approval)> =
-            r.approvals.iter().map(|a| (0, a)).collect();
-        for e in &r.extensions {
-            approvals.extend(e.approvals.iter().map(|a| (e.number, a)));
-        }
-        for (ext, a) in approvals {
-            sqlx::query(
-                "INSERT INTO approvals (request_id, extension, approver, kind, comment, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&id)
-            .bind(ext as i64)
-            .bind(&a.by.subject)
-            .bind(&a.kind)
-            .bind(&a.comment)
-            .bind(micros(a.at))
-            .execute(&mut *conn)
-            .await
-            .map_err(db("recording an approval"))?;
-        }
-        let grant_deadline = new_grant_deadline.or_else(|| r.grant_deadline.map(micros));
-        for g in &r.grants {
-            let (purpose, not_after) = match g.purpose {
-                GrantPurpose::Primary => (
-                    "primary".to_string(),
-                    grant_deadline.map(|d| d + r.spec.duration_seconds * 1_000_000),
-                ),
-                GrantPurpose::Extension {
-                    extension,
-                    not_after,
-                } => (format!("extension:{extension}"), Some(micros(not_after))),
-            };
-            let status = serde_json::to_value(g.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            sqlx::query(
-                "INSERT INTO grants (grant_id, request_id, provider, purpose, status, provider_ref, not_after, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (grant_id) DO UPDATE SET status = excluded.status, provider_ref = excluded.provider_ref,
-                        not_after = excluded.not_after, updated_at = excluded.updated_at",
-            )
-            .bind(g.grant_id.to_string())
-            .bind(&id)
-            .bind(&r.spec.provider)
-            .bind(purpose)
-            .bind(status)
-            .bind(&g.provider_ref)
-            .bind(not_after)
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("recording a grant"))?;
-        }
-        for e in &r.extensions {
-            let state = serde_json::to_value(e.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            sqlx::query(
-                "INSERT INTO extensions (request_id, number, by_seconds, state, grant_id) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (request_id, number) DO UPDATE SET state = excluded.state, grant_id = excluded.grant_id",
-            )
-            .bind(&id)
-            .bind(e.number as i64)
-            .bind(e.by_seconds)
-            .bind(state)
-            .bind(e.grant_id.map(|g| g.to_string()))
-            .execute(&mut *conn)
-            .await
-            .map_err(db("recording an extension"))?;
-        }
-        Ok(())
-    }
-
-    pub(super) fn decode(row: &SqliteRow) -> StoreResult<Request> {
-        let get = |c: &'static str| -> StoreResult<Option<Timestamp>> {
-            let v: Option<i64> = row.try_get(c).map_err(db("reading a request time"))?;
-            v.map(from_micros).transpose()
-        };
-        let times = Times([
-            get("created_at")?,
-            get("approval_deadline")?,
-            get("grant_deadline")?,
-            get("granted_at")?,
-            get("expires_at")?,
-            get("ended_at")?,
-        ]);
-        let body: String = row.try_get("body").map_err(db("reading a request body"))?;
-        let body = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
-            what: format!("request body: {e}"),
-        })?;
-        let version: i64 = row
-            .try_get("version")
-            .map_err(db("reading a request version"))?;
-        rows::decode(body, version, times)
-    }
-
-    async fn leases_of(
-        conn: &mut SqliteConnection,
-        node: &str,
-        incarnation: Uuid,
-        now: i64,
-    ) -> StoreResult<Vec<Lease>> {
-        let rows = sqlx::query(
-            "SELECT o.shard, o.epoch, r.expires_at FROM shard_owners o JOIN shard_renewals r ON r.shard = o.shard AND r.epoch = o.epoch
-              WHERE o.owner = ?1 AND o.incarnation = ?2 AND r.expires_at > ?3 ORDER BY o.shard",
-        )
-        .bind(node)
-        .bind(incarnation.to_string())
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db("reading leases"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(Lease {
-                    fence: Fence {
-                        shard: r
-                            .try_get::<i64, _>("shard")
-                            .map_err(db("reading a lease"))? as u32,
-                        owner: node.to_owned(),
-                        epoch: r.try_get("epoch").map_err(db("reading a lease"))?,
-                    },
-                    expires_at: from_micros(
-                        r.try_get("expires_at").map_err(db("reading a lease"))?,
-                    )?,
-                })
-            })
-            .collect()
-    }
-}
-
-pub(super) const REQUEST_COLUMNS: &str = "version, body, created_at, approval_deadline, grant_deadline, granted_at, expires_at, ended_at";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -554,7 +214,20 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db("renewing shard leases"))?;
-        let leases = Self::leases_of(&mut tx, node, incarnation, now).await?;
+        let rows = sqlx::query(
+            "SELECT o.shard, o.epoch, r.expires_at FROM shard_owners o JOIN shard_renewals r ON r.shard = o.shard AND r.epoch = o.epoch
+              WHERE o.owner = ?1 AND o.incarnation = ?2 AND r.expires_at > ?3 ORDER BY o.shard",
+        )
+        .bind(node)
+        .bind(incarnation.to_string())
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading leases"))?;
+        let leases = rows
+            .iter()
+            .map(|r| rows::lease(r, node))
+            .collect::<StoreResult<_>>()?;
         tx.commit().await.map_err(db("committing lease renewal"))?;
         Ok(leases)
     }
@@ -585,52 +258,77 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, hb: &Heartbeat<'_>, ttl: Duration) -> StoreResult<bool> {
-        cluster::heartbeat(&self.pool, hb, ttl).await
+        let now = micros(Utc::now());
+        let stale_before = now.saturating_sub(ttl_us(ttl));
+        let row: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO nodes AS n (node_id, incarnation, cluster_addr, api_addr, started_at, heartbeat_at, clock_offset_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+             ON CONFLICT (node_id) DO UPDATE
+                SET incarnation = excluded.incarnation, cluster_addr = excluded.cluster_addr,
+                    api_addr = excluded.api_addr, heartbeat_at = excluded.heartbeat_at,
+                    clock_offset_us = excluded.clock_offset_us,
+                    started_at = CASE WHEN n.incarnation = excluded.incarnation THEN n.started_at
+                                      ELSE excluded.started_at END
+              WHERE n.incarnation = excluded.incarnation OR n.heartbeat_at < ?7
+             RETURNING 1",
+        )
+        .bind(hb.node)
+        .bind(hb.incarnation.to_string())
+        .bind(hb.cluster_addr)
+        .bind(hb.api_addr)
+        .bind(now)
+        .bind(hb.clock_offset_us)
+        .bind(stale_before)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a heartbeat"))?;
+        Ok(row.is_some())
     }
 
     async fn leave(&self, node: &str, incarnation: Uuid) -> StoreResult<()> {
-        cluster::leave(&self.pool, node, incarnation).await
+        let day_ago = micros(Utc::now()).saturating_sub(86_400_000_000);
+        sqlx::query("UPDATE nodes SET heartbeat_at = ?3 WHERE node_id = ?1 AND incarnation = ?2")
+            .bind(node)
+            .bind(incarnation.to_string())
+            .bind(day_ago)
+            .execute(&self.pool)
+            .await
+            .map_err(db("leaving the cluster"))?;
+        Ok(())
     }
 
     async fn members(&self) -> StoreResult<(Timestamp, Vec<Member>)> {
-        cluster::members(&self.pool).await
+        let rows = sqlx::query(
+            "SELECT node_id, incarnation, cluster_addr, api_addr, started_at, heartbeat_at, clock_offset_us
+               FROM nodes ORDER BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the members"))?;
+        Ok((
+            Utc::now(),
+            rows.iter().map(rows::member).collect::<StoreResult<_>>()?,
+        ))
     }
 
     async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>> {
-        cluster::shard_table(&self.pool).await
+        let rows = sqlx::query(
+            "SELECT o.shard, o.owner, o.incarnation, o.epoch, o.acquired_at,
+                    (SELECT r.expires_at FROM shard_renewals r WHERE r.shard = o.shard AND r.epoch = o.epoch) AS expires_at
+               FROM shard_owners o ORDER BY o.shard",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the shard table"))?;
+        rows.iter().map(rows::shard_record).collect()
     }
 
     async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
-        self.write(fence, p, true).await
+        requests::write(&self.pool, fence, p, true).await
     }
 
     async fn transition(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
-        self.write(fence, p, false).await
-    }
-
-    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
-        reconcile::requests_by_grant(self, grant_ids).await
-    }
-
-    async fn active_requests_of(
-        &self,
-        provider: &str,
-        after: Option<RequestId>,
-        limit: u32,
-    ) -> StoreResult<Vec<Request>> {
-        reconcile::active_requests_of(self, provider, after, limit).await
-    }
-
-    async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write> {
-        reconcile::record_finding(self, fence, finding).await
-    }
-
-    async fn put_reconcile_pass(&self, pass: &ReconcilePass) -> StoreResult<()> {
-        reconcile::put_pass(self, pass).await
-    }
-
-    async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
-        reconcile::passes(self).await
+        requests::write(&self.pool, fence, p, false).await
     }
 
     async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
@@ -641,7 +339,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("loading a request"))?;
-        row.as_ref().map(Self::decode).transpose()
+        row.as_ref().map(rows::request).transpose()
     }
 
     async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>> {
@@ -661,7 +359,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading live requests"))?;
-        rows.iter().map(Self::decode).collect()
+        rows.iter().map(rows::request).collect()
     }
 
     async fn overdue_requests(
@@ -703,6 +401,123 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
+        let ids = serde_json::to_string(&grant_ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+            .unwrap_or_else(|_| "[]".into());
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests
+              WHERE id IN (SELECT request_id FROM grants WHERE grant_id IN (SELECT value FROM json_each(?1)))
+              ORDER BY id"
+        )))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading the requests of grants"))?;
+        rows.iter().map(rows::request).collect()
+    }
+
+    async fn active_requests_of(
+        &self,
+        provider: &str,
+        after: Option<RequestId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Request>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests
+              WHERE state = 'ACTIVE' AND provider = ?1 AND (?2 IS NULL OR id > ?2)
+              ORDER BY id LIMIT ?3"
+        )))
+        .bind(provider)
+        .bind(after.map(|a| a.0.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading active requests of a provider"))?;
+        rows.iter().map(rows::request).collect()
+    }
+
+    async fn record_finding(&self, fence: &Fence, f: &Finding<'_>) -> StoreResult<Write> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
+        let db_now = Utc::now();
+        let now = micros(db_now);
+        if !fence_holds(&mut tx, fence, now).await? {
+            return Ok(Write::Stale);
+        }
+        let event_id = Uuid::now_v7().to_string();
+        let request_id = f.request_id.map(|r| r.to_string());
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&event_id)
+        .bind(now)
+        .bind(f.kind)
+        .bind(f.actor)
+        .bind(&request_id)
+        .bind(f.node)
+        .bind(f.details.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("recording a reconciler finding"))?;
+        for o in f.outbox {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, request_id, sink, kind, payload, created_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )
+            .bind(&event_id)
+            .bind(&request_id)
+            .bind(&o.sink)
+            .bind(&o.kind)
+            .bind(&o.payload)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("enqueueing a reconciler finding"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing a reconciler finding"))?;
+        Ok(Write::Updated { version: 0, db_now })
+    }
+
+    async fn put_reconcile_pass(&self, p: &ReconcilePass) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO reconcile_passes (provider, node, at, duration_ms, listed, orphans, drift, tombstones, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (provider) DO UPDATE SET node = excluded.node, at = excluded.at,
+                 duration_ms = excluded.duration_ms, listed = excluded.listed, orphans = excluded.orphans,
+                 drift = excluded.drift, tombstones = excluded.tombstones, error = excluded.error",
+        )
+        .bind(&p.provider)
+        .bind(&p.node)
+        .bind(micros(Utc::now()))
+        .bind(p.duration_ms)
+        .bind(p.listed)
+        .bind(p.orphans)
+        .bind(p.drift)
+        .bind(p.tombstones)
+        .bind(&p.error)
+        .execute(&self.pool)
+        .await
+        .map_err(db("recording a reconcile pass"))?;
+        Ok(())
+    }
+
+    async fn reconcile_passes(&self) -> StoreResult<Vec<ReconcilePass>> {
+        let rows = sqlx::query(
+            "SELECT provider, node, at, duration_ms, listed, orphans, drift, tombstones, error
+               FROM reconcile_passes ORDER BY provider",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading reconcile passes"))?;
+        rows.iter().map(rows::reconcile_pass).collect()
+    }
+
     async fn request_audit(&self, id: RequestId) -> StoreResult<Vec<AuditEvent>> {
         let rows = sqlx::query(
             "SELECT id, at, kind, actor, request_id, request_version, node, details
@@ -713,69 +528,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("loading audit events"))?;
-        rows.iter().map(audit::audit_event).collect()
-    }
-
-    async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM outbox WHERE request_id = ?1 ORDER BY id",
-            outbox::OUTBOX_COLUMNS
-        )))
-        .bind(id.0.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("loading outbox rows"))?;
-        rows.iter().map(outbox::decode_outbox).collect()
-    }
-
-    async fn policy_revision(&self) -> StoreResult<i64> {
-        sqlx::query_scalar("SELECT count(*) FROM policies")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("reading the policy revision"))
-    }
-
-    async fn policies(&self) -> StoreResult<Vec<PolicySource>> {
-        let rows = sqlx::query(
-            "SELECT p.name, p.version, p.rego, p.author, p.deleted FROM policies p
-              WHERE p.version = (SELECT max(version) FROM policies q WHERE q.name = p.name) ORDER BY p.name",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("loading policies"))?;
-        let mut out = Vec::new();
-        for r in rows {
-            if r.try_get::<bool, _>("deleted")
-                .map_err(db("reading a policy"))?
-            {
-                continue;
-            }
-            out.push(PolicySource {
-                name: r.try_get("name").map_err(db("reading a policy"))?,
-                version: r.try_get("version").map_err(db("reading a policy"))?,
-                author: r.try_get("author").map_err(db("reading a policy"))?,
-                rego: r.try_get("rego").map_err(db("reading a policy"))?,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn put_policy(
-        &self,
-        name: &str,
-        rego: &str,
-        author: &str,
-        node: &str,
-    ) -> StoreResult<i64> {
-        self.put_policy_version(name, rego, author, node, false)
-            .await
-            .map(|v| v.unwrap_or(0))
-    }
-
-    async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool> {
-        self.put_policy_version(name, "", author, node, true)
-            .await
-            .map(|v| v.is_some())
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn request_events(
@@ -783,11 +536,26 @@ impl Store for SqliteStore {
         id: RequestId,
         after_version: i64,
     ) -> StoreResult<Vec<AuditEvent>> {
-        requests::events(&self.pool, id, after_version).await
+        let rows = sqlx::query(
+            "SELECT id, at, kind, actor, request_id, request_version, node, details
+               FROM audit_events WHERE request_id = ?1 AND request_version > ?2
+              ORDER BY request_version",
+        )
+        .bind(id.0.to_string())
+        .bind(after_version)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading request events"))?;
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>> {
-        requests::list(&self.pool, filter).await
+        let rows = requests::list_query(filter)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing requests"))?;
+        rows.iter().map(rows::request).collect()
     }
 
     async fn get_by_idempotency_key(
@@ -795,11 +563,31 @@ impl Store for SqliteStore {
         requester: &str,
         key: &str,
     ) -> StoreResult<Option<(Request, String)>> {
-        requests::by_idempotency_key(&self.pool, requester, key).await
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS}, content_hash FROM requests
+              WHERE requester = ?1 AND idempotency_key = ?2"
+        )))
+        .bind(requester)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("looking up an idempotency key"))?;
+        row.map(|r| {
+            let hash: String = r.read("content_hash", "reading a content hash")?;
+            Ok((rows::request(&r)?, hash))
+        })
+        .transpose()
     }
 
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>> {
-        admin::get_principal(&self.pool, subject).await
+        let row = sqlx::query(
+            "SELECT subject, trust_tier, updated_by, updated_at FROM principals WHERE subject = ?1",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("loading a principal"))?;
+        row.as_ref().map(rows::principal).transpose()
     }
 
     async fn close_review(
@@ -914,7 +702,50 @@ impl Store for SqliteStore {
         reason: &str,
         node: &str,
     ) -> StoreResult<PrincipalRecord> {
-        admin::set_trust_tier(&self.pool, subject, tier, by, reason, node).await
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("starting a transaction"))?;
+        let now = micros(Utc::now());
+        let from: Option<i64> =
+            sqlx::query_scalar("SELECT trust_tier FROM principals WHERE subject = ?1")
+                .bind(subject)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("loading a principal"))?;
+        let row = sqlx::query(
+            "INSERT INTO principals (subject, trust_tier, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (subject) DO UPDATE
+                SET trust_tier = excluded.trust_tier, updated_by = excluded.updated_by, updated_at = excluded.updated_at
+             RETURNING subject, trust_tier, updated_by, updated_at",
+        )
+        .bind(subject)
+        .bind(tier)
+        .bind(by)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("setting a trust tier"))?;
+        let details =
+            serde_json::json!({ "subject": subject, "from": from, "to": tier, "reason": reason });
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, kind, actor, node, details)
+             VALUES (?1, ?2, 'principal.trust_tier_changed', ?3, ?4, ?5)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(now)
+        .bind(by)
+        .bind(node)
+        .bind(details.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("auditing a trust tier change"))?;
+        let record = rows::principal(&row)?;
+        tx.commit()
+            .await
+            .map_err(db("committing a trust tier change"))?;
+        Ok(record)
     }
 
     async fn append_audit(
@@ -925,74 +756,157 @@ impl Store for SqliteStore {
         details: &serde_json::Value,
         node: &str,
     ) -> StoreResult<Uuid> {
-        audit::append(&self.pool, kind, actor, request_id, details, node).await
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(id.to_string())
+        .bind(micros(Utc::now()))
+        .bind(kind)
+        .bind(actor)
+        .bind(request_id.map(|r| r.to_string()))
+        .bind(node)
+        .bind(details.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db("appending an audit event"))?;
+        Ok(id)
     }
 
     async fn query_audit(
         &self,
         q: &AuditQuery,
     ) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
-        audit::query(&self.pool, q).await
+        let rows = audit::audit_query(q)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("querying audit events"))?;
+        rows.iter().map(rows::audit_with_link).collect()
+    }
+
+    async fn request_outbox(&self, id: RequestId) -> StoreResult<Vec<OutboxEntry>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE request_id = ?1 ORDER BY id"
+        )))
+        .bind(id.0.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading outbox rows"))?;
+        rows.iter().map(rows::outbox_entry).collect()
+    }
+
+    async fn policies(&self) -> StoreResult<Vec<PolicySource>> {
+        let rows = sqlx::query(
+            "SELECT p.name, p.version, p.rego, p.author, p.deleted FROM policies p
+              WHERE p.version = (SELECT max(version) FROM policies q WHERE q.name = p.name) ORDER BY p.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading policies"))?;
+        rows::live_policies(&rows)
+    }
+
+    async fn policy_revision(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM policies")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the policy revision"))
     }
 
     async fn get_policy(&self, name: &str) -> StoreResult<Option<(PolicySource, Timestamp)>> {
-        admin::get_policy(&self.pool, name).await
+        let row = sqlx::query(
+            "SELECT name, version, rego, author, created_at FROM (
+                SELECT * FROM policies WHERE name = ?1 ORDER BY version DESC LIMIT 1
+             ) WHERE NOT deleted",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("loading a policy"))?;
+        row.as_ref().map(rows::policy_at).transpose()
     }
 
     async fn list_policies(&self) -> StoreResult<Vec<(PolicySource, Timestamp)>> {
-        admin::list_policies(&self.pool).await
+        let rows = sqlx::query(
+            "SELECT p.name, p.version, p.rego, p.author, p.created_at FROM policies p
+              WHERE p.version = (SELECT max(version) FROM policies q WHERE q.name = p.name) AND NOT p.deleted
+              ORDER BY p.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("loading policies"))?;
+        rows.iter().map(rows::policy_at).collect()
     }
-}
 
-impl SqliteStore {
-    async fn put_policy_version(
+    async fn put_policy(
         &self,
         name: &str,
         rego: &str,
         author: &str,
         node: &str,
-        delete: bool,
-    ) -> StoreResult<Option<i64>> {
-        use sha2::{Digest, Sha256};
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+    ) -> StoreResult<i64> {
+        put_policy_version(&self.pool, name, rego, author, node, false)
             .await
-            .map_err(db("starting a transaction"))?;
-        let cur: Option<(i64, bool)> = sqlx::query_as(
-            "SELECT version, deleted FROM policies WHERE name = ?1 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("reading a policy"))?;
-        if delete && !matches!(cur, Some((_, false))) {
-            return Ok(None);
-        }
-        let version = cur.map(|c| c.0).unwrap_or(0) + 1;
-        let now = micros(Utc::now());
-        sqlx::query("INSERT INTO policies (name, version, rego, author, deleted, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-            .bind(name)
-            .bind(version)
-            .bind(rego)
-            .bind(author)
-            .bind(delete)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("storing a policy"))?;
-        let details = serde_json::json!({ "name": name, "version": version, "sha256": hex::encode(Sha256::digest(rego.as_bytes())) });
-        sqlx::query("INSERT INTO audit_events (id, at, kind, actor, node, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-            .bind(Uuid::now_v7().to_string())
-            .bind(now)
-            .bind(if delete { "policy.deleted" } else { "policy.applied" })
-            .bind(author)
-            .bind(node)
-            .bind(details.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db("auditing a policy change"))?;
-        tx.commit().await.map_err(db("committing a policy"))?;
-        Ok(Some(version))
+            .map(|v| v.unwrap_or(0))
     }
+
+    async fn delete_policy(&self, name: &str, author: &str, node: &str) -> StoreResult<bool> {
+        put_policy_version(&self.pool, name, "", author, node, true)
+            .await
+            .map(|v| v.is_some())
+    }
+}
+
+/// A new policy version and its audit event in one transaction. Deleting an unknown (or
+/// already deleted) policy writes nothing and answers `None`.
+async fn put_policy_version(
+    pool: &SqlitePool,
+    name: &str,
+    rego: &str,
+    author: &str,
+    node: &str,
+    delete: bool,
+) -> StoreResult<Option<i64>> {
+    use sha2::{Digest, Sha256};
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db("starting a transaction"))?;
+    let cur: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT version, deleted FROM policies WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db("reading a policy"))?;
+    if delete && !matches!(cur, Some((_, false))) {
+        return Ok(None);
+    }
+    let version = cur.map(|c| c.0).unwrap_or(0) + 1;
+    let now = micros(Utc::now());
+    sqlx::query("INSERT INTO policies (name, version, rego, author, deleted, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .bind(name)
+        .bind(version)
+        .bind(rego)
+        .bind(author)
+        .bind(delete)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("storing a policy"))?;
+    let details = serde_json::json!({ "name": name, "version": version, "sha256": hex::encode(Sha256::digest(rego.as_bytes())) });
+    sqlx::query("INSERT INTO audit_events (id, at, kind, actor, node, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        .bind(Uuid::now_v7().to_string())
+        .bind(now)
+        .bind(if delete { "policy.deleted" } else { "policy.applied" })
+        .bind(author)
+        .bind(node)
+        .bind(details.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("auditing a policy change"))?;
+    tx.commit().await.map_err(db("committing a policy"))?;
+    Ok(Some(version))
 }
