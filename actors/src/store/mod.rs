@@ -7,20 +7,8 @@
 mod audit;
 mod outbox;
 mod postgres;
-mod postgres_admin;
-mod postgres_audit;
-mod postgres_cluster;
-mod postgres_outbox;
-mod postgres_reconcile;
-mod postgres_requests;
 mod rows;
 mod sqlite;
-mod sqlite_admin;
-mod sqlite_audit;
-mod sqlite_cluster;
-mod sqlite_outbox;
-mod sqlite_reconcile;
-mod sqlite_requests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -13,8 +13,12 @@ use queries::*;
 mod reconcile;
 use reconcile::*;
 
+/// Stamps every case once per backend, as `store_contract::<backend>::<case>`.
 macro_rules! store_contract {
-    ($backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
+    (backends: [$($backend:ident => $open:path),* $(,)?], cases: $cases:tt) => {
+        $( store_contract!(@stamp $backend, $open, $cases); )*
+    };
+    (@stamp $backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
         mod $backend {
             $(
                 #[tokio::test]
@@ -27,54 +31,11 @@ macro_rules! store_contract {
 }
 
 store_contract!(
-    postgres,
-    crate::fixtures::postgres,
-    [
-        created_request_reads_back_equal,
-        transition_bumps_version_and_writes_one_audit_event_per_version,
-        stale_version_writes_nothing,
-        wrong_epoch_is_stale,
-        lapsed_lease_is_stale,
-        handover_releases_only_the_listed_shards,
-        concurrent_first_starts_agree_on_the_shard_count,
-        unknown_request_is_missing,
-        duplicate_create_is_refused,
-        failure_mid_way_writes_nothing,
-        deadlines_come_from_the_database_clock,
-        approval_guard_is_checked_by_the_store,
-        takeover_bumps_the_epoch_and_fences_the_old_owner,
-        live_lease_is_not_taken,
-        shard_count_cannot_change,
-        live_requests_excludes_terminal_ones,
-        policies_are_versioned_and_deletable,
-        dev_database_is_refused_in_production_mode,
-        requests_page_newest_first_with_a_keyset_cursor,
-        requests_filter_by_requester_state_and_provider,
-        awaiting_approval_lists_pending_requests_of_my_groups_but_not_my_own,
-        idempotency_key_is_stored_with_the_create_and_used_once_per_requester,
-        concurrent_creates_with_one_key_make_one_request,
-        request_events_resume_after_a_version,
-        trust_tier_changes_are_stored_with_their_audit_event,
-        concurrent_trust_tier_changes_each_record_what_they_replaced,
-        free_audit_events_carry_no_version,
-        audit_queries_page_both_ways_and_filter,
-        policies_read_back_with_their_creation_time,
-        identities_keep_the_last_verified_email,
-        reviews_are_listed_until_closed_once,
-        open_requests_and_last_break_glass_of_a_requester,
-        overdue_requests_are_found_by_the_database_clock,
-        heartbeats_keep_one_process_per_node_name,
-        shard_table_lists_owners_epochs_and_leases,
-        the_reconciler_finds_requests_by_grant_and_active_ones_by_provider,
-        reconciler_findings_are_fenced_by_its_lease,
-        the_last_reconcile_pass_of_each_provider_is_kept,
-    ]
-);
-
-store_contract!(
-    sqlite,
-    crate::fixtures::sqlite,
-    [
+    backends: [
+        postgres => crate::fixtures::postgres,
+        sqlite => crate::fixtures::sqlite,
+    ],
+    cases: [
         created_request_reads_back_equal,
         transition_bumps_version_and_writes_one_audit_event_per_version,
         stale_version_writes_nothing,

@@ -6,36 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
-use super::outbox::{delay_us, stored_error};
-use super::sqlite::{from_micros, micros, opt_uuid_col, uuid_col};
-use super::*;
-
-pub(super) const OUTBOX_COLUMNS: &str = "id, event_id, request_id, sink, kind, payload, state, attempts, created_at, next_attempt_at, last_error";
-
-fn time(r: &SqliteRow, col: &str) -> StoreResult<Timestamp> {
-    from_micros(r.try_get(col).map_err(db("reading an outbox time"))?)
-}
-
-pub(super) fn decode_outbox(r: &SqliteRow) -> StoreResult<OutboxEntry> {
-    let e = || db("reading an outbox row");
-    Ok(OutboxEntry {
-        id: r.try_get("id").map_err(e())?,
-        event_id: uuid_col(r, "event_id")?,
-        request_id: opt_uuid_col(r, "request_id")?,
-        sink: r.try_get("sink").map_err(e())?,
-        kind: r.try_get("kind").map_err(e())?,
-        payload: r.try_get("payload").map_err(e())?,
-        state: r.try_get("state").map_err(e())?,
-        attempts: r.try_get("attempts").map_err(e())?,
-        created_at: time(r, "created_at")?,
-        next_attempt_at: time(r, "next_attempt_at")?,
-        last_error: r.try_get("last_error").map_err(e())?,
-    })
-}
+use super::{SqliteStore, micros};
+use crate::store::outbox::{delay_us, stored_error};
+use crate::store::rows::{self, Columns, OUTBOX_COLUMNS};
+use crate::store::{OutboxEntry, OutboxStore, SinkStats, StoreResult, db};
 
 fn now_us() -> i64 {
     micros(Utc::now())
@@ -73,7 +49,7 @@ impl OutboxStore for SqliteStore {
         .map_err(db("claiming outbox rows"))?;
         let mut out = rows
             .iter()
-            .map(decode_outbox)
+            .map(rows::outbox_entry)
             .collect::<StoreResult<Vec<_>>>()?;
         tx.commit().await.map_err(db("committing outbox claims"))?;
         out.sort_by_key(|e| (e.next_attempt_at, e.id));
@@ -130,7 +106,7 @@ impl OutboxStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing dead letters"))?;
-        rows.iter().map(decode_outbox).collect()
+        rows.iter().map(rows::outbox_entry).collect()
     }
 
     async fn redrive(&self, id: i64, actor: &str, node: &str) -> StoreResult<bool> {
@@ -154,13 +130,13 @@ impl OutboxStore for SqliteStore {
         let Some(row) = row else {
             return Ok(false);
         };
-        let e = || db("reading a re-driven row");
+        let op = "reading a re-driven row";
         let details = serde_json::json!({
-            "outbox_id": row.try_get::<i64, _>("id").map_err(e())?,
-            "event_id": uuid_col(&row, "event_id")?,
-            "request_id": opt_uuid_col(&row, "request_id")?,
-            "sink": row.try_get::<String, _>("sink").map_err(e())?,
-            "kind": row.try_get::<String, _>("kind").map_err(e())?,
+            "outbox_id": row.read::<i64>("id", op)?,
+            "event_id": row.uuid("event_id", op)?,
+            "request_id": row.opt_uuid("request_id", op)?,
+            "sink": row.read::<String>("sink", op)?,
+            "kind": row.read::<String>("kind", op)?,
         });
         sqlx::query(
             "INSERT INTO audit_events (id, at, kind, actor, node, details) VALUES (?1, ?2, 'outbox.redriven', ?3, ?4, ?5)",
@@ -192,17 +168,11 @@ impl OutboxStore for SqliteStore {
         .map_err(db("counting outbox rows"))?;
         rows.iter()
             .map(|r| {
-                let e = || db("reading outbox counts");
-                let oldest: Option<i64> = r.try_get("oldest").map_err(e())?;
-                Ok(SinkStats {
-                    sink: r.try_get("sink").map_err(e())?,
-                    pending: r.try_get("pending").map_err(e())?,
-                    oldest_pending_age_seconds: oldest
-                        .map(|t| (now.saturating_sub(t)).max(0) as f64 / 1e6)
-                        .unwrap_or(0.0),
-                    dead: r.try_get("dead").map_err(e())?,
-                    delivered: r.try_get("delivered").map_err(e())?,
-                })
+                let oldest: Option<i64> = r.read("oldest", "reading outbox counts")?;
+                let age = oldest
+                    .map(|t| (now.saturating_sub(t)).max(0) as f64 / 1e6)
+                    .unwrap_or(0.0);
+                rows::sink_stats(r, age)
             })
             .collect()
     }

@@ -1,30 +1,18 @@
-//! SQLite implementation of the audit chain store (single node: one writer at a time).
+//! SQLite implementation of the audit chain store (single node: one writer at a time), and
+//! the statement of an audit query.
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
-use super::sqlite::{from_micros, micros, opt_uuid_col, uuid_col};
-use super::*;
-
-const EVENT_COLUMNS: &str =
-    "e.id, e.at, e.kind, e.actor, e.request_id, e.request_version, e.node, e.details";
-
-pub(super) fn audit_event(r: &SqliteRow) -> StoreResult<AuditEvent> {
-    let e = || db("reading an audit event");
-    Ok(AuditEvent {
-        id: uuid_col(r, "id")?,
-        at: from_micros(r.try_get("at").map_err(e())?)?,
-        kind: r.try_get("kind").map_err(e())?,
-        actor: r.try_get("actor").map_err(e())?,
-        request_id: opt_uuid_col(r, "request_id")?,
-        request_version: r.try_get("request_version").map_err(e())?,
-        node: r.try_get("node").map_err(e())?,
-        details: r.try_get("details").map_err(e())?,
-    })
-}
+use super::{SqliteStore, fence_holds, micros};
+use crate::domain::Timestamp;
+use crate::store::rows::{self, Columns, EVENT_COLUMNS};
+use crate::store::{
+    AuditEvent, AuditQuery, AuditStats, AuditStore, ChainRow, ChainTip, Checkpoint, Fence,
+    OutboxRow, StoreError, StoreResult, VersionGap, Write, db,
+};
 
 const UNCHAINED: &str = "NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)";
 
@@ -38,16 +26,7 @@ impl AuditStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading the chain tip"))?;
-        row.map(|r| {
-            let e = || db("reading the chain tip");
-            Ok(ChainTip {
-                seq: r.try_get("seq").map_err(e())?,
-                hash: r.try_get("hash").map_err(e())?,
-                event_at: from_micros(r.try_get("at").map_err(e())?)?,
-                event_id: uuid_col(&r, "id")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::chain_tip).transpose()
     }
 
     async fn unchained_events(
@@ -65,7 +44,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading unchained audit events"))?;
-        rows.iter().map(audit_event).collect()
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn unchained_after(
@@ -84,7 +63,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading unchained audit events"))?;
-        rows.iter().map(audit_event).collect()
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn append_chain(&self, fence: &Fence, links: &[ChainRow]) -> StoreResult<Write> {
@@ -97,7 +76,7 @@ impl AuditStore for SqliteStore {
             .await
             .map_err(db("starting a transaction"))?;
         let db_now = Utc::now();
-        if !SqliteStore::fence_holds(&mut tx, fence, micros(db_now)).await? {
+        if !fence_holds(&mut tx, fence, micros(db_now)).await? {
             return Ok(Write::Stale);
         }
         for l in links {
@@ -144,7 +123,7 @@ impl AuditStore for SqliteStore {
             .map_err(db("starting a transaction"))?;
         let db_now = Utc::now();
         let now = micros(db_now);
-        if !SqliteStore::fence_holds(&mut tx, fence, now).await? {
+        if !fence_holds(&mut tx, fence, now).await? {
             return Ok(Write::Stale);
         }
         sqlx::query("INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -193,20 +172,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading the audit chain"))?;
-        rows.iter()
-            .map(|r| {
-                let e = || db("reading the audit chain");
-                let link = ChainRow {
-                    seq: r.try_get("seq").map_err(e())?,
-                    event_id: uuid_col(r, "link_event")?,
-                    prev_hash: r.try_get("prev_hash").map_err(e())?,
-                    hash: r.try_get("hash").map_err(e())?,
-                };
-                let present: bool = r.try_get("present").map_err(e())?;
-                let event = if present { Some(audit_event(r)?) } else { None };
-                Ok((link, event))
-            })
-            .collect()
+        rows.iter().map(rows::chain_entry).collect()
     }
 
     async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
@@ -216,18 +182,7 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading checkpoints"))?;
-        rows.iter()
-            .map(|r| {
-                let e = || db("reading a checkpoint");
-                Ok(Checkpoint {
-                    seq: r.try_get("seq").map_err(e())?,
-                    hash: r.try_get("hash").map_err(e())?,
-                    at: from_micros(r.try_get("at").map_err(e())?)?,
-                    key_id: r.try_get("key_id").map_err(e())?,
-                    signature: r.try_get("signature").map_err(e())?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::checkpoint).collect()
     }
 
     async fn audit_stats(&self, since: Option<Timestamp>) -> StoreResult<AuditStats> {
@@ -240,14 +195,7 @@ impl AuditStore for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db("reading audit statistics"))?;
-        let e = || db("reading audit statistics");
-        let oldest: Option<i64> = r.try_get("oldest").map_err(e())?;
-        Ok(AuditStats {
-            chain_length: r.try_get("chained").map_err(e())?,
-            unchained: r.try_get("unchained").map_err(e())?,
-            oldest_unchained_at: oldest.map(from_micros).transpose()?,
-            db_now: Utc::now(),
-        })
+        rows::audit_stats(&r, Utc::now())
     }
 
     async fn version_gaps(&self, limit: u32) -> StoreResult<Vec<VersionGap>> {
@@ -264,56 +212,22 @@ impl AuditStore for SqliteStore {
         .map_err(db("checking audit versions"))?;
         rows.iter()
             .map(|r| {
-                let e = || db("checking audit versions");
-                let version: i64 = r.try_get("version").map_err(e())?;
-                let present: Option<String> = r.try_get("present").map_err(e())?;
-                let mut present: Vec<i64> = present
+                // `group_concat` lists the versions as text.
+                let present: Option<String> = r.read("present", "checking audit versions")?;
+                let present = present
                     .unwrap_or_default()
                     .split(',')
                     .filter_map(|v| v.trim().parse().ok())
                     .collect();
-                present.sort_unstable();
-                Ok(VersionGap {
-                    request_id: uuid_col(r, "id")?,
-                    version,
-                    missing: missing_versions(version, &present),
-                })
+                rows::version_gap(r, present)
             })
             .collect()
     }
 }
 
-pub(super) async fn append(
-    pool: &sqlx::SqlitePool,
-    kind: &str,
-    actor: &str,
-    request_id: Option<Uuid>,
-    details: &serde_json::Value,
-    node: &str,
-) -> StoreResult<Uuid> {
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .bind(id.to_string())
-    .bind(micros(Utc::now()))
-    .bind(kind)
-    .bind(actor)
-    .bind(request_id.map(|r| r.to_string()))
-    .bind(node)
-    .bind(details.to_string())
-    .execute(pool)
-    .await
-    .map_err(db("appending an audit event"))?;
-    Ok(id)
-}
-
-pub(super) async fn query(
-    pool: &sqlx::SqlitePool,
-    q: &AuditQuery,
-) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
-    let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+/// The statement of a page of audit events with their chain links; see [`AuditQuery`].
+pub(super) fn audit_query(q: &AuditQuery) -> QueryBuilder<Sqlite> {
+    let mut b = QueryBuilder::<Sqlite>::new(format!(
         "SELECT {EVENT_COLUMNS}, c.seq, c.prev_hash, c.hash
            FROM audit_events e LEFT JOIN audit_chain c ON c.event_id = e.id WHERE 1"
     ));
@@ -351,26 +265,5 @@ pub(super) async fn query(
     }
     b.push(format_args!(" ORDER BY e.at {dir}, e.id {dir} LIMIT "))
         .push_bind(q.effective_limit());
-    let rows = b
-        .build()
-        .fetch_all(pool)
-        .await
-        .map_err(db("querying audit events"))?;
-    rows.iter()
-        .map(|r| {
-            let event = audit_event(r)?;
-            let e = || db("reading an audit chain link");
-            let seq: Option<i64> = r.try_get("seq").map_err(e())?;
-            let link = match seq {
-                None => None,
-                Some(seq) => Some(ChainRow {
-                    seq,
-                    event_id: event.id,
-                    prev_hash: r.try_get("prev_hash").map_err(e())?,
-                    hash: r.try_get("hash").map_err(e())?,
-                }),
-            };
-            Ok((event, link))
-        })
-        .collect()
+    b
 }

@@ -5,31 +5,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use super::outbox::{delay_us, stored_error};
-use super::*;
-
-pub(super) const OUTBOX_COLUMNS: &str = "id, event_id, request_id, sink, kind, payload, state, attempts, created_at, next_attempt_at, last_error";
-
-pub(super) fn decode_outbox(r: &PgRow) -> StoreResult<OutboxEntry> {
-    let e = || db("reading an outbox row");
-    Ok(OutboxEntry {
-        id: r.try_get("id").map_err(e())?,
-        event_id: r.try_get("event_id").map_err(e())?,
-        request_id: r.try_get("request_id").map_err(e())?,
-        sink: r.try_get("sink").map_err(e())?,
-        kind: r.try_get("kind").map_err(e())?,
-        payload: r.try_get("payload").map_err(e())?,
-        state: r.try_get("state").map_err(e())?,
-        attempts: r.try_get("attempts").map_err(e())?,
-        created_at: r.try_get("created_at").map_err(e())?,
-        next_attempt_at: r.try_get("next_attempt_at").map_err(e())?,
-        last_error: r.try_get("last_error").map_err(e())?,
-    })
-}
+use super::PgStore;
+use crate::store::outbox::{delay_us, stored_error};
+use crate::store::rows::{self, Columns, OUTBOX_COLUMNS};
+use crate::store::{OutboxEntry, OutboxStore, SinkStats, StoreResult, db};
 
 #[async_trait]
 impl OutboxStore for PgStore {
@@ -58,7 +39,7 @@ impl OutboxStore for PgStore {
         .map_err(db("claiming outbox rows"))?;
         let mut out = rows
             .iter()
-            .map(decode_outbox)
+            .map(rows::outbox_entry)
             .collect::<StoreResult<Vec<_>>>()?;
         out.sort_by_key(|e| (e.next_attempt_at, e.id));
         Ok(out)
@@ -112,7 +93,7 @@ impl OutboxStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing dead letters"))?;
-        rows.iter().map(decode_outbox).collect()
+        rows.iter().map(rows::outbox_entry).collect()
     }
 
     async fn redrive(&self, id: i64, actor: &str, node: &str) -> StoreResult<bool> {
@@ -157,17 +138,8 @@ impl OutboxStore for PgStore {
         .map_err(db("counting outbox rows"))?;
         rows.iter()
             .map(|r| {
-                let e = || db("reading outbox counts");
-                Ok(SinkStats {
-                    sink: r.try_get("sink").map_err(e())?,
-                    pending: r.try_get("pending").map_err(e())?,
-                    oldest_pending_age_seconds: r
-                        .try_get::<f64, _>("oldest")
-                        .map_err(e())?
-                        .max(0.0),
-                    dead: r.try_get("dead").map_err(e())?,
-                    delivered: r.try_get("delivered").map_err(e())?,
-                })
+                let oldest: f64 = r.read("oldest", "reading outbox counts")?;
+                rows::sink_stats(r, oldest.max(0.0))
             })
             .collect()
     }

@@ -1,40 +1,18 @@
-//! PostgreSQL implementation of the audit chain store.
+//! PostgreSQL implementation of the audit chain store, and the statement of an audit query.
+//! Chain appends and checkpoints are single statements fenced like every other write.
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::PgRow;
+use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::postgres::fence_sql;
-use super::*;
-
-const EVENT_COLUMNS: &str =
-    "e.id, e.at, e.kind, e.actor, e.request_id, e.request_version, e.node, e.details";
-
-pub(super) fn audit_event(r: &PgRow) -> StoreResult<AuditEvent> {
-    let e = || db("reading an audit event");
-    Ok(AuditEvent {
-        id: r.try_get("id").map_err(e())?,
-        at: r.try_get("at").map_err(e())?,
-        kind: r.try_get("kind").map_err(e())?,
-        actor: r.try_get("actor").map_err(e())?,
-        request_id: r.try_get("request_id").map_err(e())?,
-        request_version: r.try_get("request_version").map_err(e())?,
-        node: r.try_get("node").map_err(e())?,
-        details: r.try_get("details").map_err(e())?,
-    })
-}
-
-fn checkpoint(r: &PgRow) -> StoreResult<Checkpoint> {
-    let e = || db("reading a checkpoint");
-    Ok(Checkpoint {
-        seq: r.try_get("seq").map_err(e())?,
-        hash: r.try_get("hash").map_err(e())?,
-        at: r.try_get("at").map_err(e())?,
-        key_id: r.try_get("key_id").map_err(e())?,
-        signature: r.try_get("signature").map_err(e())?,
-    })
-}
+use super::{PgStore, fence_sql};
+use crate::domain::Timestamp;
+use crate::store::rows::{self, Columns, EVENT_COLUMNS};
+use crate::store::{
+    AuditEvent, AuditQuery, AuditStats, AuditStore, ChainRow, ChainTip, Checkpoint, Fence,
+    OutboxRow, StoreError, StoreResult, VersionGap, Write, db,
+};
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
@@ -50,15 +28,7 @@ impl AuditStore for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db("reading the chain tip"))?;
-        row.map(|r| {
-            Ok(ChainTip {
-                seq: r.try_get("seq").map_err(db("reading the chain tip"))?,
-                hash: r.try_get("hash").map_err(db("reading the chain tip"))?,
-                event_at: r.try_get("at").map_err(db("reading the chain tip"))?,
-                event_id: r.try_get("id").map_err(db("reading the chain tip"))?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::chain_tip).transpose()
     }
 
     async fn unchained_events(
@@ -77,7 +47,7 @@ impl AuditStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading unchained audit events"))?;
-        rows.iter().map(audit_event).collect()
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn unchained_after(
@@ -96,7 +66,7 @@ impl AuditStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading unchained audit events"))?;
-        rows.iter().map(audit_event).collect()
+        rows.iter().map(rows::audit_event).collect()
     }
 
     async fn append_chain(&self, fence: &Fence, links: &[ChainRow]) -> StoreResult<Write> {
@@ -182,7 +152,7 @@ impl AuditStore for PgStore {
         .bind(&cp.key_id)
         .bind(&cp.signature)
         .bind(Uuid::now_v7())
-        .bind(super::rows::outbox_json(outbox))
+        .bind(rows::outbox_json(outbox))
         .fetch_optional(&self.pool)
         .await;
         match res_row(row)? {
@@ -202,7 +172,7 @@ impl AuditStore for PgStore {
         limit: u32,
     ) -> StoreResult<Vec<(ChainRow, Option<AuditEvent>)>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT c.seq, c.event_id, c.prev_hash, c.hash, e.id IS NOT NULL AS present, {EVENT_COLUMNS}
+            "SELECT c.seq, c.event_id AS link_event, c.prev_hash, c.hash, e.id IS NOT NULL AS present, {EVENT_COLUMNS}
                FROM audit_chain c LEFT JOIN audit_events e ON e.id = c.event_id
               WHERE c.seq > $1 ORDER BY c.seq LIMIT $2"
         )))
@@ -211,20 +181,7 @@ impl AuditStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading the audit chain"))?;
-        rows.iter()
-            .map(|r| {
-                let e = || db("reading the audit chain");
-                let link = ChainRow {
-                    seq: r.try_get("seq").map_err(e())?,
-                    event_id: r.try_get("event_id").map_err(e())?,
-                    prev_hash: r.try_get("prev_hash").map_err(e())?,
-                    hash: r.try_get("hash").map_err(e())?,
-                };
-                let present: bool = r.try_get("present").map_err(e())?;
-                let event = if present { Some(audit_event(r)?) } else { None };
-                Ok((link, event))
-            })
-            .collect()
+        rows.iter().map(rows::chain_entry).collect()
     }
 
     async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
@@ -234,7 +191,7 @@ impl AuditStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("reading checkpoints"))?;
-        rows.iter().map(checkpoint).collect()
+        rows.iter().map(rows::checkpoint).collect()
     }
 
     async fn audit_stats(&self, since: Option<Timestamp>) -> StoreResult<AuditStats> {
@@ -253,13 +210,7 @@ impl AuditStore for PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db("reading audit statistics"))?;
-        let e = || db("reading audit statistics");
-        Ok(AuditStats {
-            chain_length: r.try_get("chained").map_err(e())?,
-            unchained: r.try_get("unchained").map_err(e())?,
-            oldest_unchained_at: r.try_get("oldest").map_err(e())?,
-            db_now: r.try_get("db_now").map_err(e())?,
-        })
+        rows::audit_stats(&r, r.time("db_now", "reading audit statistics")?)
     }
 
     async fn version_gaps(&self, limit: u32) -> StoreResult<Vec<VersionGap>> {
@@ -277,15 +228,11 @@ impl AuditStore for PgStore {
         .map_err(db("checking audit versions"))?;
         rows.iter()
             .map(|r| {
-                let e = || db("checking audit versions");
-                let version: i64 = r.try_get("version").map_err(e())?;
-                let mut present: Vec<i64> = r.try_get("present").map_err(e())?;
-                present.sort_unstable();
-                Ok(VersionGap {
-                    request_id: r.try_get("id").map_err(e())?,
-                    version,
-                    missing: missing_versions(version, &present),
-                })
+                // An array of the versions: a type SQLite has not, so read here.
+                let present: Vec<i64> = r
+                    .try_get("present")
+                    .map_err(db("checking audit versions"))?;
+                rows::version_gap(r, present)
             })
             .collect()
     }
@@ -295,36 +242,9 @@ fn res_row(r: Result<Option<PgRow>, sqlx::Error>) -> StoreResult<Option<PgRow>> 
     r.map_err(db("storing a checkpoint"))
 }
 
-pub(super) async fn append(
-    pool: &sqlx::PgPool,
-    kind: &str,
-    actor: &str,
-    request_id: Option<Uuid>,
-    details: &serde_json::Value,
-    node: &str,
-) -> StoreResult<Uuid> {
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO audit_events (id, at, kind, actor, request_id, node, details)
-         VALUES ($1, statement_timestamp(), $2, $3, $4, $5, $6)",
-    )
-    .bind(id)
-    .bind(kind)
-    .bind(actor)
-    .bind(request_id)
-    .bind(node)
-    .bind(details.to_string())
-    .execute(pool)
-    .await
-    .map_err(db("appending an audit event"))?;
-    Ok(id)
-}
-
-pub(super) async fn query(
-    pool: &sqlx::PgPool,
-    q: &AuditQuery,
-) -> StoreResult<Vec<(AuditEvent, Option<ChainRow>)>> {
-    let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
+/// The statement of a page of audit events with their chain links; see [`AuditQuery`].
+pub(super) fn audit_query(q: &AuditQuery) -> QueryBuilder<Postgres> {
+    let mut b = QueryBuilder::<Postgres>::new(format!(
         "SELECT {EVENT_COLUMNS}, c.seq, c.prev_hash, c.hash
            FROM audit_events e LEFT JOIN audit_chain c ON c.event_id = e.id WHERE true"
     ));
@@ -362,26 +282,5 @@ pub(super) async fn query(
     }
     b.push(format_args!(" ORDER BY e.at {dir}, e.id {dir} LIMIT "))
         .push_bind(q.effective_limit());
-    let rows = b
-        .build()
-        .fetch_all(pool)
-        .await
-        .map_err(db("querying audit events"))?;
-    rows.iter()
-        .map(|r| {
-            let event = audit_event(r)?;
-            let e = || db("reading an audit chain link");
-            let seq: Option<i64> = r.try_get("seq").map_err(e())?;
-            let link = match seq {
-                None => None,
-                Some(seq) => Some(ChainRow {
-                    seq,
-                    event_id: event.id,
-                    prev_hash: r.try_get("prev_hash").map_err(e())?,
-                    hash: r.try_get("hash").map_err(e())?,
-                }),
-            };
-            Ok((event, link))
-        })
-        .collect()
+    b
 }
