@@ -61,7 +61,7 @@ impl Columns for PgRow {
     }
 }
 
-/// The fence of DESIGN.md §5: this owner at this epoch, with an unexpired lease. Reading the
+/// The fence (docs/engine.md, "Fencing and ownership"): this owner at this epoch, with an unexpired lease. Reading the
 /// owner row `FOR SHARE` makes a takeover (an UPDATE of that row) wait for this write.
 fn fence_sql(shard: u8, owner: u8, epoch: u8) -> String {
     format!(
