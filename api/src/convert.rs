@@ -2,7 +2,7 @@
 
 use jitsudo_actors::ProviderStatus;
 use jitsudo_actors::domain::{self, GrantPurpose, GrantStatus, State};
-use jitsudo_actors::store::AuditEvent;
+use jitsudo_actors::engine::types::AuditEvent;
 use jitsudo_proto::v1;
 
 pub fn ts(t: chrono::DateTime<chrono::Utc>) -> pbjson_types::Timestamp {

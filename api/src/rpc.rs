@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use jitsudo_actors::EngineError;
 use jitsudo_actors::domain::{Principal, Refusal, RequestId, RequestSpec, State, same_person};
+use jitsudo_actors::engine::types::{AuditQuery, ListFilter, ShardRecord};
 use jitsudo_actors::error::ErrorKind;
 use jitsudo_actors::policy::{PolicyInput, PolicySource};
-use jitsudo_actors::store::{AuditQuery, ListFilter};
-use jitsudo_actors::{EngineError, audit};
 use jitsudo_proto::v1;
 use tonic::Code;
 use uuid::Uuid;
@@ -93,7 +93,7 @@ impl AppState {
                 ));
             }
         };
-        let trust_tier = match self.engine.store().get_principal(&subject).await {
+        let trust_tier = match self.engine.principal(&subject).await {
             Ok(p) => p.map(|p| p.trust_tier).unwrap_or(0),
             Err(e) => return Err(EngineError::from(e).into()),
         };
@@ -139,11 +139,7 @@ impl AppState {
         if known {
             return Ok(());
         }
-        self.engine
-            .store()
-            .note_identity(subject, email)
-            .await
-            .map_err(EngineError::from)?;
+        self.engine.note_identity(subject, email).await?;
         if let Ok(mut m) = self.identities.lock() {
             if m.len() > 100_000 {
                 m.clear();
@@ -211,23 +207,15 @@ impl AppState {
             entry.1 += 1;
             (entry.1 <= PER_MINUTE, summary)
         };
-        let store = self.engine.store();
-        let node = &self.config.node.name;
         let rid = request_id.and_then(|r| Uuid::parse_str(r).ok());
         if let Some(n) = summary {
-            let d = serde_json::json!({ "suppressed": n, "window_seconds": 60 });
-            let _ = store
-                .append_audit("authz.denied_summary", c.subject(), None, &d, node)
-                .await;
+            let _ = self.engine.record_denial_summary(c.subject(), n, 60).await;
         }
-        if write {
-            let d = serde_json::json!({ "rpc": rpc, "reason": why });
-            if let Err(e) = store
-                .append_audit("authz.denied", c.subject(), rid, &d, node)
-                .await
-            {
-                tracing::warn!(error = %e, "could not audit an authorization refusal");
-            }
+        if write && let Err(e) = self.engine.record_denial(c.subject(), rpc, rid, why).await {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "could not audit an authorization refusal"
+            );
         }
     }
 
@@ -369,12 +357,7 @@ impl AppState {
             return Err(ApiError::invalid("after_version must not be negative"));
         }
         let req = self.load_readable(c, id).await?;
-        let events = self
-            .engine
-            .store()
-            .request_events(req.id, after)
-            .await
-            .map_err(EngineError::from)?;
+        let events = self.engine.request_events(req.id, after).await?;
         let mut out: Vec<v1::RequestEvent> = events
             .iter()
             .filter(|e| e.request_version.is_some_and(|v| v <= req.version))
@@ -603,12 +586,7 @@ impl AppState {
 
     pub async fn list_policies(&self, c: &Caller) -> Result<v1::ListPoliciesResponse, ApiError> {
         c.require_admin_or_auditor("reading policies")?;
-        let ps = self
-            .engine
-            .store()
-            .list_policies()
-            .await
-            .map_err(EngineError::from)?;
+        let ps = self.engine.stored_policies().await?;
         Ok(v1::ListPoliciesResponse {
             policies: ps
                 .iter()
@@ -622,13 +600,7 @@ impl AppState {
         c.require_admin_or_auditor("reading policies")?;
         required("name", name)?;
         check_text("name", name, 128)?;
-        match self
-            .engine
-            .store()
-            .get_policy(name)
-            .await
-            .map_err(EngineError::from)?
-        {
+        match self.engine.stored_policy(name).await? {
             Some((p, at)) => Ok(Self::policy_msg(&p, Some(at))),
             None => Err(ApiError::not_found(format!("no policy named {name:?}"))),
         }
@@ -735,7 +707,6 @@ impl AppState {
             n if n > 1000 => return Err(ApiError::invalid("page_size is at most 1000")),
             n => n,
         };
-        let store = self.engine.store();
         let public_key_pem = self
             .verifying_key
             .as_ref()
@@ -745,10 +716,10 @@ impl AppState {
                     .ok()
             })
             .unwrap_or_default();
-        let checkpoints: Vec<v1::Checkpoint> = store
+        let checkpoints: Vec<v1::Checkpoint> = self
+            .engine
             .checkpoints()
-            .await
-            .map_err(EngineError::from)?
+            .await?
             .into_iter()
             .map(|cp| v1::Checkpoint {
                 seq: cp.seq,
@@ -763,10 +734,7 @@ impl AppState {
             if r.chain_after_seq < 0 {
                 return Err(ApiError::invalid("chain_after_seq must not be negative"));
             }
-            let page = store
-                .chain_page(r.chain_after_seq, limit)
-                .await
-                .map_err(EngineError::from)?;
+            let page = self.engine.chain_page(r.chain_after_seq, limit).await?;
             let next = match page.last() {
                 Some((l, _)) if page.len() as u32 == limit => l.seq.to_string(),
                 _ => String::new(),
@@ -824,7 +792,7 @@ impl AppState {
             after,
             limit,
         };
-        let rows = store.query_audit(&q).await.map_err(EngineError::from)?;
+        let rows = self.engine.audit_page(&q).await?;
         let next_page_token = match rows.last() {
             Some((e, _)) if rows.len() as u32 == limit => self.sign_cursor(&scope, e.at, e.id),
             _ => String::new(),
@@ -852,9 +820,10 @@ impl AppState {
 
     pub async fn verify_audit(&self, c: &Caller) -> Result<v1::VerifyAuditResponse, ApiError> {
         c.require_admin_or_auditor("verifying the audit log")?;
-        let r = audit::verify(self.engine.store().as_ref(), self.verifying_key.as_ref())
-            .await
-            .map_err(EngineError::from)?;
+        let r = self
+            .engine
+            .verify_audit(self.verifying_key.as_ref())
+            .await?;
         Ok(v1::VerifyAuditResponse {
             intact: r.is_intact(),
             chain_length: r.chain_length,
@@ -909,12 +878,7 @@ impl AppState {
         }
         required("subject", subject)?;
         check_text("subject", subject, 256)?;
-        let rec = self
-            .engine
-            .store()
-            .get_principal(subject)
-            .await
-            .map_err(EngineError::from)?;
+        let rec = self.engine.principal(subject).await?;
         Ok(match rec {
             Some(p) => v1::PrincipalRecord {
                 subject: p.subject,
@@ -969,7 +933,7 @@ impl AppState {
         let ctx = self.engine.context();
         Ok(v1::NodeStatus {
             node: ctx.node().to_owned(),
-            store: ctx.store.backend().into(),
+            store: self.engine.store_backend().into(),
             shards_owned: self.engine.shards_owned().len() as u32,
             shards_total: ctx.config.shards,
             clock_offset_ms: ctx.clock_offset().num_microseconds().unwrap_or(0) as f64 / 1000.0,
@@ -984,7 +948,7 @@ impl AppState {
         c.require_admin_or_auditor("reading the cluster status")?;
         let s = self.engine.cluster_status().await?;
         let ms = |d: chrono::Duration| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
-        let shard = |r: &jitsudo_actors::store::ShardRecord| v1::ClusterShard {
+        let shard = |r: &ShardRecord| v1::ClusterShard {
             shard: r.shard,
             owner: r.owner.clone(),
             epoch: r.epoch,
@@ -1069,10 +1033,8 @@ impl AppState {
         let limit = r.limit.clamp(1, 1000);
         let rows = self
             .engine
-            .store()
             .dead_letters((!r.sink.is_empty()).then_some(r.sink.as_str()), limit)
-            .await
-            .map_err(EngineError::from)?;
+            .await?;
         Ok(v1::ListDeadLettersResponse {
             dead_letters: rows
                 .into_iter()
@@ -1096,19 +1058,13 @@ impl AppState {
         id: i64,
     ) -> Result<v1::RedriveDeadLetterResponse, ApiError> {
         c.require_admin("re-driving dead letters")?;
-        let ok = self
-            .engine
-            .store()
-            .redrive(id, c.subject(), &self.config.node.name)
-            .await
-            .map_err(EngineError::from)?;
+        let ok = self.engine.redrive(id, c.subject()).await?;
         if !ok {
             return Err(ApiError::new(
                 Code::FailedPrecondition,
                 format!("outbox row {id} is not a dead letter"),
             ));
         }
-        self.engine.notifier().nudge();
         Ok(v1::RedriveDeadLetterResponse { redriven: true })
     }
 }
