@@ -1,0 +1,132 @@
+//! PolicyService: read, apply, delete and try out the Rego policies.
+
+use jitsudo_actors::EngineError;
+use jitsudo_actors::policy::{PolicyInput, PolicySource};
+use jitsudo_proto::v1;
+
+use super::{check_text, required};
+use crate::convert;
+use crate::error::ApiError;
+use crate::state::{AppState, Caller};
+
+impl AppState {
+    fn policy_msg(p: &PolicySource, at: Option<chrono::DateTime<chrono::Utc>>) -> v1::Policy {
+        v1::Policy {
+            name: p.name.clone(),
+            version: p.version,
+            rego: p.rego.clone(),
+            author: p.author.clone(),
+            created_at: convert::opt_ts(at),
+        }
+    }
+
+    pub async fn list_policies(&self, c: &Caller) -> Result<v1::ListPoliciesResponse, ApiError> {
+        c.require_admin_or_auditor("reading policies")?;
+        let ps = self.engine.stored_policies().await?;
+        Ok(v1::ListPoliciesResponse {
+            policies: ps
+                .iter()
+                .map(|(p, at)| Self::policy_msg(p, Some(*at)))
+                .collect(),
+            policy_version: self.engine.policy().current().fingerprint().to_owned(),
+        })
+    }
+
+    pub async fn get_policy(&self, c: &Caller, name: &str) -> Result<v1::Policy, ApiError> {
+        c.require_admin_or_auditor("reading policies")?;
+        required("name", name)?;
+        check_text("name", name, 128)?;
+        match self.engine.stored_policy(name).await? {
+            Some((p, at)) => Ok(Self::policy_msg(&p, Some(at))),
+            None => Err(ApiError::not_found(format!("no policy named {name:?}"))),
+        }
+    }
+
+    pub async fn apply_policy(
+        &self,
+        c: &Caller,
+        r: v1::ApplyPolicyRequest,
+    ) -> Result<v1::Policy, ApiError> {
+        c.require_admin("changing policies")?;
+        if r.name.is_empty() {
+            return Err(ApiError::invalid("name is required"));
+        }
+        check_text("name", &r.name, 128)?;
+        check_text("rego", &r.rego, 256 * 1024)?;
+        let version = self
+            .engine
+            .policy()
+            .apply(&r.name, &r.rego, c.subject())
+            .await
+            .map_err(|e| match e {
+                EngineError::Policy(p) => {
+                    ApiError::invalid(format!("the policy does not compile; nothing changed: {p}"))
+                }
+                other => other.into(),
+            })?;
+        Ok(v1::Policy {
+            name: r.name,
+            version,
+            rego: r.rego,
+            author: c.subject().to_owned(),
+            created_at: Some(convert::ts(chrono::Utc::now())),
+        })
+    }
+
+    pub async fn delete_policy(
+        &self,
+        c: &Caller,
+        name: &str,
+    ) -> Result<v1::DeletePolicyResponse, ApiError> {
+        c.require_admin("changing policies")?;
+        required("name", name)?;
+        check_text("name", name, 128)?;
+        let deleted = self.engine.policy().delete(name, c.subject()).await?;
+        if !deleted {
+            return Err(ApiError::not_found(format!("no policy named {name:?}")));
+        }
+        Ok(v1::DeletePolicyResponse { deleted })
+    }
+
+    pub async fn eval_policy(
+        &self,
+        c: &Caller,
+        r: v1::EvalPolicyRequest,
+    ) -> Result<v1::EvalPolicyResponse, ApiError> {
+        c.require_admin_or_auditor("evaluating policies")?;
+        check_text("input_json", &r.input_json, 64 * 1024)?;
+        let input: PolicyInput = serde_json::from_str(&r.input_json).map_err(|e| {
+            ApiError::invalid(format!(
+                "input_json is not a policy input document (docs/policy.md): {e}"
+            ))
+        })?;
+        let set = self.engine.policy().current();
+        let decision = set
+            .evaluate(&input)
+            .map_err(|e| ApiError::invalid(format!("evaluation failed: {e}")))?;
+        let approver_allowed = if input.approver.is_some() {
+            set.approver_allowed(&input)
+                .map_err(|e| ApiError::invalid(format!("evaluation failed: {e}")))?
+        } else {
+            false
+        };
+        Ok(v1::EvalPolicyResponse {
+            decision_json: serde_json::to_string(&decision).unwrap_or_default(),
+            eligible: decision.eligible,
+            deny_reasons: decision.deny_reasons.clone(),
+            approver_allowed,
+            policies: decision
+                .policies
+                .iter()
+                .map(|p| v1::Policy {
+                    name: p.name.clone(),
+                    version: p.version,
+                    rego: String::new(),
+                    author: p.author.clone(),
+                    created_at: None,
+                })
+                .collect(),
+            policy_version: decision.policy_version,
+        })
+    }
+}
