@@ -21,29 +21,8 @@ impl AppState {
             n if n > 1000 => return Err(ApiError::invalid("page_size is at most 1000")),
             n => n,
         };
-        let public_key_pem = self
-            .verifying_key
-            .as_ref()
-            .and_then(|k| {
-                use ed25519_dalek::pkcs8::EncodePublicKey;
-                k.to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-                    .ok()
-            })
-            .unwrap_or_default();
-        let checkpoints: Vec<v1::Checkpoint> = self
-            .engine
-            .checkpoints()
-            .await?
-            .into_iter()
-            .map(|cp| v1::Checkpoint {
-                seq: cp.seq,
-                hash: cp.hash,
-                at: Some(convert::ts(cp.at)),
-                key_id: cp.key_id,
-                signature: cp.signature,
-                at_micros: cp.at.timestamp_micros(),
-            })
-            .collect();
+        let key = self.verifying_key.as_ref();
+        let checkpoints = self.engine.checkpoints().await?;
         if r.chain_mode {
             if r.chain_after_seq < 0 {
                 return Err(ApiError::invalid("chain_after_seq must not be negative"));
@@ -53,31 +32,8 @@ impl AppState {
                 Some((l, _)) if page.len() as u32 == limit => l.seq.to_string(),
                 _ => String::new(),
             };
-            let events = page
-                .into_iter()
-                .map(|(link, ev)| {
-                    let chain = v1::ChainEntry {
-                        seq: link.seq,
-                        prev_hash: link.prev_hash,
-                        hash: link.hash,
-                    };
-                    match ev {
-                        Some(e) => convert::audit_event(&e, Some(chain)),
-                        // The chain names an event that is gone: show the hole.
-                        None => v1::AuditEvent {
-                            id: link.event_id.to_string(),
-                            chain: Some(chain),
-                            ..Default::default()
-                        },
-                    }
-                })
-                .collect();
-            return Ok(v1::QueryAuditResponse {
-                events,
-                checkpoints,
-                next_page_token: next,
-                public_key_pem,
-            });
+            let events = convert::audit::chain_events(&page);
+            return Ok(convert::audit::page(events, checkpoints, next, key));
         }
         let scope = format!(
             "{}|{}|{}|{}|{}|{:?}|{:?}|{}|{limit}",
@@ -111,59 +67,21 @@ impl AppState {
             Some((e, _)) if rows.len() as u32 == limit => self.sign_cursor(&scope, e.at, e.id),
             _ => String::new(),
         };
-        let events = rows
-            .iter()
-            .map(|(e, link)| {
-                convert::audit_event(
-                    e,
-                    link.as_ref().map(|l| v1::ChainEntry {
-                        seq: l.seq,
-                        prev_hash: l.prev_hash.clone(),
-                        hash: l.hash.clone(),
-                    }),
-                )
-            })
-            .collect();
-        Ok(v1::QueryAuditResponse {
+        let events = convert::audit::log_events(&rows);
+        Ok(convert::audit::page(
             events,
             checkpoints,
             next_page_token,
-            public_key_pem,
-        })
+            key,
+        ))
     }
 
     pub async fn verify_audit(&self, c: &Caller) -> Result<v1::VerifyAuditResponse, ApiError> {
         c.require_admin_or_auditor("verifying the audit log")?;
-        let r = self
+        let report = self
             .engine
             .verify_audit(self.verifying_key.as_ref())
             .await?;
-        Ok(v1::VerifyAuditResponse {
-            intact: r.is_intact(),
-            chain_length: r.chain_length,
-            verified_through: r.verified_through,
-            first_broken: r.first_broken.clone().unwrap_or_default(),
-            first_broken_seq: r.first_broken_seq.unwrap_or(0),
-            checkpoints: r.checkpoints as u32,
-            last_checkpoint_seq: r.last_checkpoint_seq.unwrap_or(0),
-            checkpoint_problems: r
-                .checkpoint_problems
-                .iter()
-                .map(|p| format!("checkpoint {}: {}", p.seq, p.problem))
-                .collect(),
-            truncated_at: r.truncated.as_ref().map(|t| t.chain_length).unwrap_or(0),
-            events_after_last_checkpoint: r.events_after_last_checkpoint,
-            version_gaps: r
-                .version_gaps
-                .iter()
-                .map(|(id, v, missing)| v1::VersionGap {
-                    request_id: id.clone(),
-                    version: *v,
-                    missing: missing.clone(),
-                })
-                .collect(),
-            unchained: r.unchained,
-            oldest_unchained_age_seconds: r.oldest_unchained_age_seconds.unwrap_or(0.0),
-        })
+        Ok(convert::audit::verify_report(&report))
     }
 }

@@ -10,26 +10,11 @@ use crate::error::ApiError;
 use crate::state::{AppState, Caller};
 
 impl AppState {
-    fn policy_msg(p: &PolicySource, at: Option<chrono::DateTime<chrono::Utc>>) -> v1::Policy {
-        v1::Policy {
-            name: p.name.clone(),
-            version: p.version,
-            rego: p.rego.clone(),
-            author: p.author.clone(),
-            created_at: convert::opt_ts(at),
-        }
-    }
-
     pub async fn list_policies(&self, c: &Caller) -> Result<v1::ListPoliciesResponse, ApiError> {
         c.require_admin_or_auditor("reading policies")?;
         let ps = self.engine.stored_policies().await?;
-        Ok(v1::ListPoliciesResponse {
-            policies: ps
-                .iter()
-                .map(|(p, at)| Self::policy_msg(p, Some(*at)))
-                .collect(),
-            policy_version: self.engine.policy().current().fingerprint().to_owned(),
-        })
+        let policy_version = self.engine.policy().current().fingerprint().to_owned();
+        Ok(convert::policies::list(&ps, policy_version))
     }
 
     pub async fn get_policy(&self, c: &Caller, name: &str) -> Result<v1::Policy, ApiError> {
@@ -37,7 +22,7 @@ impl AppState {
         required("name", name)?;
         check_text("name", name, 128)?;
         match self.engine.stored_policy(name).await? {
-            Some((p, at)) => Ok(Self::policy_msg(&p, Some(at))),
+            Some((p, at)) => Ok(convert::policies::policy(&p, at)),
             None => Err(ApiError::not_found(format!("no policy named {name:?}"))),
         }
     }
@@ -64,13 +49,13 @@ impl AppState {
                 }
                 other => other.into(),
             })?;
-        Ok(v1::Policy {
+        let applied = PolicySource {
             name: r.name,
             version,
-            rego: r.rego,
             author: c.subject().to_owned(),
-            created_at: Some(convert::ts(chrono::Utc::now())),
-        })
+            rego: r.rego,
+        };
+        Ok(convert::policies::policy(&applied, chrono::Utc::now()))
     }
 
     pub async fn delete_policy(
@@ -85,7 +70,7 @@ impl AppState {
         if !deleted {
             return Err(ApiError::not_found(format!("no policy named {name:?}")));
         }
-        Ok(v1::DeletePolicyResponse { deleted })
+        Ok(convert::policies::deleted(deleted))
     }
 
     pub async fn eval_policy(
@@ -110,23 +95,6 @@ impl AppState {
         } else {
             false
         };
-        Ok(v1::EvalPolicyResponse {
-            decision_json: serde_json::to_string(&decision).unwrap_or_default(),
-            eligible: decision.eligible,
-            deny_reasons: decision.deny_reasons.clone(),
-            approver_allowed,
-            policies: decision
-                .policies
-                .iter()
-                .map(|p| v1::Policy {
-                    name: p.name.clone(),
-                    version: p.version,
-                    rego: String::new(),
-                    author: p.author.clone(),
-                    created_at: None,
-                })
-                .collect(),
-            policy_version: decision.policy_version,
-        })
+        Ok(convert::policies::evaluation(decision, approver_allowed))
     }
 }

@@ -9,16 +9,7 @@ use crate::state::{AppState, Caller};
 
 impl AppState {
     pub fn who_am_i(&self, c: &Caller) -> v1::Principal {
-        let p = &c.principal;
-        v1::Principal {
-            subject: p.subject.clone(),
-            email: p.email.clone().unwrap_or_default(),
-            email_verified: p.email_verified,
-            groups: p.groups.clone(),
-            trust_tier: p.trust_tier,
-            admin: c.admin,
-            auditor: c.auditor,
-        }
+        convert::principals::caller(c)
     }
 
     pub async fn get_principal(
@@ -32,20 +23,7 @@ impl AppState {
         required("subject", subject)?;
         check_text("subject", subject, 256)?;
         let rec = self.engine.principal(subject).await?;
-        Ok(match rec {
-            Some(p) => v1::PrincipalRecord {
-                subject: p.subject,
-                trust_tier: p.trust_tier,
-                updated_by: p.updated_by,
-                updated_at: Some(convert::ts(p.updated_at)),
-            },
-            None => v1::PrincipalRecord {
-                subject: subject.to_owned(),
-                trust_tier: 0,
-                updated_by: String::new(),
-                updated_at: None,
-            },
-        })
+        Ok(convert::principals::record_or_default(subject, rec))
     }
 
     pub async fn set_trust_tier(
@@ -63,11 +41,6 @@ impl AppState {
             .engine
             .set_trust_tier(&c.principal, &r.subject, r.trust_tier, &r.reason)
             .await?;
-        Ok(v1::PrincipalRecord {
-            subject: p.subject,
-            trust_tier: p.trust_tier,
-            updated_by: p.updated_by,
-            updated_at: Some(convert::ts(p.updated_at)),
-        })
+        Ok(convert::principals::record(p))
     }
 }

@@ -1,10 +1,8 @@
 //! RequestService: create, read, list and watch requests, decide on them and their
 //! extensions, close reviews, fetch credentials.
 
-use std::collections::BTreeMap;
-
 use jitsudo_actors::EngineError;
-use jitsudo_actors::domain::{Refusal, RequestId, RequestSpec, State, same_person};
+use jitsudo_actors::domain::{Refusal, RequestId, State, same_person};
 use jitsudo_actors::engine::types::ListFilter;
 use jitsudo_actors::error::ErrorKind;
 use jitsudo_proto::v1;
@@ -55,20 +53,10 @@ impl AppState {
                 "idempotency_key is longer than {MAX_KEY} bytes"
             )));
         }
-        let spec = RequestSpec {
-            provider: r.provider,
-            role: r.role,
-            scope: r.scope,
-            duration_seconds: r.duration_seconds,
-            reason: r.reason,
-            ticket: (!r.ticket.is_empty()).then_some(r.ticket),
-            break_glass: r.break_glass,
-            metadata: r.metadata.into_iter().collect::<BTreeMap<_, _>>(),
-        };
-        let key = (!r.idempotency_key.is_empty()).then_some(r.idempotency_key.as_str());
+        let (spec, key) = convert::requests::create(r);
         let (req, _) = self
             .engine
-            .create_idempotent(c.principal.clone(), spec, key)
+            .create_idempotent(c.principal.clone(), spec, key.as_deref())
             .await?;
         Ok(convert::request(&req))
     }
@@ -136,10 +124,7 @@ impl AppState {
             }
             _ => String::new(),
         };
-        Ok(v1::ListRequestsResponse {
-            requests: found.iter().map(convert::request).collect(),
-            next_page_token,
-        })
+        Ok(convert::requests::page(&found, next_page_token))
     }
 
     /// The stored versions after `after`, and whether the request has reached a terminal state.
@@ -154,22 +139,12 @@ impl AppState {
         }
         let req = self.load_readable(c, id).await?;
         let events = self.engine.request_events(req.id, after).await?;
-        let mut out: Vec<v1::RequestEvent> = events
+        // The versions up to the one read: one committed between the two reads comes with
+        // the next batch, so the request the last event carries is never older than it.
+        let upto = events
             .iter()
-            .filter(|e| e.request_version.is_some_and(|v| v <= req.version))
-            .map(|e| v1::RequestEvent {
-                version: e.request_version.unwrap_or(0),
-                state: convert::event_state(e) as i32,
-                kind: e.kind.clone(),
-                actor: e.actor.clone(),
-                at: Some(convert::ts(e.at)),
-                details: e.details.clone(),
-                request: None,
-            })
-            .collect();
-        if let Some(last) = out.last_mut() {
-            last.request = Some(convert::request(&req));
-        }
+            .filter(|e| e.request_version.is_some_and(|v| v <= req.version));
+        let out = convert::requests::events(upto, &req);
         let done = req.state.is_terminal() && out.last().is_none_or(|e| e.version == req.version);
         Ok((out, done))
     }
@@ -349,23 +324,13 @@ impl AppState {
         }
         let rid = parse_id(id)?;
         let r = self.engine.close_review(&c.principal, rid, verdict).await?;
-        Ok(v1::Review {
-            request_id: r.request_id.to_string(),
-            reason: r.reason,
-            reviewer: r.reviewer,
-            verdict: r.verdict,
-            closed_at: Some(convert::ts(r.closed_at)),
-        })
+        Ok(convert::requests::review(r))
     }
 
     pub async fn credentials(&self, c: &Caller, id: &str) -> Result<v1::Credentials, ApiError> {
         let rid = parse_id(id)?;
         let creds = self.engine.credentials(rid, &c.principal).await?;
-        Ok(v1::Credentials {
-            env: creds.env.into_iter().collect(),
-            expires_at: Some(convert::ts(creds.expires_at)),
-            notice: creds.notice.unwrap_or_default(),
-        })
+        Ok(convert::requests::credentials(creds))
     }
 }
 
