@@ -561,7 +561,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response();
     }
     if let Err(e) = state.engine.db_now().await {
-        return ApiError::unavailable(format!("the store is unreachable: {e}")).into_response();
+        return ApiError::store_unreachable(&e).into_response();
     }
     if state.engine.shards_owned().is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no shard leases held\n").into_response();

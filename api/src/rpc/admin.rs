@@ -2,7 +2,6 @@
 //! reloads and the notification outbox's dead letters.
 
 use jitsudo_proto::v1;
-use tonic::Code;
 
 use crate::convert;
 use crate::error::ApiError;
@@ -73,10 +72,7 @@ impl AppState {
         c.require_admin("re-driving dead letters")?;
         let redriven = self.engine.redrive(id, c.subject()).await?;
         if !redriven {
-            return Err(ApiError::new(
-                Code::FailedPrecondition,
-                format!("outbox row {id} is not a dead letter"),
-            ));
+            return Err(ApiError::not_a_dead_letter(id));
         }
         Ok(convert::admin::redriven())
     }

@@ -64,13 +64,7 @@ impl AppState {
     ) -> Result<Caller, ApiError> {
         let (subject, email, email_verified, groups, claims) = match (authorization, bot) {
             (Some(header), _) => {
-                let id = self.auth.authenticate(header).await.map_err(|e| match e {
-                    // The identity provider being down is not the caller's fault: retryable.
-                    crate::auth::AuthError::KeysUnavailable { .. } => {
-                        ApiError::unavailable(e.to_string())
-                    }
-                    e => ApiError::unauthenticated(e.to_string()),
-                })?;
+                let id = self.auth.authenticate(header).await?;
                 if let (Some(email), true) = (&id.email, id.email_verified) {
                     self.note_identity(&id.subject, email).await?;
                 }

@@ -1,6 +1,5 @@
 //! PolicyService: read, apply, delete and try out the Rego policies.
 
-use jitsudo_actors::EngineError;
 use jitsudo_actors::policy::{PolicyInput, PolicySource};
 use jitsudo_proto::v1;
 
@@ -23,7 +22,7 @@ impl AppState {
         check_text("name", name, 128)?;
         match self.engine.stored_policy(name).await? {
             Some((p, at)) => Ok(convert::policies::policy(&p, at)),
-            None => Err(ApiError::not_found(format!("no policy named {name:?}"))),
+            None => Err(ApiError::no_policy(name)),
         }
     }
 
@@ -43,12 +42,7 @@ impl AppState {
             .policy()
             .apply(&r.name, &r.rego, c.subject())
             .await
-            .map_err(|e| match e {
-                EngineError::Policy(p) => {
-                    ApiError::invalid(format!("the policy does not compile; nothing changed: {p}"))
-                }
-                other => other.into(),
-            })?;
+            .map_err(ApiError::policy_not_applied)?;
         let applied = PolicySource {
             name: r.name,
             version,
@@ -68,7 +62,7 @@ impl AppState {
         check_text("name", name, 128)?;
         let deleted = self.engine.policy().delete(name, c.subject()).await?;
         if !deleted {
-            return Err(ApiError::not_found(format!("no policy named {name:?}")));
+            return Err(ApiError::no_policy(name));
         }
         Ok(convert::policies::deleted(deleted))
     }
@@ -86,12 +80,10 @@ impl AppState {
             ))
         })?;
         let set = self.engine.policy().current();
-        let decision = set
-            .evaluate(&input)
-            .map_err(|e| ApiError::invalid(format!("evaluation failed: {e}")))?;
+        let decision = set.evaluate(&input).map_err(ApiError::evaluation_failed)?;
         let approver_allowed = if input.approver.is_some() {
             set.approver_allowed(&input)
-                .map_err(|e| ApiError::invalid(format!("evaluation failed: {e}")))?
+                .map_err(ApiError::evaluation_failed)?
         } else {
             false
         };
