@@ -13,6 +13,7 @@ use jitsudo_proto::v1;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::rpc::Rpc;
 use crate::state::{AppState, Caller};
 
 type S = State<Arc<AppState>>;
@@ -127,7 +128,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
 
 async fn create(State(s): S, Extension(c): Extension<Caller>, b: Bytes) -> Res<v1::Request> {
     let m: v1::CreateRequestRequest = body(&b)?;
-    s.run("CreateRequest", Some(&c), None, s.create_request(&c, m))
+    s.run(Rpc::CREATE_REQUEST, Some(&c), None, s.create_request(&c, m))
         .await
         .map(Json)
 }
@@ -147,7 +148,7 @@ async fn list(
         page_token: text(&q, "pageToken"),
         needs_review: flag(&q, "needsReview")?,
     };
-    s.run("ListRequests", Some(&c), None, s.list_requests(&c, m))
+    s.run(Rpc::LIST_REQUESTS, Some(&c), None, s.list_requests(&c, m))
         .await
         .map(Json)
 }
@@ -157,9 +158,14 @@ async fn get_one(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Res<v1::Request> {
-    s.run("GetRequest", Some(&c), Some(&id), s.get_request(&c, &id))
-        .await
-        .map(Json)
+    s.run(
+        Rpc::GET_REQUEST,
+        Some(&c),
+        Some(&id),
+        s.get_request(&c, &id),
+    )
+    .await
+    .map(Json)
 }
 
 #[derive(serde::Serialize)]
@@ -177,7 +183,7 @@ async fn events(
     let after: i64 = number(&q, "afterVersion")?;
     let (events, terminal) = s
         .run(
-            "WatchRequest",
+            Rpc::WATCH_REQUEST,
             Some(&c),
             Some(&id),
             s.request_events(&c, &id, after),
@@ -194,7 +200,7 @@ async fn approve(
 ) -> Res<v1::Request> {
     let m: v1::DecideRequest = body(&b)?;
     s.run(
-        "ApproveRequest",
+        Rpc::APPROVE_REQUEST,
         Some(&c),
         Some(&id),
         s.approve(&c, &id, m.comment),
@@ -211,7 +217,7 @@ async fn deny(
 ) -> Res<v1::Request> {
     let m: v1::DenyRequestRequest = body(&b)?;
     s.run(
-        "DenyRequest",
+        Rpc::DENY_REQUEST,
         Some(&c),
         Some(&id),
         s.deny(&c, &id, m.reason),
@@ -225,7 +231,7 @@ async fn cancel(
     Extension(c): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Res<v1::Request> {
-    s.run("CancelRequest", Some(&c), Some(&id), s.cancel(&c, &id))
+    s.run(Rpc::CANCEL_REQUEST, Some(&c), Some(&id), s.cancel(&c, &id))
         .await
         .map(Json)
 }
@@ -238,7 +244,7 @@ async fn review(
 ) -> Res<v1::Review> {
     let m: v1::ReviewRequestRequest = body(&b)?;
     s.run(
-        "ReviewRequest",
+        Rpc::REVIEW_REQUEST,
         Some(&c),
         Some(&id),
         s.review(&c, &id, &m.verdict),
@@ -255,7 +261,7 @@ async fn revoke(
 ) -> Res<v1::Request> {
     let m: v1::RevokeRequestRequest = body(&b)?;
     s.run(
-        "RevokeRequest",
+        Rpc::REVOKE_REQUEST,
         Some(&c),
         Some(&id),
         s.revoke(&c, &id, m.reason),
@@ -272,7 +278,7 @@ async fn extend(
 ) -> Res<v1::Request> {
     let m: v1::ExtendRequestRequest = body(&b)?;
     s.run(
-        "ExtendRequest",
+        Rpc::EXTEND_REQUEST,
         Some(&c),
         Some(&id),
         s.extend(&c, &id, m.by_seconds, m.reason),
@@ -291,7 +297,7 @@ async fn approve_ext(
     m.id = id.clone();
     m.number = number;
     s.run(
-        "ApproveExtension",
+        Rpc::APPROVE_EXTENSION,
         Some(&c),
         Some(&id),
         s.decide_extension(&c, m, true),
@@ -310,7 +316,7 @@ async fn deny_ext(
     m.id = id.clone();
     m.number = number;
     s.run(
-        "DenyExtension",
+        Rpc::DENY_EXTENSION,
         Some(&c),
         Some(&id),
         s.decide_extension(&c, m, false),
@@ -325,7 +331,7 @@ async fn credentials(
     Path(id): Path<String>,
 ) -> Res<v1::Credentials> {
     s.run(
-        "GetCredentials",
+        Rpc::GET_CREDENTIALS,
         Some(&c),
         Some(&id),
         s.credentials(&c, &id),
@@ -338,7 +344,7 @@ async fn list_policies(
     State(s): S,
     Extension(c): Extension<Caller>,
 ) -> Res<v1::ListPoliciesResponse> {
-    s.run("ListPolicies", Some(&c), None, s.list_policies(&c))
+    s.run(Rpc::LIST_POLICIES, Some(&c), None, s.list_policies(&c))
         .await
         .map(Json)
 }
@@ -348,7 +354,7 @@ async fn get_policy(
     Extension(c): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Res<v1::Policy> {
-    s.run("GetPolicy", Some(&c), None, s.get_policy(&c, &name))
+    s.run(Rpc::GET_POLICY, Some(&c), None, s.get_policy(&c, &name))
         .await
         .map(Json)
 }
@@ -361,7 +367,7 @@ async fn apply_policy(
 ) -> Res<v1::Policy> {
     let mut m: v1::ApplyPolicyRequest = body(&b)?;
     m.name = name;
-    s.run("ApplyPolicy", Some(&c), None, s.apply_policy(&c, m))
+    s.run(Rpc::APPLY_POLICY, Some(&c), None, s.apply_policy(&c, m))
         .await
         .map(Json)
 }
@@ -371,9 +377,14 @@ async fn delete_policy(
     Extension(c): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Res<v1::DeletePolicyResponse> {
-    s.run("DeletePolicy", Some(&c), None, s.delete_policy(&c, &name))
-        .await
-        .map(Json)
+    s.run(
+        Rpc::DELETE_POLICY,
+        Some(&c),
+        None,
+        s.delete_policy(&c, &name),
+    )
+    .await
+    .map(Json)
 }
 
 async fn eval_policy(
@@ -382,7 +393,7 @@ async fn eval_policy(
     b: Bytes,
 ) -> Res<v1::EvalPolicyResponse> {
     let m: v1::EvalPolicyRequest = body(&b)?;
-    s.run("EvalPolicy", Some(&c), None, s.eval_policy(&c, m))
+    s.run(Rpc::EVAL_POLICY, Some(&c), None, s.eval_policy(&c, m))
         .await
         .map(Json)
 }
@@ -405,7 +416,7 @@ async fn query_audit(
         chain_mode: flag(&q, "chainMode")?,
         provider: text(&q, "provider"),
     };
-    s.run("QueryAudit", Some(&c), None, s.query_audit(&c, m))
+    s.run(Rpc::QUERY_AUDIT, Some(&c), None, s.query_audit(&c, m))
         .await
         .map(Json)
 }
@@ -414,13 +425,13 @@ async fn verify_audit(
     State(s): S,
     Extension(c): Extension<Caller>,
 ) -> Res<v1::VerifyAuditResponse> {
-    s.run("VerifyAudit", Some(&c), None, s.verify_audit(&c))
+    s.run(Rpc::VERIFY_AUDIT, Some(&c), None, s.verify_audit(&c))
         .await
         .map(Json)
 }
 
 async fn whoami(State(s): S, Extension(c): Extension<Caller>) -> Res<v1::Principal> {
-    s.run("WhoAmI", Some(&c), None, async { Ok(s.who_am_i(&c)) })
+    s.run(Rpc::WHO_AM_I, Some(&c), None, async { Ok(s.who_am_i(&c)) })
         .await
         .map(Json)
 }
@@ -431,7 +442,7 @@ async fn get_principal(
     Path(subject): Path<String>,
 ) -> Res<v1::PrincipalRecord> {
     s.run(
-        "GetPrincipal",
+        Rpc::GET_PRINCIPAL,
         Some(&c),
         None,
         s.get_principal(&c, &subject),
@@ -448,7 +459,7 @@ async fn set_trust_tier(
 ) -> Res<v1::PrincipalRecord> {
     let mut m: v1::SetTrustTierRequest = body(&b)?;
     m.subject = subject;
-    s.run("SetTrustTier", Some(&c), None, s.set_trust_tier(&c, m))
+    s.run(Rpc::SET_TRUST_TIER, Some(&c), None, s.set_trust_tier(&c, m))
         .await
         .map(Json)
 }

@@ -3,9 +3,22 @@
 
 use jitsudo_proto::v1;
 
+use super::Rpc;
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
+
+/// AdminService's calls, each reading or changing.
+impl Rpc {
+    pub const GET_VERSION: Rpc = Rpc::reads("GetVersion");
+    pub const GET_NODE_STATUS: Rpc = Rpc::reads("GetNodeStatus");
+    pub const GET_CLUSTER_STATUS: Rpc = Rpc::reads("GetClusterStatus");
+    pub const LIST_ACTORS: Rpc = Rpc::reads("ListActors");
+    pub const RELOAD_POLICIES: Rpc = Rpc::changes("ReloadPolicies");
+    pub const LIST_DEAD_LETTERS: Rpc = Rpc::reads("ListDeadLetters");
+    pub const REDRIVE_DEAD_LETTER: Rpc = Rpc::changes("RedriveDeadLetter");
+    pub const LIST_PROVIDERS: Rpc = Rpc::reads("ListProviders");
+}
 
 impl AppState {
     pub fn version(&self) -> v1::Version {

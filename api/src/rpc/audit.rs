@@ -4,10 +4,16 @@
 use jitsudo_actors::engine::types::AuditQuery;
 use jitsudo_proto::v1;
 
-use super::parse_id;
+use super::{Rpc, parse_id};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
+
+/// AuditService's calls, each reading or changing.
+impl Rpc {
+    pub const QUERY_AUDIT: Rpc = Rpc::reads("QueryAudit");
+    pub const VERIFY_AUDIT: Rpc = Rpc::reads("VerifyAudit");
+}
 
 impl AppState {
     pub async fn query_audit(

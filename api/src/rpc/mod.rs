@@ -21,6 +21,44 @@ mod policies;
 mod principals;
 mod requests;
 
+/// One RPC as the shared wrapper sees it: its name (metrics, the refusal audit) and whether
+/// it changes something. Only [`Rpc::reads`] and [`Rpc::changes`] make one, and
+/// [`AppState::run`] takes nothing else, so every RPC's declaration (the table at the top of
+/// its service's file, shared by gRPC and REST) says which it is: a new RPC cannot skip the
+/// rate limit by being left off a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rpc {
+    name: &'static str,
+    changes: bool,
+}
+
+impl Rpc {
+    /// A call that only reads.
+    pub const fn reads(name: &'static str) -> Rpc {
+        Rpc {
+            name,
+            changes: false,
+        }
+    }
+
+    /// A call that changes something (or hands out credentials): rate-limited per principal.
+    pub const fn changes(name: &'static str) -> Rpc {
+        Rpc {
+            name,
+            changes: true,
+        }
+    }
+
+    /// The method's name in jitsudo.v1 (`CreateRequest`).
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
+    pub fn is_mutation(self) -> bool {
+        self.changes
+    }
+}
+
 const MAX_ID: usize = 64;
 const MAX_KEY: usize = 128;
 
@@ -151,14 +189,14 @@ impl AppState {
     /// per-actor flood limit: the first few each minute one by one, then one summary).
     pub async fn run<T>(
         &self,
-        rpc: &'static str,
+        rpc: Rpc,
         caller: Option<&Caller>,
         request_id: Option<&str>,
         fut: impl std::future::Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
         let res = match caller {
-            Some(c) if is_mutation(rpc) => match self.mutation_limit.take(c.subject()) {
+            Some(c) if rpc.is_mutation() => match self.mutation_limit.take(c.subject()) {
                 Ok(()) => fut.await,
                 Err(wait) => Err(ApiError::rate_limited(
                     format!(
@@ -176,13 +214,15 @@ impl AppState {
             Err(e) => e.code,
         };
         let code_name = crate::error::code_name(code);
-        metrics::histogram!("jitsudo_rpc_seconds", "rpc" => rpc)
+        metrics::histogram!("jitsudo_rpc_seconds", "rpc" => rpc.name())
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!("jitsudo_rpc_total", "rpc" => rpc, "code" => code_name).increment(1);
+        metrics::counter!("jitsudo_rpc_total", "rpc" => rpc.name(), "code" => code_name)
+            .increment(1);
         if let (Err(e), Some(c)) = (&res, caller)
             && e.code == Code::PermissionDenied
         {
-            self.audit_denial(rpc, c, request_id, &e.message).await;
+            self.audit_denial(rpc.name(), c, request_id, &e.message)
+                .await;
         }
         res
     }
@@ -216,26 +256,4 @@ impl AppState {
             );
         }
     }
-}
-
-/// The calls that change something (or hand out credentials): rate-limited per principal.
-fn is_mutation(rpc: &str) -> bool {
-    matches!(
-        rpc,
-        "CreateRequest"
-            | "ApproveRequest"
-            | "DenyRequest"
-            | "CancelRequest"
-            | "RevokeRequest"
-            | "ExtendRequest"
-            | "ApproveExtension"
-            | "DenyExtension"
-            | "GetCredentials"
-            | "ApplyPolicy"
-            | "DeletePolicy"
-            | "SetTrustTier"
-            | "ReloadPolicies"
-            | "RedriveDeadLetter"
-            | "ReviewRequest"
-    )
 }

@@ -3,10 +3,19 @@
 use jitsudo_actors::policy::{PolicyInput, PolicySource};
 use jitsudo_proto::v1;
 
-use super::{check_text, required};
+use super::{Rpc, check_text, required};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
+
+/// PolicyService's calls, each reading or changing.
+impl Rpc {
+    pub const LIST_POLICIES: Rpc = Rpc::reads("ListPolicies");
+    pub const GET_POLICY: Rpc = Rpc::reads("GetPolicy");
+    pub const APPLY_POLICY: Rpc = Rpc::changes("ApplyPolicy");
+    pub const DELETE_POLICY: Rpc = Rpc::changes("DeletePolicy");
+    pub const EVAL_POLICY: Rpc = Rpc::reads("EvalPolicy");
+}
 
 impl AppState {
     pub async fn list_policies(&self, c: &Caller) -> Result<v1::ListPoliciesResponse, ApiError> {

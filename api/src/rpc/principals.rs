@@ -2,10 +2,17 @@
 
 use jitsudo_proto::v1;
 
-use super::{check_text, required};
+use super::{Rpc, check_text, required};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
+
+/// PrincipalService's calls, each reading or changing.
+impl Rpc {
+    pub const WHO_AM_I: Rpc = Rpc::reads("WhoAmI");
+    pub const GET_PRINCIPAL: Rpc = Rpc::reads("GetPrincipal");
+    pub const SET_TRUST_TIER: Rpc = Rpc::changes("SetTrustTier");
+}
 
 impl AppState {
     pub fn who_am_i(&self, c: &Caller) -> v1::Principal {

@@ -7,10 +7,28 @@ use jitsudo_actors::engine::types::ListFilter;
 use jitsudo_actors::error::ErrorKind;
 use jitsudo_proto::v1;
 
-use super::{MAX_KEY, check_text, parse_id};
+use super::{MAX_KEY, Rpc, check_text, parse_id};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
+
+/// RequestService's calls, each reading or changing.
+impl Rpc {
+    pub const CREATE_REQUEST: Rpc = Rpc::changes("CreateRequest");
+    pub const GET_REQUEST: Rpc = Rpc::reads("GetRequest");
+    pub const LIST_REQUESTS: Rpc = Rpc::reads("ListRequests");
+    pub const WATCH_REQUEST: Rpc = Rpc::reads("WatchRequest");
+    pub const APPROVE_REQUEST: Rpc = Rpc::changes("ApproveRequest");
+    pub const DENY_REQUEST: Rpc = Rpc::changes("DenyRequest");
+    pub const CANCEL_REQUEST: Rpc = Rpc::changes("CancelRequest");
+    pub const REVIEW_REQUEST: Rpc = Rpc::changes("ReviewRequest");
+    pub const REVOKE_REQUEST: Rpc = Rpc::changes("RevokeRequest");
+    pub const EXTEND_REQUEST: Rpc = Rpc::changes("ExtendRequest");
+    pub const APPROVE_EXTENSION: Rpc = Rpc::changes("ApproveExtension");
+    pub const DENY_EXTENSION: Rpc = Rpc::changes("DenyExtension");
+    /// Hands out credentials: limited like a change.
+    pub const GET_CREDENTIALS: Rpc = Rpc::changes("GetCredentials");
+}
 
 impl AppState {
     /// Requester, admin, auditor, or a person the request's approval groups name (or who
