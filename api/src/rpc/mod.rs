@@ -1,9 +1,9 @@
 //! Every RPC of jitsudo.v1 as one function on the server state, shared by the gRPC and the
 //! REST front ends, one file per service (requests, policies, audit, principals, admin):
-//! validation, the authorization matrix (docs/security.md), the call into the engine, and
-//! the mapping back to the public messages. This file holds what they share: the caller's
-//! identity, the wrapper every call runs in (metrics, rate limit, refusal audit) and the
-//! input checks.
+//! validation, the authorization matrix (docs/security.md) and the call into the engine;
+//! `convert` builds the answer and `error` maps the failures. This file holds what the
+//! services share: each RPC's declaration ([`Rpc`]), the caller's identity, the wrapper
+//! every call runs in (metrics, rate limit, refusal audit) and the input checks.
 
 use std::time::Instant;
 
@@ -185,8 +185,9 @@ impl AppState {
         Ok(())
     }
 
-    /// Runs one RPC: records latency and code, and audits authorization refusals (with a
-    /// per-actor flood limit: the first few each minute one by one, then one summary).
+    /// Runs one RPC: takes a token of the caller's rate limit if it changes something,
+    /// records latency and code, and audits authorization refusals (with a per-actor flood
+    /// limit: the first few each minute one by one, then one summary).
     pub async fn run<T>(
         &self,
         rpc: Rpc,
