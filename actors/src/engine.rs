@@ -831,3 +831,184 @@ async fn take_fair_share(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+// What the API reads and records: the API's only way to the store.
+//
+// The API answers reads from the database (the truth) and records what it decided on its
+// own (authorization refusals, the identities its tokens carry). Each of those is one
+// named method here, so the API never holds the store and every path to it is listed in
+// one place.
+
+/// The records and queries of these methods, named as the engine's vocabulary
+/// (`jitsudo_actors::engine::types::AuditQuery`). A module of their own because engine.rs
+/// imports some of them privately above, and a name cannot be imported twice.
+pub mod types {
+    pub use crate::audit::VerifyReport;
+    pub use crate::store::{
+        AuditEvent, AuditQuery, ChainRow, Checkpoint, ListFilter, Mode, OutboxEntry,
+        PrincipalRecord, ReviewRecord, ShardRecord, SharedStore, StoreError,
+    };
+}
+
+impl Engine {
+    /// Opens the store named by `url` (`postgres://…`, or `sqlite://PATH`) for a node whose
+    /// leases last `lease_ttl`, running migrations before it returns: hand it to
+    /// [`Engine::start`]. The error is the store's own, which says what is wrong with the
+    /// database (a dev database opened in production, a held lock, a failed migration).
+    pub async fn open_store(
+        url: &str,
+        mode: types::Mode,
+        lease_ttl: Duration,
+    ) -> Result<SharedStore, StoreError> {
+        crate::store::open_for(url, mode, lease_ttl).await
+    }
+
+    /// The store's backend: `postgres` or `sqlite`.
+    pub fn store_backend(&self) -> &'static str {
+        self.ctx.store.backend()
+    }
+
+    /// The database clock. An error means the store does not answer; it is the store's
+    /// own, so that a health check can say why.
+    pub async fn db_now(&self) -> Result<Timestamp, StoreError> {
+        self.ctx.store.db_now().await
+    }
+
+    /// Records the verified email a token of `subject` carried, so that "same person"
+    /// checks about this subject (when someone else names it) see it.
+    pub async fn note_identity(
+        &self,
+        subject: &str,
+        verified_email: &str,
+    ) -> Result<(), EngineError> {
+        Ok(self
+            .ctx
+            .store
+            .note_identity(subject, verified_email)
+            .await?)
+    }
+
+    /// A principal's stored record (its trust tier); `None` for one never given a tier.
+    pub async fn principal(&self, subject: &str) -> Result<Option<PrincipalRecord>, EngineError> {
+        Ok(self.ctx.store.get_principal(subject).await?)
+    }
+
+    /// Audits an authorization refusal the API answered (`authz.denied`: the RPC and why),
+    /// with `actor` as the one refused.
+    pub async fn record_denial(
+        &self,
+        actor: &str,
+        rpc: &str,
+        request_id: Option<Uuid>,
+        reason: &str,
+    ) -> Result<Uuid, EngineError> {
+        let details = json!({ "rpc": rpc, "reason": reason });
+        Ok(self
+            .ctx
+            .store
+            .append_audit("authz.denied", actor, request_id, &details, self.ctx.node())
+            .await?)
+    }
+
+    /// Audits that `suppressed` refusals of `actor` in the last `window_seconds` were not
+    /// audited one by one (`authz.denied_summary`): the flood limit's trace.
+    pub async fn record_denial_summary(
+        &self,
+        actor: &str,
+        suppressed: u32,
+        window_seconds: u32,
+    ) -> Result<Uuid, EngineError> {
+        let details = json!({ "suppressed": suppressed, "window_seconds": window_seconds });
+        Ok(self
+            .ctx
+            .store
+            .append_audit(
+                "authz.denied_summary",
+                actor,
+                None,
+                &details,
+                self.ctx.node(),
+            )
+            .await?)
+    }
+
+    /// The audit events of one request's versions after `after_version`, in version order:
+    /// a watch resumes from the last version it saw, on any node, without gaps or repeats.
+    pub async fn request_events(
+        &self,
+        id: RequestId,
+        after_version: i64,
+    ) -> Result<Vec<types::AuditEvent>, EngineError> {
+        Ok(self.ctx.store.request_events(id, after_version).await?)
+    }
+
+    /// Every policy in force (the latest version of each, unless that deletes it) with the
+    /// time it was stored, by name.
+    pub async fn stored_policies(
+        &self,
+    ) -> Result<Vec<(crate::policy::PolicySource, Timestamp)>, EngineError> {
+        Ok(self.ctx.store.list_policies().await?)
+    }
+
+    /// The latest version of one policy with the time it was stored; `None` if the policy
+    /// is unknown or deleted.
+    pub async fn stored_policy(
+        &self,
+        name: &str,
+    ) -> Result<Option<(crate::policy::PolicySource, Timestamp)>, EngineError> {
+        Ok(self.ctx.store.get_policy(name).await?)
+    }
+
+    /// A page of audit events with their chain links (`None` while unchained); see
+    /// [`types::AuditQuery`].
+    pub async fn audit_page(
+        &self,
+        q: &types::AuditQuery,
+    ) -> Result<Vec<(types::AuditEvent, Option<types::ChainRow>)>, EngineError> {
+        Ok(self.ctx.store.query_audit(q).await?)
+    }
+
+    /// Up to `limit` links of the audit chain after `after_seq`, in chain order, each with
+    /// its event (`None` when the chain names an event that is gone).
+    pub async fn chain_page(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(types::ChainRow, Option<types::AuditEvent>)>, EngineError> {
+        Ok(self.ctx.store.chain_page(after_seq, limit).await?)
+    }
+
+    /// Every signed checkpoint of the audit chain.
+    pub async fn checkpoints(&self) -> Result<Vec<types::Checkpoint>, EngineError> {
+        Ok(self.ctx.store.checkpoints().await?)
+    }
+
+    /// Walks the whole audit log and reports everything wrong with it; with `key`, the
+    /// checkpoint signatures are checked too.
+    pub async fn verify_audit(
+        &self,
+        key: Option<&ed25519_dalek::VerifyingKey>,
+    ) -> Result<types::VerifyReport, EngineError> {
+        Ok(crate::audit::verify(self.ctx.store.as_ref(), key).await?)
+    }
+
+    /// Up to `limit` outbox rows that ran out of attempts, of one sink or of all.
+    pub async fn dead_letters(
+        &self,
+        sink: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<types::OutboxEntry>, EngineError> {
+        Ok(self.ctx.store.dead_letters(sink, limit).await?)
+    }
+
+    /// Returns dead letter `id` to the outbox (attempts 0, due now), audited with `by` as
+    /// the actor, and nudges this node's deliverer so it goes out now rather than at the
+    /// next poll. `false`, and nothing written, if the row is not a dead letter.
+    pub async fn redrive(&self, id: i64, by: &str) -> Result<bool, EngineError> {
+        let redriven = self.ctx.store.redrive(id, by, self.ctx.node()).await?;
+        if redriven {
+            self.notifier.nudge();
+        }
+        Ok(redriven)
+    }
+}

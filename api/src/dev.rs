@@ -51,7 +51,7 @@ pub fn prepare(mut config: Config, data_dir: &Path) -> anyhow::Result<(Config, D
 
 /// Installs the example policies into a fresh dev database (never outside dev mode).
 pub async fn install_example_policies(engine: &jitsudo_actors::Engine) -> anyhow::Result<bool> {
-    if !engine.policy().current().is_empty() || !engine.store().policies().await?.is_empty() {
+    if !engine.policy().current().is_empty() || !engine.stored_policies().await?.is_empty() {
         return Ok(false);
     }
     for p in dev_example_policies() {

@@ -1,13 +1,20 @@
 //! The one mapping from engine, store, policy, provider and authentication errors to gRPC
 //! codes and HTTP statuses. Clients see a stable code and a sentence saying what was wrong
-//! and what to do — never a wire dump, a token or a credential.
+//! and what to do — never a wire dump, a token or a credential. Every match here names each
+//! variant (no catch-all), so a new kind of failure does not compile until it is mapped.
+//! The RPC functions build only their own input-validation and authorization refusals.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jitsudo_actors::EngineError;
+use jitsudo_actors::engine::types::StoreError;
 use jitsudo_actors::error::ErrorKind;
+use jitsudo_actors::policy::PolicyError;
+use jitsudo_providers::ErrorClass;
 use tonic::Code;
+
+use crate::auth::AuthError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -79,7 +86,9 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 
@@ -120,7 +129,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The one mapping from the engine's kinds of failure to gRPC codes.
+/// The one mapping from the engine's kinds of failure to gRPC codes: what a routed call
+/// carries across the mesh, and what a refusal says it is.
 fn code_of(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::InvalidArgument => Code::InvalidArgument,
@@ -134,9 +144,179 @@ fn code_of(kind: ErrorKind) -> Code {
     }
 }
 
+/// The code of each engine error. It agrees with [`EngineError::kind`], which is what the
+/// node holding a request sends back for a routed call, so a call answers alike on every
+/// node (`tests::every_engine_error_has_the_code_of_its_kind` holds the two together).
+fn code_of_error(e: &EngineError) -> Code {
+    match e {
+        EngineError::Refused(r) => code_of(r.kind()),
+        EngineError::Remote { kind, .. } => code_of(*kind),
+        EngineError::NotFound { .. } => Code::NotFound,
+        EngineError::UnknownProvider { .. }
+        | EngineError::IdempotencyConflict { .. }
+        | EngineError::Unmappable(_) => Code::InvalidArgument,
+        EngineError::Policy(_)
+        | EngineError::Delivery { .. }
+        | EngineError::InvalidConfig { .. } => Code::FailedPrecondition,
+        EngineError::Provider(p) => match p.class() {
+            // Retrying cannot help: the role, the scope or the subject is wrong.
+            ErrorClass::Permanent => Code::InvalidArgument,
+            ErrorClass::Retryable | ErrorClass::Unknown => Code::Unavailable,
+        },
+        EngineError::Conflict => Code::Aborted,
+        EngineError::Unavailable { .. } | EngineError::Store(_) => Code::Unavailable,
+        EngineError::Overloaded { .. } => Code::ResourceExhausted,
+        EngineError::SelfBenefit { .. } => Code::PermissionDenied,
+    }
+}
+
 impl From<EngineError> for ApiError {
+    /// The engine's public message: a store failure is logged, not shown.
     fn from(e: EngineError) -> Self {
-        let (code, message) = (code_of(e.kind()), e.public_message());
-        ApiError::new(code, message)
+        ApiError::new(code_of_error(&e), e.public_message())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            // The identity provider being down is not the caller's fault: retryable.
+            AuthError::KeysUnavailable { .. } => ApiError::unavailable(e.to_string()),
+            AuthError::TokenTooLarge { .. }
+            | AuthError::MissingBearer
+            | AuthError::Malformed
+            | AuthError::AlgorithmNotAllowed { .. }
+            | AuthError::WrongTokenType
+            | AuthError::MissingKeyId
+            | AuthError::UnknownKey
+            | AuthError::KeyMismatch
+            | AuthError::BadSignature
+            | AuthError::WrongIssuer { .. }
+            | AuthError::WrongAudience { .. }
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::InvalidClaim { .. }
+            | AuthError::InvalidGroups { .. }
+            | AuthError::InvalidConfig { .. }
+            | AuthError::HttpClient { .. } => ApiError::unauthenticated(e.to_string()),
+        }
+    }
+}
+
+/// Engine outcomes that are answers to the engine but failures to the caller, and the
+/// engine errors one call answers differently from the rest.
+impl ApiError {
+    /// No policy of this name is in force (unknown, or deleted).
+    pub fn no_policy(name: &str) -> Self {
+        Self::not_found(format!("no policy named {name:?}"))
+    }
+
+    /// A re-drive of an outbox row that is not a dead letter: nothing was written.
+    pub fn not_a_dead_letter(id: i64) -> Self {
+        Self::new(
+            Code::FailedPrecondition,
+            format!("outbox row {id} is not a dead letter"),
+        )
+    }
+
+    /// ApplyPolicy refused: a policy that does not compile is the caller's input here, not
+    /// the failed precondition it is to a create that meets a broken policy set.
+    pub fn policy_not_applied(e: EngineError) -> Self {
+        match e {
+            EngineError::Policy(p) => {
+                Self::invalid(format!("the policy does not compile; nothing changed: {p}"))
+            }
+            other => other.into(),
+        }
+    }
+
+    /// EvalPolicy's evaluation failed: the input document or the policies tried are at
+    /// fault, so it is the caller's to fix.
+    pub fn evaluation_failed(e: PolicyError) -> Self {
+        Self::invalid(format!("evaluation failed: {e}"))
+    }
+
+    /// The store did not answer a readiness check.
+    pub fn store_unreachable(e: &StoreError) -> Self {
+        Self::unavailable(format!("the store is unreachable: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jitsudo_actors::domain::{Refusal, RequestId};
+    use jitsudo_providers::ProviderError;
+    use jitsudo_providers::identity::IdentityError;
+
+    use super::*;
+
+    #[test]
+    fn every_engine_error_has_the_code_of_its_kind() {
+        let provider = || "p".to_owned();
+        let mut samples = vec![
+            EngineError::Refused(Refusal::SelfApproval),
+            EngineError::Refused(Refusal::AlreadyApproved),
+            EngineError::NotFound {
+                id: RequestId::new(),
+            },
+            EngineError::UnknownProvider {
+                name: "x".into(),
+                known: "demo".into(),
+            },
+            EngineError::Unmappable(IdentityError::Template {
+                template: "{x}".into(),
+                reason: "unknown".into(),
+            }),
+            EngineError::Policy(PolicyError::Eval {
+                rule: "r".into(),
+                message: "m".into(),
+            }),
+            EngineError::Provider(ProviderError::Invalid {
+                provider: provider(),
+                field: "role",
+                reason: "no such role".into(),
+            }),
+            EngineError::Provider(ProviderError::Unavailable {
+                provider: provider(),
+                reason: "down".into(),
+            }),
+            EngineError::Provider(ProviderError::Unknown {
+                provider: provider(),
+                reason: "lost".into(),
+            }),
+            EngineError::Conflict,
+            EngineError::unavailable("stopping"),
+            EngineError::Overloaded { what: "w".into() },
+            EngineError::Store(StoreError::Corrupt { what: "w".into() }),
+            EngineError::Delivery {
+                sink: "s".into(),
+                reason: "r".into(),
+            },
+            EngineError::InvalidConfig { reason: "r".into() },
+            EngineError::IdempotencyConflict { key: "k".into() },
+            EngineError::SelfBenefit { what: "trust tier" },
+        ];
+        for kind in [
+            ErrorKind::InvalidArgument,
+            ErrorKind::PermissionDenied,
+            ErrorKind::AlreadyExists,
+            ErrorKind::ResourceExhausted,
+            ErrorKind::FailedPrecondition,
+            ErrorKind::NotFound,
+            ErrorKind::Aborted,
+            ErrorKind::Unavailable,
+        ] {
+            samples.push(EngineError::Remote {
+                kind,
+                message: "from the owner".into(),
+            });
+        }
+        for e in samples {
+            let (kind, message) = (e.kind(), e.public_message());
+            let shown = format!("{e:?}");
+            let api = ApiError::from(e);
+            assert_eq!(api.code, code_of(kind), "{shown}");
+            assert_eq!(api.message, message, "{shown}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use jitsudo_proto::v1::request_service_server::RequestService;
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
+use crate::rpc::Rpc;
 use crate::state::{AppState, Caller};
 
 #[derive(Clone)]
@@ -26,22 +27,23 @@ fn caller<T>(r: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| ApiError::unauthenticated("the call was not authenticated").into())
 }
 
-/// Runs an RPC through the shared wrapper (metrics, refusal audit) and maps the error once.
+/// Runs an RPC through the shared wrapper (metrics, rate limit, refusal audit) and maps
+/// the error once. `$rpc` is the RPC's declaration ([`Rpc`]: reads or changes).
 macro_rules! rpc {
-    ($self:ident, $name:literal, $req:ident, |$state:ident, $c:ident, $m:ident| $body:expr) => {{
+    ($self:ident, $rpc:expr, $req:ident, |$state:ident, $c:ident, $m:ident| $body:expr) => {{
         let $c = caller(&$req)?;
         let $m = $req.into_inner();
         let $state = &$self.0;
-        let res = $state.run($name, Some(&$c), None, async { $body }).await;
+        let res = $state.run($rpc, Some(&$c), None, async { $body }).await;
         res.map(Response::new).map_err(Status::from)
     }};
-    ($self:ident, $name:literal, $req:ident, id = $id:expr, |$state:ident, $c:ident, $m:ident| $body:expr) => {{
+    ($self:ident, $rpc:expr, $req:ident, id = $id:expr, |$state:ident, $c:ident, $m:ident| $body:expr) => {{
         let $c = caller(&$req)?;
         let $m = $req.into_inner();
         let $state = &$self.0;
         let id: String = $id(&$m);
         let res = $state
-            .run($name, Some(&$c), Some(&id), async { $body })
+            .run($rpc, Some(&$c), Some(&id), async { $body })
             .await;
         res.map(Response::new).map_err(Status::from)
     }};
@@ -58,7 +60,7 @@ impl RequestService for Api {
         &self,
         req: Request<v1::CreateRequestRequest>,
     ) -> Result<Response<v1::Request>, Status> {
-        rpc!(self, "CreateRequest", req, |state, c, m| state
+        rpc!(self, Rpc::CREATE_REQUEST, req, |state, c, m| state
             .create_request(&c, m)
             .await)
     }
@@ -69,7 +71,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "GetRequest",
+            Rpc::GET_REQUEST,
             req,
             id = |m: &v1::GetRequestRequest| m.id.clone(),
             |state, c, m| state.get_request(&c, &m.id).await
@@ -80,7 +82,7 @@ impl RequestService for Api {
         &self,
         req: Request<v1::ListRequestsRequest>,
     ) -> Result<Response<v1::ListRequestsResponse>, Status> {
-        rpc!(self, "ListRequests", req, |state, c, m| state
+        rpc!(self, Rpc::LIST_REQUESTS, req, |state, c, m| state
             .list_requests(&c, m)
             .await)
     }
@@ -98,7 +100,7 @@ impl RequestService for Api {
         // Check access and read the first batch before answering, so refusals are codes.
         let (first, done) = state
             .run(
-                "WatchRequest",
+                Rpc::WATCH_REQUEST,
                 Some(&c),
                 Some(&m.id),
                 state.request_events(&c, &m.id, m.after_version),
@@ -159,7 +161,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "ApproveRequest",
+            Rpc::APPROVE_REQUEST,
             req,
             id = |m: &v1::DecideRequest| m.id.clone(),
             |state, c, m| state.approve(&c, &m.id, m.comment).await
@@ -172,7 +174,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "DenyRequest",
+            Rpc::DENY_REQUEST,
             req,
             id = |m: &v1::DenyRequestRequest| m.id.clone(),
             |state, c, m| state.deny(&c, &m.id, m.reason).await
@@ -185,7 +187,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "CancelRequest",
+            Rpc::CANCEL_REQUEST,
             req,
             id = |m: &v1::CancelRequestRequest| m.id.clone(),
             |state, c, m| state.cancel(&c, &m.id).await
@@ -198,7 +200,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Review>, Status> {
         rpc!(
             self,
-            "ReviewRequest",
+            Rpc::REVIEW_REQUEST,
             req,
             id = |m: &v1::ReviewRequestRequest| m.id.clone(),
             |state, c, m| state.review(&c, &m.id, &m.verdict).await
@@ -211,7 +213,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "RevokeRequest",
+            Rpc::REVOKE_REQUEST,
             req,
             id = |m: &v1::RevokeRequestRequest| m.id.clone(),
             |state, c, m| state.revoke(&c, &m.id, m.reason).await
@@ -224,7 +226,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "ExtendRequest",
+            Rpc::EXTEND_REQUEST,
             req,
             id = |m: &v1::ExtendRequestRequest| m.id.clone(),
             |state, c, m| state.extend(&c, &m.id, m.by_seconds, m.reason).await
@@ -237,7 +239,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "ApproveExtension",
+            Rpc::APPROVE_EXTENSION,
             req,
             id = |m: &v1::DecideExtensionRequest| m.id.clone(),
             |state, c, m| state.decide_extension(&c, m, true).await
@@ -250,7 +252,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Request>, Status> {
         rpc!(
             self,
-            "DenyExtension",
+            Rpc::DENY_EXTENSION,
             req,
             id = |m: &v1::DecideExtensionRequest| m.id.clone(),
             |state, c, m| state.decide_extension(&c, m, false).await
@@ -263,7 +265,7 @@ impl RequestService for Api {
     ) -> Result<Response<v1::Credentials>, Status> {
         rpc!(
             self,
-            "GetCredentials",
+            Rpc::GET_CREDENTIALS,
             req,
             id = |m: &v1::GetCredentialsRequest| m.id.clone(),
             |state, c, m| state.credentials(&c, &m.id).await
@@ -277,7 +279,7 @@ impl PolicyService for Api {
         &self,
         req: Request<v1::ListPoliciesRequest>,
     ) -> Result<Response<v1::ListPoliciesResponse>, Status> {
-        rpc!(self, "ListPolicies", req, |state, c, _m| state
+        rpc!(self, Rpc::LIST_POLICIES, req, |state, c, _m| state
             .list_policies(&c)
             .await)
     }
@@ -286,7 +288,7 @@ impl PolicyService for Api {
         &self,
         req: Request<v1::GetPolicyRequest>,
     ) -> Result<Response<v1::Policy>, Status> {
-        rpc!(self, "GetPolicy", req, |state, c, m| state
+        rpc!(self, Rpc::GET_POLICY, req, |state, c, m| state
             .get_policy(&c, &m.name)
             .await)
     }
@@ -295,7 +297,7 @@ impl PolicyService for Api {
         &self,
         req: Request<v1::ApplyPolicyRequest>,
     ) -> Result<Response<v1::Policy>, Status> {
-        rpc!(self, "ApplyPolicy", req, |state, c, m| state
+        rpc!(self, Rpc::APPLY_POLICY, req, |state, c, m| state
             .apply_policy(&c, m)
             .await)
     }
@@ -304,7 +306,7 @@ impl PolicyService for Api {
         &self,
         req: Request<v1::DeletePolicyRequest>,
     ) -> Result<Response<v1::DeletePolicyResponse>, Status> {
-        rpc!(self, "DeletePolicy", req, |state, c, m| state
+        rpc!(self, Rpc::DELETE_POLICY, req, |state, c, m| state
             .delete_policy(&c, &m.name)
             .await)
     }
@@ -313,7 +315,7 @@ impl PolicyService for Api {
         &self,
         req: Request<v1::EvalPolicyRequest>,
     ) -> Result<Response<v1::EvalPolicyResponse>, Status> {
-        rpc!(self, "EvalPolicy", req, |state, c, m| state
+        rpc!(self, Rpc::EVAL_POLICY, req, |state, c, m| state
             .eval_policy(&c, m)
             .await)
     }
@@ -325,7 +327,7 @@ impl AuditService for Api {
         &self,
         req: Request<v1::QueryAuditRequest>,
     ) -> Result<Response<v1::QueryAuditResponse>, Status> {
-        rpc!(self, "QueryAudit", req, |state, c, m| state
+        rpc!(self, Rpc::QUERY_AUDIT, req, |state, c, m| state
             .query_audit(&c, m)
             .await)
     }
@@ -334,7 +336,7 @@ impl AuditService for Api {
         &self,
         req: Request<v1::VerifyAuditRequest>,
     ) -> Result<Response<v1::VerifyAuditResponse>, Status> {
-        rpc!(self, "VerifyAudit", req, |state, c, _m| state
+        rpc!(self, Rpc::VERIFY_AUDIT, req, |state, c, _m| state
             .verify_audit(&c)
             .await)
     }
@@ -346,14 +348,16 @@ impl PrincipalService for Api {
         &self,
         req: Request<v1::WhoAmIRequest>,
     ) -> Result<Response<v1::Principal>, Status> {
-        rpc!(self, "WhoAmI", req, |state, c, _m| Ok(state.who_am_i(&c)))
+        rpc!(self, Rpc::WHO_AM_I, req, |state, c, _m| Ok(
+            state.who_am_i(&c)
+        ))
     }
 
     async fn get_principal(
         &self,
         req: Request<v1::GetPrincipalRequest>,
     ) -> Result<Response<v1::PrincipalRecord>, Status> {
-        rpc!(self, "GetPrincipal", req, |state, c, m| state
+        rpc!(self, Rpc::GET_PRINCIPAL, req, |state, c, m| state
             .get_principal(&c, &m.subject)
             .await)
     }
@@ -362,7 +366,7 @@ impl PrincipalService for Api {
         &self,
         req: Request<v1::SetTrustTierRequest>,
     ) -> Result<Response<v1::PrincipalRecord>, Status> {
-        rpc!(self, "SetTrustTier", req, |state, c, m| state
+        rpc!(self, Rpc::SET_TRUST_TIER, req, |state, c, m| state
             .set_trust_tier(&c, m)
             .await)
     }
@@ -374,14 +378,16 @@ impl AdminService for Api {
         &self,
         req: Request<v1::GetVersionRequest>,
     ) -> Result<Response<v1::Version>, Status> {
-        rpc!(self, "GetVersion", req, |state, _c, _m| Ok(state.version()))
+        rpc!(self, Rpc::GET_VERSION, req, |state, _c, _m| Ok(
+            state.version()
+        ))
     }
 
     async fn get_node_status(
         &self,
         req: Request<v1::GetNodeStatusRequest>,
     ) -> Result<Response<v1::NodeStatus>, Status> {
-        rpc!(self, "GetNodeStatus", req, |state, c, _m| state
+        rpc!(self, Rpc::GET_NODE_STATUS, req, |state, c, _m| state
             .node_status(&c)
             .await)
     }
@@ -390,7 +396,7 @@ impl AdminService for Api {
         &self,
         req: Request<v1::GetClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        rpc!(self, "GetClusterStatus", req, |state, c, _m| state
+        rpc!(self, Rpc::GET_CLUSTER_STATUS, req, |state, c, _m| state
             .cluster_status(&c)
             .await)
     }
@@ -399,7 +405,7 @@ impl AdminService for Api {
         &self,
         req: Request<v1::ListActorsRequest>,
     ) -> Result<Response<v1::ListActorsResponse>, Status> {
-        rpc!(self, "ListActors", req, |state, c, _m| state
+        rpc!(self, Rpc::LIST_ACTORS, req, |state, c, _m| state
             .list_actors(&c))
     }
 
@@ -407,7 +413,7 @@ impl AdminService for Api {
         &self,
         req: Request<v1::ReloadPoliciesRequest>,
     ) -> Result<Response<v1::ReloadPoliciesResponse>, Status> {
-        rpc!(self, "ReloadPolicies", req, |state, c, _m| state
+        rpc!(self, Rpc::RELOAD_POLICIES, req, |state, c, _m| state
             .reload_policies(&c)
             .await)
     }
@@ -416,7 +422,7 @@ impl AdminService for Api {
         &self,
         req: Request<v1::ListDeadLettersRequest>,
     ) -> Result<Response<v1::ListDeadLettersResponse>, Status> {
-        rpc!(self, "ListDeadLetters", req, |state, c, m| state
+        rpc!(self, Rpc::LIST_DEAD_LETTERS, req, |state, c, m| state
             .dead_letters(&c, m)
             .await)
     }
@@ -425,7 +431,7 @@ impl AdminService for Api {
         &self,
         req: Request<v1::RedriveDeadLetterRequest>,
     ) -> Result<Response<v1::RedriveDeadLetterResponse>, Status> {
-        rpc!(self, "RedriveDeadLetter", req, |state, c, m| state
+        rpc!(self, Rpc::REDRIVE_DEAD_LETTER, req, |state, c, m| state
             .redrive(&c, m.id)
             .await)
     }
@@ -433,7 +439,7 @@ impl AdminService for Api {
         &self,
         req: Request<v1::ListProvidersRequest>,
     ) -> Result<Response<v1::ListProvidersResponse>, Status> {
-        rpc!(self, "ListProviders", req, |state, c, _m| state
+        rpc!(self, Rpc::LIST_PROVIDERS, req, |state, c, _m| state
             .list_providers(&c)
             .await)
     }

@@ -1,18 +1,23 @@
 //! REST/JSON under `/api/v1/…`: the request, policy, audit and principal RPCs with
 //! proto3-JSON bodies (lowerCamelCase fields), the same authentication and TLS as gRPC, and
-//! errors as an HTTP status plus `{"error": {"code", "message"}}`.
+//! errors as an HTTP status plus `{"error": {"code", "message"}}`. Each route's handler is
+//! generated like the gRPC ones: its extractors decode the call, the shared wrapper runs it
+//! under the RPC's declaration, and the answer is JSON.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use jitsudo_proto::v1;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::rpc::Rpc;
 use crate::state::{AppState, Caller};
 
 type S = State<Arc<AppState>>;
@@ -28,6 +33,43 @@ pub fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError>
             "the request body is not valid JSON for this call: {e}"
         ))
     })
+}
+
+/// A call's JSON body (see [`body`]). A body that does not parse is refused before the
+/// call is counted or rate-limited, as a malformed gRPC message is.
+pub struct Body<T>(pub T);
+
+impl<St: Send + Sync, T: DeserializeOwned + Default + Send> FromRequest<St> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        body(&bytes).map(Body).map_err(IntoResponse::into_response)
+    }
+}
+
+/// A call's message as decoded from the query string.
+pub trait FromQuery: Sized {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError>;
+}
+
+/// A call decoded from the query string (see [`FromQuery`]); refused, like a bad body,
+/// before the call is counted.
+pub struct Params<T>(pub T);
+
+impl<St: Send + Sync, T: FromQuery> FromRequestParts<St> for Params<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Response> {
+        let Query(q) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        T::from_query(&q)
+            .map(Params)
+            .map_err(IntoResponse::into_response)
+    }
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> Result<bool, ApiError> {
@@ -88,6 +130,48 @@ fn states(q: &HashMap<String, String>) -> Result<Vec<i32>, ApiError> {
         .collect()
 }
 
+impl FromQuery for v1::ListRequestsRequest {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        Ok(v1::ListRequestsRequest {
+            mine: flag(q, "mine")?,
+            awaiting_my_approval: flag(q, "awaitingMyApproval")?,
+            states: states(q)?,
+            provider: text(q, "provider"),
+            requester: text(q, "requester"),
+            page_size: number(q, "pageSize")?,
+            page_token: text(q, "pageToken"),
+            needs_review: flag(q, "needsReview")?,
+        })
+    }
+}
+
+impl FromQuery for v1::QueryAuditRequest {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        Ok(v1::QueryAuditRequest {
+            request_id: text(q, "requestId"),
+            actor: text(q, "actor"),
+            kind: text(q, "kind"),
+            since: ts(q, "since")?,
+            until: ts(q, "until")?,
+            page_size: number(q, "pageSize")?,
+            page_token: text(q, "pageToken"),
+            oldest_first: flag(q, "oldestFirst")?,
+            chain_after_seq: number(q, "chainAfterSeq")?,
+            chain_mode: flag(q, "chainMode")?,
+            provider: text(q, "provider"),
+        })
+    }
+}
+
+/// `afterVersion` of the events page: where a watch resumes.
+pub struct AfterVersion(i64);
+
+impl FromQuery for AfterVersion {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        number(q, "afterVersion").map(AfterVersion)
+    }
+}
+
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     let _ = state;
     Router::new()
@@ -125,330 +209,98 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         )
 }
 
-async fn create(State(s): S, Extension(c): Extension<Caller>, b: Bytes) -> Res<v1::Request> {
-    let m: v1::CreateRequestRequest = body(&b)?;
-    s.run("CreateRequest", Some(&c), None, s.create_request(&c, m))
-        .await
-        .map(Json)
+/// One REST handler per route, declared like a gRPC method in `grpc.rs`: the extractors
+/// (`Path`, `Params`, `Body`) decode the call, `$rpc` declares it (reads or changes), `$id`
+/// names the request it concerns for the refusal audit, and `$call` is the shared RPC
+/// function, run by the shared wrapper (metrics, rate limit, refusal audit).
+macro_rules! handlers {
+    ($(
+        $name:ident($($ext:ident($arg:pat): $t:ty),*) -> $out:ty =
+            $rpc:expr, $id:expr, |$s:ident, $c:ident| $call:expr;
+    )*) => {$(
+        async fn $name(
+            State($s): S,
+            Extension($c): Extension<Caller>,
+            $($ext($arg): $ext<$t>),*
+        ) -> Res<$out> {
+            $s.run($rpc, Some(&$c), $id, $call).await.map(Json)
+        }
+    )*};
 }
 
-async fn list(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Res<v1::ListRequestsResponse> {
-    let m = v1::ListRequestsRequest {
-        mine: flag(&q, "mine")?,
-        awaiting_my_approval: flag(&q, "awaitingMyApproval")?,
-        states: states(&q)?,
-        provider: text(&q, "provider"),
-        requester: text(&q, "requester"),
-        page_size: number(&q, "pageSize")?,
-        page_token: text(&q, "pageToken"),
-        needs_review: flag(&q, "needsReview")?,
-    };
-    s.run("ListRequests", Some(&c), None, s.list_requests(&c, m))
-        .await
-        .map(Json)
-}
-
-async fn get_one(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Res<v1::Request> {
-    s.run("GetRequest", Some(&c), Some(&id), s.get_request(&c, &id))
-        .await
-        .map(Json)
-}
-
+/// The events page: the stored versions after `afterVersion`, and whether the request has
+/// reached a terminal state.
 #[derive(serde::Serialize)]
 struct Events {
     events: Vec<v1::RequestEvent>,
     terminal: bool,
 }
 
-async fn events(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Res<Events> {
-    let after: i64 = number(&q, "afterVersion")?;
-    let (events, terminal) = s
-        .run(
-            "WatchRequest",
-            Some(&c),
-            Some(&id),
-            s.request_events(&c, &id, after),
-        )
-        .await?;
-    Ok(Json(Events { events, terminal }))
-}
-
-async fn approve(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Res<v1::Request> {
-    let m: v1::DecideRequest = body(&b)?;
-    s.run(
-        "ApproveRequest",
-        Some(&c),
-        Some(&id),
-        s.approve(&c, &id, m.comment),
-    )
-    .await
-    .map(Json)
-}
-
-async fn deny(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Res<v1::Request> {
-    let m: v1::DenyRequestRequest = body(&b)?;
-    s.run(
-        "DenyRequest",
-        Some(&c),
-        Some(&id),
-        s.deny(&c, &id, m.reason),
-    )
-    .await
-    .map(Json)
-}
-
-async fn cancel(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Res<v1::Request> {
-    s.run("CancelRequest", Some(&c), Some(&id), s.cancel(&c, &id))
-        .await
-        .map(Json)
-}
-
-async fn review(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Res<v1::Review> {
-    let m: v1::ReviewRequestRequest = body(&b)?;
-    s.run(
-        "ReviewRequest",
-        Some(&c),
-        Some(&id),
-        s.review(&c, &id, &m.verdict),
-    )
-    .await
-    .map(Json)
-}
-
-async fn revoke(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Res<v1::Request> {
-    let m: v1::RevokeRequestRequest = body(&b)?;
-    s.run(
-        "RevokeRequest",
-        Some(&c),
-        Some(&id),
-        s.revoke(&c, &id, m.reason),
-    )
-    .await
-    .map(Json)
-}
-
-async fn extend(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Res<v1::Request> {
-    let m: v1::ExtendRequestRequest = body(&b)?;
-    s.run(
-        "ExtendRequest",
-        Some(&c),
-        Some(&id),
-        s.extend(&c, &id, m.by_seconds, m.reason),
-    )
-    .await
-    .map(Json)
-}
-
-async fn approve_ext(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path((id, number)): Path<(String, u32)>,
-    b: Bytes,
-) -> Res<v1::Request> {
-    let mut m: v1::DecideExtensionRequest = body(&b)?;
-    m.id = id.clone();
-    m.number = number;
-    s.run(
-        "ApproveExtension",
-        Some(&c),
-        Some(&id),
-        s.decide_extension(&c, m, true),
-    )
-    .await
-    .map(Json)
-}
-
-async fn deny_ext(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path((id, number)): Path<(String, u32)>,
-    b: Bytes,
-) -> Res<v1::Request> {
-    let mut m: v1::DecideExtensionRequest = body(&b)?;
-    m.id = id.clone();
-    m.number = number;
-    s.run(
-        "DenyExtension",
-        Some(&c),
-        Some(&id),
-        s.decide_extension(&c, m, false),
-    )
-    .await
-    .map(Json)
-}
-
-async fn credentials(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Res<v1::Credentials> {
-    s.run(
-        "GetCredentials",
-        Some(&c),
-        Some(&id),
-        s.credentials(&c, &id),
-    )
-    .await
-    .map(Json)
-}
-
-async fn list_policies(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-) -> Res<v1::ListPoliciesResponse> {
-    s.run("ListPolicies", Some(&c), None, s.list_policies(&c))
-        .await
-        .map(Json)
-}
-
-async fn get_policy(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Res<v1::Policy> {
-    s.run("GetPolicy", Some(&c), None, s.get_policy(&c, &name))
-        .await
-        .map(Json)
-}
-
-async fn apply_policy(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(name): Path<String>,
-    b: Bytes,
-) -> Res<v1::Policy> {
-    let mut m: v1::ApplyPolicyRequest = body(&b)?;
-    m.name = name;
-    s.run("ApplyPolicy", Some(&c), None, s.apply_policy(&c, m))
-        .await
-        .map(Json)
-}
-
-async fn delete_policy(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Res<v1::DeletePolicyResponse> {
-    s.run("DeletePolicy", Some(&c), None, s.delete_policy(&c, &name))
-        .await
-        .map(Json)
-}
-
-async fn eval_policy(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    b: Bytes,
-) -> Res<v1::EvalPolicyResponse> {
-    let m: v1::EvalPolicyRequest = body(&b)?;
-    s.run("EvalPolicy", Some(&c), None, s.eval_policy(&c, m))
-        .await
-        .map(Json)
-}
-
-async fn query_audit(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Res<v1::QueryAuditResponse> {
-    let m = v1::QueryAuditRequest {
-        request_id: text(&q, "requestId"),
-        actor: text(&q, "actor"),
-        kind: text(&q, "kind"),
-        since: ts(&q, "since")?,
-        until: ts(&q, "until")?,
-        page_size: number(&q, "pageSize")?,
-        page_token: text(&q, "pageToken"),
-        oldest_first: flag(&q, "oldestFirst")?,
-        chain_after_seq: number(&q, "chainAfterSeq")?,
-        chain_mode: flag(&q, "chainMode")?,
-        provider: text(&q, "provider"),
-    };
-    s.run("QueryAudit", Some(&c), None, s.query_audit(&c, m))
-        .await
-        .map(Json)
-}
-
-async fn verify_audit(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-) -> Res<v1::VerifyAuditResponse> {
-    s.run("VerifyAudit", Some(&c), None, s.verify_audit(&c))
-        .await
-        .map(Json)
-}
-
-async fn whoami(State(s): S, Extension(c): Extension<Caller>) -> Res<v1::Principal> {
-    s.run("WhoAmI", Some(&c), None, async { Ok(s.who_am_i(&c)) })
-        .await
-        .map(Json)
-}
-
-async fn get_principal(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(subject): Path<String>,
-) -> Res<v1::PrincipalRecord> {
-    s.run(
-        "GetPrincipal",
-        Some(&c),
-        None,
-        s.get_principal(&c, &subject),
-    )
-    .await
-    .map(Json)
-}
-
-async fn set_trust_tier(
-    State(s): S,
-    Extension(c): Extension<Caller>,
-    Path(subject): Path<String>,
-    b: Bytes,
-) -> Res<v1::PrincipalRecord> {
-    let mut m: v1::SetTrustTierRequest = body(&b)?;
-    m.subject = subject;
-    s.run("SetTrustTier", Some(&c), None, s.set_trust_tier(&c, m))
-        .await
-        .map(Json)
+handlers! {
+    create(Body(m): v1::CreateRequestRequest) -> v1::Request =
+        Rpc::CREATE_REQUEST, None, |s, c| s.create_request(&c, m);
+    list(Params(m): v1::ListRequestsRequest) -> v1::ListRequestsResponse =
+        Rpc::LIST_REQUESTS, None, |s, c| s.list_requests(&c, m);
+    get_one(Path(id): String) -> v1::Request =
+        Rpc::GET_REQUEST, Some(&id), |s, c| s.get_request(&c, &id);
+    events(Path(id): String, Params(AfterVersion(after)): AfterVersion) -> Events =
+        Rpc::WATCH_REQUEST, Some(&id), |s, c| async {
+            let (events, terminal) = s.request_events(&c, &id, after).await?;
+            Ok(Events { events, terminal })
+        };
+    approve(Path(id): String, Body(m): v1::DecideRequest) -> v1::Request =
+        Rpc::APPROVE_REQUEST, Some(&id), |s, c| s.approve(&c, &id, m.comment);
+    deny(Path(id): String, Body(m): v1::DenyRequestRequest) -> v1::Request =
+        Rpc::DENY_REQUEST, Some(&id), |s, c| s.deny(&c, &id, m.reason);
+    cancel(Path(id): String) -> v1::Request =
+        Rpc::CANCEL_REQUEST, Some(&id), |s, c| s.cancel(&c, &id);
+    review(Path(id): String, Body(m): v1::ReviewRequestRequest) -> v1::Review =
+        Rpc::REVIEW_REQUEST, Some(&id), |s, c| s.review(&c, &id, &m.verdict);
+    revoke(Path(id): String, Body(m): v1::RevokeRequestRequest) -> v1::Request =
+        Rpc::REVOKE_REQUEST, Some(&id), |s, c| s.revoke(&c, &id, m.reason);
+    extend(Path(id): String, Body(m): v1::ExtendRequestRequest) -> v1::Request =
+        Rpc::EXTEND_REQUEST, Some(&id), |s, c| s.extend(&c, &id, m.by_seconds, m.reason);
+    approve_ext(
+        Path((id, number)): (String, u32),
+        Body(m): v1::DecideExtensionRequest
+    ) -> v1::Request =
+        Rpc::APPROVE_EXTENSION, Some(&id), |s, c| {
+            let m = v1::DecideExtensionRequest { id: id.clone(), number, ..m };
+            s.decide_extension(&c, m, true)
+        };
+    deny_ext(
+        Path((id, number)): (String, u32),
+        Body(m): v1::DecideExtensionRequest
+    ) -> v1::Request =
+        Rpc::DENY_EXTENSION, Some(&id), |s, c| {
+            let m = v1::DecideExtensionRequest { id: id.clone(), number, ..m };
+            s.decide_extension(&c, m, false)
+        };
+    credentials(Path(id): String) -> v1::Credentials =
+        Rpc::GET_CREDENTIALS, Some(&id), |s, c| s.credentials(&c, &id);
+    list_policies() -> v1::ListPoliciesResponse =
+        Rpc::LIST_POLICIES, None, |s, c| s.list_policies(&c);
+    get_policy(Path(name): String) -> v1::Policy =
+        Rpc::GET_POLICY, None, |s, c| s.get_policy(&c, &name);
+    apply_policy(Path(name): String, Body(m): v1::ApplyPolicyRequest) -> v1::Policy =
+        Rpc::APPLY_POLICY, None, |s, c| s.apply_policy(&c, v1::ApplyPolicyRequest { name, ..m });
+    delete_policy(Path(name): String) -> v1::DeletePolicyResponse =
+        Rpc::DELETE_POLICY, None, |s, c| s.delete_policy(&c, &name);
+    eval_policy(Body(m): v1::EvalPolicyRequest) -> v1::EvalPolicyResponse =
+        Rpc::EVAL_POLICY, None, |s, c| s.eval_policy(&c, m);
+    query_audit(Params(m): v1::QueryAuditRequest) -> v1::QueryAuditResponse =
+        Rpc::QUERY_AUDIT, None, |s, c| s.query_audit(&c, m);
+    verify_audit() -> v1::VerifyAuditResponse =
+        Rpc::VERIFY_AUDIT, None, |s, c| s.verify_audit(&c);
+    whoami() -> v1::Principal =
+        Rpc::WHO_AM_I, None, |s, c| async { Ok(s.who_am_i(&c)) };
+    get_principal(Path(subject): String) -> v1::PrincipalRecord =
+        Rpc::GET_PRINCIPAL, None, |s, c| s.get_principal(&c, &subject);
+    set_trust_tier(
+        Path(subject): String,
+        Body(m): v1::SetTrustTierRequest
+    ) -> v1::PrincipalRecord =
+        Rpc::SET_TRUST_TIER, None, |s, c| {
+            s.set_trust_tier(&c, v1::SetTrustTierRequest { subject, ..m })
+        };
 }

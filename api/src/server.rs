@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use jitsudo_actors::audit::load_signing_key;
 use jitsudo_actors::config::{AuditConfig, MeshConfig, NotifyConfig, ReconcileConfig, SinkConfig};
-use jitsudo_actors::store::{self, Mode};
+use jitsudo_actors::engine::types::Mode;
 use jitsudo_actors::{Engine, EngineConfig};
 use jitsudo_proto::v1;
 use jitsudo_providers::Registry;
@@ -146,7 +146,7 @@ impl Server {
         } else {
             Mode::Production
         };
-        let store = store::open_for(&config.database.url, mode, config.lease_ttl()).await?;
+        let store = Engine::open_store(&config.database.url, mode, config.lease_ttl()).await?;
 
         let mut registry = Registry::new();
         for p in &config.providers {
@@ -563,8 +563,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response();
     }
-    if let Err(e) = state.engine.store().db_now().await {
-        return ApiError::unavailable(format!("the store is unreachable: {e}")).into_response();
+    if let Err(e) = state.engine.db_now().await {
+        return ApiError::store_unreachable(&e).into_response();
     }
     if state.engine.shards_owned().is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no shard leases held\n").into_response();

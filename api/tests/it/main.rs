@@ -2,6 +2,7 @@ mod auth;
 
 mod admin;
 mod authz;
+mod engine_door;
 mod fuzz;
 mod harness;
 mod kubernetes;

@@ -1,0 +1,101 @@
+//! PolicyService: read, apply, delete and try out the Rego policies.
+
+use jitsudo_actors::policy::{PolicyInput, PolicySource};
+use jitsudo_proto::v1;
+
+use super::{Rpc, check_text, required};
+use crate::convert;
+use crate::error::ApiError;
+use crate::state::{AppState, Caller};
+
+/// PolicyService's calls, each reading or changing.
+impl Rpc {
+    pub const LIST_POLICIES: Rpc = Rpc::reads("ListPolicies");
+    pub const GET_POLICY: Rpc = Rpc::reads("GetPolicy");
+    pub const APPLY_POLICY: Rpc = Rpc::changes("ApplyPolicy");
+    pub const DELETE_POLICY: Rpc = Rpc::changes("DeletePolicy");
+    pub const EVAL_POLICY: Rpc = Rpc::reads("EvalPolicy");
+}
+
+impl AppState {
+    pub async fn list_policies(&self, c: &Caller) -> Result<v1::ListPoliciesResponse, ApiError> {
+        c.require_admin_or_auditor("reading policies")?;
+        let ps = self.engine.stored_policies().await?;
+        let policy_version = self.engine.policy().current().fingerprint().to_owned();
+        Ok(convert::policies::list(&ps, policy_version))
+    }
+
+    pub async fn get_policy(&self, c: &Caller, name: &str) -> Result<v1::Policy, ApiError> {
+        c.require_admin_or_auditor("reading policies")?;
+        required("name", name)?;
+        check_text("name", name, 128)?;
+        match self.engine.stored_policy(name).await? {
+            Some((p, at)) => Ok(convert::policies::policy(&p, at)),
+            None => Err(ApiError::no_policy(name)),
+        }
+    }
+
+    pub async fn apply_policy(
+        &self,
+        c: &Caller,
+        r: v1::ApplyPolicyRequest,
+    ) -> Result<v1::Policy, ApiError> {
+        c.require_admin("changing policies")?;
+        if r.name.is_empty() {
+            return Err(ApiError::invalid("name is required"));
+        }
+        check_text("name", &r.name, 128)?;
+        check_text("rego", &r.rego, 256 * 1024)?;
+        let version = self
+            .engine
+            .policy()
+            .apply(&r.name, &r.rego, c.subject())
+            .await
+            .map_err(ApiError::policy_not_applied)?;
+        let applied = PolicySource {
+            name: r.name,
+            version,
+            author: c.subject().to_owned(),
+            rego: r.rego,
+        };
+        Ok(convert::policies::policy(&applied, chrono::Utc::now()))
+    }
+
+    pub async fn delete_policy(
+        &self,
+        c: &Caller,
+        name: &str,
+    ) -> Result<v1::DeletePolicyResponse, ApiError> {
+        c.require_admin("changing policies")?;
+        required("name", name)?;
+        check_text("name", name, 128)?;
+        let deleted = self.engine.policy().delete(name, c.subject()).await?;
+        if !deleted {
+            return Err(ApiError::no_policy(name));
+        }
+        Ok(convert::policies::deleted(deleted))
+    }
+
+    pub async fn eval_policy(
+        &self,
+        c: &Caller,
+        r: v1::EvalPolicyRequest,
+    ) -> Result<v1::EvalPolicyResponse, ApiError> {
+        c.require_admin_or_auditor("evaluating policies")?;
+        check_text("input_json", &r.input_json, 64 * 1024)?;
+        let input: PolicyInput = serde_json::from_str(&r.input_json).map_err(|e| {
+            ApiError::invalid(format!(
+                "input_json is not a policy input document (docs/policy.md): {e}"
+            ))
+        })?;
+        let set = self.engine.policy().current();
+        let decision = set.evaluate(&input).map_err(ApiError::evaluation_failed)?;
+        let approver_allowed = if input.approver.is_some() {
+            set.approver_allowed(&input)
+                .map_err(ApiError::evaluation_failed)?
+        } else {
+            false
+        };
+        Ok(convert::policies::evaluation(decision, approver_allowed))
+    }
+}
