@@ -655,10 +655,11 @@ impl Engine {
         .await
     }
 
-    /// A person's decision, idempotent per caller: a decision this caller already took is
-    /// answered with the request as it is instead of the refusal (the rule is the domain's,
-    /// [`domain::repeats_own_decision`]; a routed refusal arrives as its kind only, so the
-    /// request is read again to ask it). [`Engine::approve`] and [`Engine::deny`] refuse.
+    /// A person's approval, denial, cancel or revoke, idempotent per caller: what this caller
+    /// already did is answered with the request as it is instead of the refusal (the rule is
+    /// the domain's, [`domain::repeats_own_decision`]; a routed refusal arrives as its kind
+    /// only, so the request is read again to ask it). `text` is the comment or reason (unused
+    /// by a cancel). [`Engine::approve`] and the others refuse a repeat.
     pub async fn decide(
         &self,
         id: RequestId,
@@ -666,15 +667,17 @@ impl Engine {
         verdict: Verdict,
         text: &str,
     ) -> Result<Request, EngineError> {
-        let subject = by.subject.clone();
+        let caller = by.clone();
         let res = match verdict {
             Verdict::Approve => self.approve(id, by, text).await,
             Verdict::Deny => self.deny(id, by, text).await,
+            Verdict::Cancel => self.cancel(id, by).await,
+            Verdict::Revoke => self.revoke(id, by, text).await,
         };
         match res {
             Err(e) if e.may_be_a_repeat() => {
                 let current = self.get(id).await?;
-                if domain::repeats_own_decision(&current, &subject, verdict) {
+                if domain::repeats_own_decision(&current, &caller, verdict) {
                     Ok(current)
                 } else {
                     Err(e)

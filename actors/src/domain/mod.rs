@@ -16,13 +16,13 @@ pub use idempotency::{Idempotency, content_hash};
 pub use ids::{RequestId, grant_id_for, shard_of};
 pub use principal::{PersonRef, Principal, same_person};
 pub use request::{
-    Approval, EndingCause, Extension, ExtensionState, GrantEntry, GrantPurpose, GrantStatus,
-    Limits, NewRequest, Request, RequestSpec, Stamp, State, TimePatch,
+    Approval, EndedBy, EndingCause, Extension, ExtensionState, GrantEntry, GrantPurpose,
+    GrantStatus, Limits, NewRequest, Request, RequestSpec, Stamp, State, TimePatch, Verdict,
 };
 pub use step::{
     AuditEntry, Decider, Effect, Event, Guard, Notice, NoticeKind, Refusal, RequesterLoad, Rules,
-    TimerKind, Transition, Verdict, check_text, create, outstanding_calls, probe_spec,
-    repeats_own_decision, step, timers,
+    TimerKind, Transition, check_text, create, outstanding_calls, probe_spec, repeats_own_decision,
+    step, timers,
 };
 
 /// Wall-clock instants. Deadlines are computed by the database clock (see [`Stamp`]).

@@ -244,10 +244,10 @@ pub struct Request {
     pub stuck: bool,
     #[serde(default)]
     pub end_detail: Option<String>,
-    /// Who denied it (a REJECTED request): a repeated denial by the same caller is answered,
-    /// not refused ([`crate::domain::repeats_own_decision`]).
+    /// Who ended it by their own act (denied, cancelled, revoked): the same act repeated by
+    /// the same caller is answered, not refused ([`crate::domain::repeats_own_decision`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub denied_by: Option<PersonRef>,
+    pub ended_by: Option<EndedBy>,
     // Times. Deadlines are set by the database clock of the committing transaction.
     pub created_at: Timestamp,
     pub approval_deadline: Option<Timestamp>,
@@ -377,6 +377,30 @@ pub struct TimePatch {
     pub granted_at: Option<Stamp>,
     pub expires_at: Option<Stamp>,
     pub ended_at: Option<Stamp>,
+}
+
+/// A person's say on a request: the two decisions on a pending one, and the two ways a
+/// person ends one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Deny,
+    Cancel,
+    Revoke,
+}
+
+/// Who ended a request by their own act, and which.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedBy {
+    pub verdict: Verdict,
+    pub by: PersonRef,
+}
+
+impl EndedBy {
+    pub fn new(verdict: Verdict, by: PersonRef) -> Self {
+        EndedBy { verdict, by }
+    }
 }
 
 impl RequestSpec {

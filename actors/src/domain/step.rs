@@ -9,7 +9,7 @@ use uuid::Uuid;
 use jitsudo_providers::ErrorClass;
 
 use super::request::*;
-use super::{Idempotency, Principal, RequestId, Timestamp, grant_id_for, same_person};
+use super::{Idempotency, PersonRef, Principal, RequestId, Timestamp, grant_id_for, same_person};
 use crate::policy::{Decision, PolicyRefusal};
 
 /// Engine-wide knobs that the lifecycle depends on.
@@ -414,7 +414,7 @@ pub fn create(
         revoke_failures: 0,
         stuck: false,
         end_detail: None,
-        denied_by: None,
+        ended_by: None,
         created_at: now,
         approval_deadline: None,
         grant_deadline: None,
@@ -776,29 +776,25 @@ impl Tx {
     }
 }
 
-/// A person's decision on a pending request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Approve,
-    Deny,
-}
-
-/// Whether `subject` (this very caller, not merely the same person) already took this
-/// decision on `req`: an approval they gave, or the denial that rejected it. Decisions are
-/// idempotent per caller: when [`step`] refuses such a repeat with a refusal for which
-/// [`Refusal::met_by_a_repeat`] holds, the caller is answered with the request as it is
-/// (`Engine::decide`). Another identity of someone who already approved is not a repeat:
-/// it is told so.
-pub fn repeats_own_decision(req: &Request, subject: &str, verdict: Verdict) -> bool {
+/// Whether `caller` already did this on `req`: gave this approval, or denied, revoked
+/// (this very subject, not merely the same person) or cancelled (the requester, any of
+/// their identities) it. Decisions are idempotent per caller: when [`step`] refuses such a
+/// repeat with a refusal for which [`Refusal::met_by_a_repeat`] holds, the caller is
+/// answered with the request as it is (`Engine::decide`). Another identity of someone who
+/// already approved is not a repeat: it is told so.
+pub fn repeats_own_decision(req: &Request, caller: &Principal, verdict: Verdict) -> bool {
+    let ended = |how: Verdict, who: &dyn Fn(&PersonRef) -> bool| {
+        req.ended_by
+            .as_ref()
+            .is_some_and(|e| e.verdict == how && who(&e.by))
+    };
     match verdict {
         Verdict::Approve => req
             .approvals
             .iter()
-            .any(|a| a.kind == "approver" && a.by.subject == subject),
-        Verdict::Deny => {
-            req.state == State::Rejected
-                && req.denied_by.as_ref().is_some_and(|d| d.subject == subject)
-        }
+            .any(|a| a.kind == "approver" && a.by.subject == caller.subject),
+        Verdict::Deny | Verdict::Revoke => ended(verdict, &|by| by.subject == caller.subject),
+        Verdict::Cancel => ended(verdict, &|by| same_person(by, &caller.person())),
     }
 }
 
@@ -919,7 +915,7 @@ pub fn step(
             tx.guard = Some(Guard::BeforeApprovalDeadline);
             tx.next.state = Rejected;
             tx.next.end_detail = Some(format!("denied by {}: {reason}", by.principal.subject));
-            tx.next.denied_by = Some(by.principal.person());
+            tx.next.ended_by = Some(EndedBy::new(Verdict::Deny, by.principal.person()));
             tx.times.ended_at = Some(Stamp::now());
             tx.next.ended_at = Some(now);
             tx.notify(
@@ -935,6 +931,7 @@ pub fn step(
             let mut tx = Tx::new(req, "request.cancelled", by.subject.clone());
             tx.next.state = Cancelled;
             tx.next.end_detail = Some("cancelled by the requester".into());
+            tx.next.ended_by = Some(EndedBy::new(Verdict::Cancel, by.person()));
             tx.times.ended_at = Some(Stamp::now());
             tx.next.ended_at = Some(now);
             tx.notify(NoticeKind::Cancelled, json!({}));
@@ -1112,6 +1109,7 @@ pub fn step(
                 format!("revoked by {}: {reason}", by.principal.subject),
                 now,
             );
+            tx.next.ended_by = Some(EndedBy::new(Verdict::Revoke, by.principal.person()));
             Ok(tx.done())
         }
         (Approved, Event::Cancel { by }) => {
@@ -1125,6 +1123,7 @@ pub fn step(
                 "cancelled by the requester while granting".into(),
                 now,
             );
+            tx.next.ended_by = Some(EndedBy::new(Verdict::Cancel, by.person()));
             Ok(tx.done())
         }
         (Ending, Event::Revoke { .. } | Event::Cancel { .. }) => Err(Refusal::AlreadyEnding),

@@ -1,10 +1,8 @@
 //! RequestService: create, read, list and watch requests, decide on them and their
 //! extensions, close reviews, fetch credentials.
 
-use jitsudo_actors::EngineError;
-use jitsudo_actors::domain::{Refusal, RequestId, State, same_person};
+use jitsudo_actors::domain::{State, Verdict, same_person};
 use jitsudo_actors::engine::types::ListFilter;
-use jitsudo_actors::error::ErrorKind;
 use jitsudo_proto::v1;
 
 use super::{MAX_KEY, Rpc, check_text, parse_id};
@@ -167,40 +165,23 @@ impl AppState {
         Ok((out, done))
     }
 
-    /// Decisions are idempotent per caller: repeating a decision already taken by this
-    /// caller answers with the current request instead of an error.
+    /// Approve, deny, cancel and revoke are idempotent per caller: repeating what this
+    /// caller already did answers with the current request instead of an error (the
+    /// engine decides, `Engine::decide`). Another identity of someone who already approved
+    /// is told so (ALREADY_EXISTS) instead of being answered as if its approval had counted.
     async fn decide(
         &self,
         c: &Caller,
         id: &str,
-        already: impl Fn(&jitsudo_actors::domain::Request, &Caller) -> bool,
-        act: impl AsyncFnOnce(RequestId) -> Result<jitsudo_actors::domain::Request, EngineError>,
+        verdict: Verdict,
+        text: &str,
     ) -> Result<v1::Request, ApiError> {
         let rid = parse_id(id)?;
-        match act(rid).await {
-            Ok(r) => Ok(convert::request(&r)),
-            // The same refusals as they come back from the owner of a routed call.
-            Err(
-                e @ (EngineError::Refused(
-                    Refusal::AlreadyApproved
-                    | Refusal::NotAccepted { .. }
-                    | Refusal::Terminal { .. }
-                    | Refusal::AlreadyEnding,
-                )
-                | EngineError::Remote {
-                    kind: ErrorKind::AlreadyExists | ErrorKind::FailedPrecondition,
-                    ..
-                }),
-            ) => {
-                let current = self.engine.get(rid).await?;
-                if already(&current, c) {
-                    Ok(convert::request(&current))
-                } else {
-                    Err(e.into())
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        let r = self
+            .engine
+            .decide(rid, c.principal.clone(), verdict, text)
+            .await?;
+        Ok(convert::request(&r))
     }
 
     pub async fn approve(
@@ -210,21 +191,7 @@ impl AppState {
         comment: String,
     ) -> Result<v1::Request, ApiError> {
         check_text("comment", &comment, 1024)?;
-        let by = c.principal.clone();
-        self.decide(
-            c,
-            id,
-            // The same caller, not merely the same person: another identity of someone who
-            // already approved is told so (ALREADY_EXISTS) instead of being answered as if
-            // its approval had counted.
-            |r, c| {
-                r.approvals
-                    .iter()
-                    .any(|a| a.kind == "approver" && a.by.subject == c.subject())
-            },
-            async move |rid| self.engine.approve(rid, by, &comment).await,
-        )
-        .await
+        self.decide(c, id, Verdict::Approve, &comment).await
     }
 
     pub async fn deny(
@@ -234,36 +201,11 @@ impl AppState {
         reason: String,
     ) -> Result<v1::Request, ApiError> {
         check_text("reason", &reason, 1024)?;
-        let by = c.principal.clone();
-        let mark = format!("denied by {}:", c.subject());
-        self.decide(
-            c,
-            id,
-            move |r, _| {
-                r.state == State::Rejected
-                    && r.end_detail
-                        .as_deref()
-                        .is_some_and(|d| d.starts_with(&mark))
-            },
-            async move |rid| self.engine.deny(rid, by, &reason).await,
-        )
-        .await
+        self.decide(c, id, Verdict::Deny, &reason).await
     }
 
     pub async fn cancel(&self, c: &Caller, id: &str) -> Result<v1::Request, ApiError> {
-        let by = c.principal.clone();
-        self.decide(
-            c,
-            id,
-            |r, c| {
-                same_person(&r.requester.person(), &c.principal.person())
-                    && r.end_detail
-                        .as_deref()
-                        .is_some_and(|d| d.starts_with("cancelled by the requester"))
-            },
-            async move |rid| self.engine.cancel(rid, by).await,
-        )
-        .await
+        self.decide(c, id, Verdict::Cancel, "").await
     }
 
     pub async fn revoke(
@@ -273,19 +215,7 @@ impl AppState {
         reason: String,
     ) -> Result<v1::Request, ApiError> {
         check_text("reason", &reason, 1024)?;
-        let by = c.principal.clone();
-        let mark = format!("revoked by {}:", c.subject());
-        self.decide(
-            c,
-            id,
-            move |r, _| {
-                r.end_detail
-                    .as_deref()
-                    .is_some_and(|d| d.starts_with(&mark))
-            },
-            async move |rid| self.engine.revoke(rid, by, &reason).await,
-        )
-        .await
+        self.decide(c, id, Verdict::Revoke, &reason).await
     }
 
     pub async fn extend(

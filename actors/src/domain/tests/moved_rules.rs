@@ -99,27 +99,23 @@ proptest! {
 fn a_denial_is_a_repeat_only_for_the_subject_that_denied() {
     let mut life = Life::pending_with(quorum(1));
     let by_bob = deny(approver(bob()));
-    let bob_subject = bob().subject;
+    let bob_p = bob();
     assert!(
-        !repeats_own_decision(&life.req, &bob_subject, Verdict::Deny),
+        !repeats_own_decision(&life.req, &bob_p, Verdict::Deny),
         "nothing denied yet"
     );
     life.at(60).step(by_bob.clone());
     assert_eq!(life.state(), State::Rejected);
-    assert!(repeats_own_decision(&life.req, &bob_subject, Verdict::Deny));
+    assert!(repeats_own_decision(&life.req, &bob_p, Verdict::Deny));
     let refusal = life.at(61).refuse(by_bob);
     assert!(refusal.met_by_a_repeat(), "{refusal:?}");
     // Bob's second account is the same person, but not the caller who denied.
     assert!(!repeats_own_decision(
         &life.req,
-        &bob_second_account().subject,
+        &bob_second_account(),
         Verdict::Deny
     ));
-    assert!(!repeats_own_decision(
-        &life.req,
-        &bob_subject,
-        Verdict::Approve
-    ));
+    assert!(!repeats_own_decision(&life.req, &bob_p, Verdict::Approve));
 }
 
 #[test]
@@ -127,11 +123,7 @@ fn an_approval_is_a_repeat_once_on_record_and_until_the_end() {
     let mut life = Life::pending_with(quorum(2));
     let by_bob = approve(approver(bob()));
     life.at(60).step(by_bob.clone());
-    assert!(repeats_own_decision(
-        &life.req,
-        &bob().subject,
-        Verdict::Approve
-    ));
+    assert!(repeats_own_decision(&life.req, &bob(), Verdict::Approve));
     assert_eq!(life.at(61).refuse(by_bob.clone()), Refusal::AlreadyApproved);
     assert!(Refusal::AlreadyApproved.met_by_a_repeat());
     // Refusals a repeat never meets (the person may not decide, the time is up) stay errors.

@@ -421,13 +421,14 @@ fn check_repeat(
     rules: &Rules,
 ) -> Result<(), TestCaseError> {
     let (by, verdict) = match ev {
-        Event::Approve { by, .. } => (by, Verdict::Approve),
-        Event::Deny { by, .. } => (by, Verdict::Deny),
+        Event::Approve { by, .. } => (&by.principal, Verdict::Approve),
+        Event::Deny { by, .. } => (&by.principal, Verdict::Deny),
+        Event::Revoke { by, .. } => (&by.principal, Verdict::Revoke),
+        Event::Cancel { by } => (by, Verdict::Cancel),
         _ => return Ok(()),
     };
-    let subject = &by.principal.subject;
     prop_assert!(
-        repeats_own_decision(req, subject, verdict),
+        repeats_own_decision(req, by, verdict),
         "{:?} on {}",
         ev,
         req.state
@@ -436,7 +437,11 @@ fn check_repeat(
         Err(r) => prop_assert!(r.met_by_a_repeat(), "a repeat met {:?}", r),
         Ok(tx) => prop_assert!(false, "a repeat was accepted: {}", tx.audit.kind),
     }
-    let other = format!("{subject}-other");
+    // Someone else (another subject, no shared email or links) repeats nothing.
+    let mut other = by.clone();
+    other.subject.push_str("-other");
+    other.email = None;
+    other.links.clear();
     prop_assert!(!repeats_own_decision(req, &other, verdict));
     Ok(())
 }
