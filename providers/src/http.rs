@@ -591,7 +591,10 @@ async fn read_limited(response: &mut reqwest::Response) -> Result<Vec<u8>, ReadE
     Ok(body)
 }
 
-fn is_loopback(url: &Url) -> bool {
+/// Whether `url` names this machine (`localhost`, or a loopback address): the one place
+/// where plain `http` is allowed (here for the provider's base URL, in jitsudod for a dev
+/// OIDC issuer).
+pub fn is_loopback(url: &Url) -> bool {
     match url.host_str() {
         Some(host) if host.eq_ignore_ascii_case("localhost") => true,
         Some(host) => host

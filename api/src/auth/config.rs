@@ -1,7 +1,6 @@
 //! What the operator configures for authentication, and the checks that refuse a configuration
 //! which would weaken validation (HMAC or `none`, a long leeway, keys over plain HTTP).
 
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -199,20 +198,8 @@ pub(super) fn check_fetch_url(url: &str) -> Result<(), &'static str> {
     let url = Url::parse(url).map_err(|_| "is not an absolute URL")?;
     match url.scheme() {
         "https" => Ok(()),
-        "http" if is_loopback(&url) => Ok(()),
+        "http" if jitsudo_providers::http::is_loopback(&url) => Ok(()),
         "http" => Err("must use https (plain http is allowed on loopback only)"),
         _ => Err("must be an https URL"),
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
     }
 }
