@@ -11,7 +11,6 @@ use jitsudo_actors::EngineError;
 use jitsudo_actors::engine::types::StoreError;
 use jitsudo_actors::error::ErrorKind;
 use jitsudo_actors::policy::PolicyError;
-use jitsudo_providers::ErrorClass;
 use tonic::Code;
 
 use crate::auth::AuthError;
@@ -144,36 +143,13 @@ fn code_of(kind: ErrorKind) -> Code {
     }
 }
 
-/// The code of each engine error. It agrees with [`EngineError::kind`], which is what the
-/// node holding a request sends back for a routed call, so a call answers alike on every
-/// node (`tests::every_engine_error_has_the_code_of_its_kind` holds the two together).
-fn code_of_error(e: &EngineError) -> Code {
-    match e {
-        EngineError::Refused(r) => code_of(r.kind()),
-        EngineError::Remote { kind, .. } => code_of(*kind),
-        EngineError::NotFound { .. } => Code::NotFound,
-        EngineError::UnknownProvider { .. }
-        | EngineError::IdempotencyConflict { .. }
-        | EngineError::Unmappable(_) => Code::InvalidArgument,
-        EngineError::Policy(_)
-        | EngineError::Delivery { .. }
-        | EngineError::InvalidConfig { .. } => Code::FailedPrecondition,
-        EngineError::Provider(p) => match p.class() {
-            // Retrying cannot help: the role, the scope or the subject is wrong.
-            ErrorClass::Permanent => Code::InvalidArgument,
-            ErrorClass::Retryable | ErrorClass::Unknown => Code::Unavailable,
-        },
-        EngineError::Conflict => Code::Aborted,
-        EngineError::Unavailable { .. } | EngineError::Store(_) => Code::Unavailable,
-        EngineError::Overloaded { .. } => Code::ResourceExhausted,
-        EngineError::SelfBenefit { .. } => Code::PermissionDenied,
-    }
-}
-
 impl From<EngineError> for ApiError {
-    /// The engine's public message: a store failure is logged, not shown.
+    /// The code of the error's kind ([`EngineError::kind`], exhaustive in the engine), which
+    /// is also what the node holding a request sends back for a routed call, so a call
+    /// answers alike on every node; the engine's public message (a store failure is logged,
+    /// not shown).
     fn from(e: EngineError) -> Self {
-        ApiError::new(code_of_error(&e), e.public_message())
+        ApiError::new(code_of(e.kind()), e.public_message())
     }
 }
 
@@ -239,84 +215,5 @@ impl ApiError {
     /// The store did not answer a readiness check.
     pub fn store_unreachable(e: &StoreError) -> Self {
         Self::unavailable(format!("the store is unreachable: {e}"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use jitsudo_actors::domain::{Refusal, RequestId};
-    use jitsudo_providers::ProviderError;
-    use jitsudo_providers::identity::IdentityError;
-
-    use super::*;
-
-    #[test]
-    fn every_engine_error_has_the_code_of_its_kind() {
-        let provider = || "p".to_owned();
-        let mut samples = vec![
-            EngineError::Refused(Refusal::SelfApproval),
-            EngineError::Refused(Refusal::AlreadyApproved),
-            EngineError::NotFound {
-                id: RequestId::new(),
-            },
-            EngineError::UnknownProvider {
-                name: "x".into(),
-                known: "demo".into(),
-            },
-            EngineError::Unmappable(IdentityError::Template {
-                template: "{x}".into(),
-                reason: "unknown".into(),
-            }),
-            EngineError::Policy(PolicyError::Eval {
-                rule: "r".into(),
-                message: "m".into(),
-            }),
-            EngineError::Provider(ProviderError::Invalid {
-                provider: provider(),
-                field: "role",
-                reason: "no such role".into(),
-            }),
-            EngineError::Provider(ProviderError::Unavailable {
-                provider: provider(),
-                reason: "down".into(),
-            }),
-            EngineError::Provider(ProviderError::Unknown {
-                provider: provider(),
-                reason: "lost".into(),
-            }),
-            EngineError::Conflict,
-            EngineError::unavailable("stopping"),
-            EngineError::Overloaded { what: "w".into() },
-            EngineError::Store(StoreError::Corrupt { what: "w".into() }),
-            EngineError::Delivery {
-                sink: "s".into(),
-                reason: "r".into(),
-            },
-            EngineError::InvalidConfig { reason: "r".into() },
-            EngineError::IdempotencyConflict { key: "k".into() },
-            EngineError::SelfBenefit { what: "trust tier" },
-        ];
-        for kind in [
-            ErrorKind::InvalidArgument,
-            ErrorKind::PermissionDenied,
-            ErrorKind::AlreadyExists,
-            ErrorKind::ResourceExhausted,
-            ErrorKind::FailedPrecondition,
-            ErrorKind::NotFound,
-            ErrorKind::Aborted,
-            ErrorKind::Unavailable,
-        ] {
-            samples.push(EngineError::Remote {
-                kind,
-                message: "from the owner".into(),
-            });
-        }
-        for e in samples {
-            let (kind, message) = (e.kind(), e.public_message());
-            let shown = format!("{e:?}");
-            let api = ApiError::from(e);
-            assert_eq!(api.code, code_of(kind), "{shown}");
-            assert_eq!(api.message, message, "{shown}");
-        }
     }
 }
