@@ -8,7 +8,6 @@ pub mod config;
 pub mod convert;
 pub mod dev;
 pub mod error;
-pub mod grpc;
 pub mod limits;
 pub mod rest;
 pub mod rpc;

@@ -209,7 +209,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         )
 }
 
-/// One REST handler per route, declared like a gRPC method in `grpc.rs`: the extractors
+/// One REST handler per route, declared like a gRPC method in its service's `rpc/` file: the extractors
 /// (`Path`, `Params`, `Body`) decode the call, `$rpc` declares it (reads or changes), `$id`
 /// names the request it concerns for the refusal audit, and `$call` is the shared RPC
 /// function, run by the shared wrapper (metrics, rate limit, refusal audit).

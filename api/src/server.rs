@@ -32,7 +32,7 @@ use tower::Layer as _;
 use crate::auth::{AuthConfig, Authenticator, DevIssuer};
 use crate::config::{ClientPrincipal, Config};
 use crate::error::ApiError;
-use crate::grpc::Api;
+use crate::rpc::Api;
 use crate::state::AppState;
 
 /// Dev-mode extras: the built-in OpenID issuer.

@@ -7,6 +7,7 @@
 mod audit;
 mod outbox;
 mod postgres;
+mod requests;
 mod rows;
 mod sqlite;
 
@@ -27,6 +28,7 @@ use crate::policy::PolicySource;
 pub use audit::*;
 pub use outbox::*;
 pub use postgres::PgStore;
+pub use requests::RequestStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -298,9 +300,10 @@ pub struct ReconcilePass {
 }
 
 /// The persistence contract; both backends pass one contract suite. The audit chain and
-/// the outbox have their own traits (`AuditStore`, `OutboxStore`).
+/// the outbox and the request rows have their own traits (`AuditStore`, `OutboxStore`,
+/// `RequestStore`).
 #[async_trait]
-pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
+pub trait Store: AuditStore + OutboxStore + RequestStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// The database clock.
@@ -352,43 +355,6 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
     /// Every shard's owner, epoch and lease expiry, by shard.
     async fn shard_table(&self) -> StoreResult<Vec<ShardRecord>>;
 
-    /// Inserts a new request (fenced by the owner of its shard) with its audit event and
-    /// outbox rows. `Stale` if the fence does not hold; `Duplicate` if the id exists.
-    async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write>;
-
-    /// Commits a transition: guarded update + one audit event + outbox rows, atomically.
-    async fn transition(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write>;
-
-    async fn get(&self, id: RequestId) -> StoreResult<Option<Request>>;
-
-    /// Non-terminal requests of the given shards, oldest first.
-    async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>>;
-
-    /// The safety net's candidates in `shard`, by the database clock: requests whose
-    /// deadline passed more than `grace` ago (ACTIVE past `expires_at`, PENDING past the
-    /// approval deadline, APPROVED past the grant deadline), and ENDING ones unchanged for
-    /// longer than `stuck`. At most `limit`, most overdue first.
-    async fn overdue_requests(
-        &self,
-        shard: u32,
-        grace: std::time::Duration,
-        stuck: std::time::Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<RequestId>>;
-
-    /// The requests that own any of these grant ids (the reconciler's view of what a
-    /// provider lists).
-    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>>;
-
-    /// ACTIVE requests of one provider after `after` (by id), at most `limit`: the grants
-    /// the reconciler expects to find.
-    async fn active_requests_of(
-        &self,
-        provider: &str,
-        after: Option<RequestId>,
-        limit: u32,
-    ) -> StoreResult<Vec<Request>>;
-
     /// Records a reconciler finding (audit event + outbox rows) in one transaction, only
     /// while `fence` (the reconcile lease) holds; `Stale` otherwise.
     async fn record_finding(&self, fence: &Fence, finding: &Finding<'_>) -> StoreResult<Write>;
@@ -411,17 +377,6 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
         after_version: i64,
     ) -> StoreResult<Vec<AuditEvent>>;
 
-    /// A page of requests; see [`ListFilter`].
-    async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>>;
-
-    /// The request `requester` created with idempotency key `key`, with the content hash
-    /// stored at its create.
-    async fn get_by_idempotency_key(
-        &self,
-        requester: &str,
-        key: &str,
-    ) -> StoreResult<Option<(Request, String)>>;
-
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>>;
 
     /// Closes the review of a request that needed one (break-glass, self-benefit) and writes
@@ -434,13 +389,6 @@ pub trait Store: AuditStore + OutboxStore + Send + Sync + 'static {
         verdict: &str,
         node: &str,
     ) -> StoreResult<Option<ReviewRecord>>;
-
-    /// How many of `requester`'s requests are not final, counting no further than
-    /// `at_most` (the cost follows the answer, not the person's history).
-    async fn open_requests_of(&self, requester: &str, at_most: i64) -> StoreResult<i64>;
-
-    /// When `requester`'s last break-glass request was created.
-    async fn last_break_glass_of(&self, requester: &str) -> StoreResult<Option<Timestamp>>;
 
     /// Records the verified email `subject`'s token carried (written only when it changed).
     async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()>;

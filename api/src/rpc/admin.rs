@@ -2,8 +2,10 @@
 //! reloads and the notification outbox's dead letters.
 
 use jitsudo_proto::v1;
+use jitsudo_proto::v1::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
 
-use super::Rpc;
+use super::{Api, Rpc};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
@@ -88,5 +90,78 @@ impl AppState {
             return Err(ApiError::not_a_dead_letter(id));
         }
         Ok(convert::admin::redriven())
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Api {
+    async fn get_version(
+        &self,
+        req: Request<v1::GetVersionRequest>,
+    ) -> Result<Response<v1::Version>, Status> {
+        rpc!(self, Rpc::GET_VERSION, req, |state, _c, _m| Ok(
+            state.version()
+        ))
+    }
+
+    async fn get_node_status(
+        &self,
+        req: Request<v1::GetNodeStatusRequest>,
+    ) -> Result<Response<v1::NodeStatus>, Status> {
+        rpc!(self, Rpc::GET_NODE_STATUS, req, |state, c, _m| state
+            .node_status(&c)
+            .await)
+    }
+
+    async fn get_cluster_status(
+        &self,
+        req: Request<v1::GetClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        rpc!(self, Rpc::GET_CLUSTER_STATUS, req, |state, c, _m| state
+            .cluster_status(&c)
+            .await)
+    }
+
+    async fn list_actors(
+        &self,
+        req: Request<v1::ListActorsRequest>,
+    ) -> Result<Response<v1::ListActorsResponse>, Status> {
+        rpc!(self, Rpc::LIST_ACTORS, req, |state, c, _m| state
+            .list_actors(&c))
+    }
+
+    async fn reload_policies(
+        &self,
+        req: Request<v1::ReloadPoliciesRequest>,
+    ) -> Result<Response<v1::ReloadPoliciesResponse>, Status> {
+        rpc!(self, Rpc::RELOAD_POLICIES, req, |state, c, _m| state
+            .reload_policies(&c)
+            .await)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<v1::ListDeadLettersRequest>,
+    ) -> Result<Response<v1::ListDeadLettersResponse>, Status> {
+        rpc!(self, Rpc::LIST_DEAD_LETTERS, req, |state, c, m| state
+            .dead_letters(&c, m)
+            .await)
+    }
+
+    async fn redrive_dead_letter(
+        &self,
+        req: Request<v1::RedriveDeadLetterRequest>,
+    ) -> Result<Response<v1::RedriveDeadLetterResponse>, Status> {
+        rpc!(self, Rpc::REDRIVE_DEAD_LETTER, req, |state, c, m| state
+            .redrive(&c, m.id)
+            .await)
+    }
+    async fn list_providers(
+        &self,
+        req: Request<v1::ListProvidersRequest>,
+    ) -> Result<Response<v1::ListProvidersResponse>, Status> {
+        rpc!(self, Rpc::LIST_PROVIDERS, req, |state, c, _m| state
+            .list_providers(&c)
+            .await)
     }
 }

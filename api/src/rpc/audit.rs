@@ -3,8 +3,10 @@
 
 use jitsudo_actors::engine::types::AuditQuery;
 use jitsudo_proto::v1;
+use jitsudo_proto::v1::audit_service_server::AuditService;
+use tonic::{Request, Response, Status};
 
-use super::{Rpc, parse_id};
+use super::{Api, Rpc, parse_id};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
@@ -89,5 +91,26 @@ impl AppState {
             .verify_audit(self.verifying_key.as_ref())
             .await?;
         Ok(convert::audit::verify_report(&report))
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for Api {
+    async fn query_audit(
+        &self,
+        req: Request<v1::QueryAuditRequest>,
+    ) -> Result<Response<v1::QueryAuditResponse>, Status> {
+        rpc!(self, Rpc::QUERY_AUDIT, req, |state, c, m| state
+            .query_audit(&c, m)
+            .await)
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<v1::VerifyAuditRequest>,
+    ) -> Result<Response<v1::VerifyAuditResponse>, Status> {
+        rpc!(self, Rpc::VERIFY_AUDIT, req, |state, c, _m| state
+            .verify_audit(&c)
+            .await)
     }
 }

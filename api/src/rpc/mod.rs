@@ -1,10 +1,13 @@
 //! Every RPC of jitsudo.v1 as one function on the server state, shared by the gRPC and the
 //! REST front ends, one file per service (requests, policies, audit, principals, admin):
-//! validation, the authorization matrix (docs/security.md) and the call into the engine;
-//! `convert` builds the answer and `error` maps the failures. This file holds what the
-//! services share: each RPC's declaration ([`Rpc`]), the caller's identity, the wrapper
-//! every call runs in (metrics, rate limit, refusal audit) and the input checks.
+//! the service's gRPC face (thin adapters from its tonic trait; the caller was
+//! authenticated by the server's middleware and travels in the extensions), validation, the
+//! authorization matrix (docs/security.md) and the call into the engine; `convert` builds the
+//! answer and `error` maps the failures. This file holds what the services share: each
+//! RPC's declaration ([`Rpc`]), the caller's identity, the wrapper every call runs in
+//! (metrics, rate limit, refusal audit) and the input checks.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use jitsudo_actors::domain::{Principal, RequestId};
@@ -14,6 +17,42 @@ use uuid::Uuid;
 use crate::config::ClientPrincipal;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
+
+/// The tonic services of jitsudo.v1, one `impl` per service in that service's file.
+#[derive(Clone)]
+pub struct Api(pub Arc<AppState>);
+
+/// The caller the server's middleware authenticated.
+fn caller<T>(r: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    r.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ApiError::unauthenticated("the call was not authenticated").into())
+}
+
+/// Runs an RPC through the shared wrapper (metrics, rate limit, refusal audit) and maps
+/// the error once. `$rpc` is the RPC's declaration ([`Rpc`]: reads or changes).
+macro_rules! rpc {
+    ($self:ident, $rpc:expr, $req:ident, |$state:ident, $c:ident, $m:ident| $body:expr) => {{
+        let $c = $crate::rpc::caller(&$req)?;
+        let $m = $req.into_inner();
+        let $state = &$self.0;
+        let res = $state.run($rpc, Some(&$c), None, async { $body }).await;
+        res.map(::tonic::Response::new)
+            .map_err(::tonic::Status::from)
+    }};
+    ($self:ident, $rpc:expr, $req:ident, id = $id:expr, |$state:ident, $c:ident, $m:ident| $body:expr) => {{
+        let $c = $crate::rpc::caller(&$req)?;
+        let $m = $req.into_inner();
+        let $state = &$self.0;
+        let id: String = $id(&$m);
+        let res = $state
+            .run($rpc, Some(&$c), Some(&id), async { $body })
+            .await;
+        res.map(::tonic::Response::new)
+            .map_err(::tonic::Status::from)
+    }};
+}
 
 mod admin;
 mod audit;

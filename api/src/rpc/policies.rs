@@ -2,8 +2,10 @@
 
 use jitsudo_actors::policy::{PolicyInput, PolicySource};
 use jitsudo_proto::v1;
+use jitsudo_proto::v1::policy_service_server::PolicyService;
+use tonic::{Request, Response, Status};
 
-use super::{Rpc, check_text, required};
+use super::{Api, Rpc, check_text, required};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
@@ -97,5 +99,53 @@ impl AppState {
             false
         };
         Ok(convert::policies::evaluation(decision, approver_allowed))
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyService for Api {
+    async fn list_policies(
+        &self,
+        req: Request<v1::ListPoliciesRequest>,
+    ) -> Result<Response<v1::ListPoliciesResponse>, Status> {
+        rpc!(self, Rpc::LIST_POLICIES, req, |state, c, _m| state
+            .list_policies(&c)
+            .await)
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::Policy>, Status> {
+        rpc!(self, Rpc::GET_POLICY, req, |state, c, m| state
+            .get_policy(&c, &m.name)
+            .await)
+    }
+
+    async fn apply_policy(
+        &self,
+        req: Request<v1::ApplyPolicyRequest>,
+    ) -> Result<Response<v1::Policy>, Status> {
+        rpc!(self, Rpc::APPLY_POLICY, req, |state, c, m| state
+            .apply_policy(&c, m)
+            .await)
+    }
+
+    async fn delete_policy(
+        &self,
+        req: Request<v1::DeletePolicyRequest>,
+    ) -> Result<Response<v1::DeletePolicyResponse>, Status> {
+        rpc!(self, Rpc::DELETE_POLICY, req, |state, c, m| state
+            .delete_policy(&c, &m.name)
+            .await)
+    }
+
+    async fn eval_policy(
+        &self,
+        req: Request<v1::EvalPolicyRequest>,
+    ) -> Result<Response<v1::EvalPolicyResponse>, Status> {
+        rpc!(self, Rpc::EVAL_POLICY, req, |state, c, m| state
+            .eval_policy(&c, m)
+            .await)
     }
 }

@@ -1,8 +1,10 @@
 //! PrincipalService: who the caller is, and the trust tiers policies see.
 
 use jitsudo_proto::v1;
+use jitsudo_proto::v1::principal_service_server::PrincipalService;
+use tonic::{Request, Response, Status};
 
-use super::{Rpc, check_text, required};
+use super::{Api, Rpc, check_text, required};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
@@ -49,5 +51,35 @@ impl AppState {
             .set_trust_tier(&c.principal, &r.subject, r.trust_tier, &r.reason)
             .await?;
         Ok(convert::principals::record(p))
+    }
+}
+
+#[tonic::async_trait]
+impl PrincipalService for Api {
+    async fn who_am_i(
+        &self,
+        req: Request<v1::WhoAmIRequest>,
+    ) -> Result<Response<v1::Principal>, Status> {
+        rpc!(self, Rpc::WHO_AM_I, req, |state, c, _m| Ok(
+            state.who_am_i(&c)
+        ))
+    }
+
+    async fn get_principal(
+        &self,
+        req: Request<v1::GetPrincipalRequest>,
+    ) -> Result<Response<v1::PrincipalRecord>, Status> {
+        rpc!(self, Rpc::GET_PRINCIPAL, req, |state, c, m| state
+            .get_principal(&c, &m.subject)
+            .await)
+    }
+
+    async fn set_trust_tier(
+        &self,
+        req: Request<v1::SetTrustTierRequest>,
+    ) -> Result<Response<v1::PrincipalRecord>, Status> {
+        rpc!(self, Rpc::SET_TRUST_TIER, req, |state, c, m| state
+            .set_trust_tier(&c, m)
+            .await)
     }
 }

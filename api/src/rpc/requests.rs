@@ -1,11 +1,16 @@
 //! RequestService: create, read, list and watch requests, decide on them and their
 //! extensions, close reviews, fetch credentials.
 
+use std::pin::Pin;
+use std::time::Duration;
+
 use jitsudo_actors::domain::{State, Verdict, same_person};
 use jitsudo_actors::engine::types::ListFilter;
 use jitsudo_proto::v1;
+use jitsudo_proto::v1::request_service_server::RequestService;
+use tonic::{Request, Response, Status};
 
-use super::{MAX_KEY, Rpc, check_text, parse_id};
+use super::{Api, MAX_KEY, Rpc, check_text, parse_id};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
@@ -284,4 +289,228 @@ impl AppState {
 
 fn state_from_number(n: i32) -> Result<State, ApiError> {
     convert::state_from(n).ok_or_else(|| ApiError::invalid(format!("unknown request state {n}")))
+}
+
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::RequestEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RequestService for Api {
+    type WatchRequestStream = WatchStream;
+
+    async fn create_request(
+        &self,
+        req: Request<v1::CreateRequestRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(self, Rpc::CREATE_REQUEST, req, |state, c, m| state
+            .create_request(&c, m)
+            .await)
+    }
+
+    async fn get_request(
+        &self,
+        req: Request<v1::GetRequestRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::GET_REQUEST,
+            req,
+            id = |m: &v1::GetRequestRequest| m.id.clone(),
+            |state, c, m| state.get_request(&c, &m.id).await
+        )
+    }
+
+    async fn list_requests(
+        &self,
+        req: Request<v1::ListRequestsRequest>,
+    ) -> Result<Response<v1::ListRequestsResponse>, Status> {
+        rpc!(self, Rpc::LIST_REQUESTS, req, |state, c, m| state
+            .list_requests(&c, m)
+            .await)
+    }
+
+    async fn watch_request(
+        &self,
+        req: Request<v1::WatchRequestRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let c = super::caller(&req)?;
+        let m = req.into_inner();
+        let state = self.0.clone();
+        // Subscribe before the first read: a commit between the read and the wait is then
+        // still seen.
+        let mut commits = state.engine.context().commits.subscribe();
+        // Check access and read the first batch before answering, so refusals are codes.
+        let (first, done) = state
+            .run(
+                Rpc::WATCH_REQUEST,
+                Some(&c),
+                Some(&m.id),
+                state.request_events(&c, &m.id, m.after_version),
+            )
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let rid = parse_id(&m.id)?;
+        tokio::spawn(async move {
+            let mut after = m.after_version;
+            let mut batch = first;
+            let mut done = done;
+            loop {
+                for ev in batch.drain(..) {
+                    after = after.max(ev.version);
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                if done {
+                    return;
+                }
+                // Woken by this node's commits of this request; the periodic poll covers
+                // commits made by other nodes of a cluster.
+                let poll = tokio::time::sleep(Duration::from_millis(500));
+                tokio::pin!(poll);
+                loop {
+                    tokio::select! {
+                        _ = &mut poll => break,
+                        _ = tx.closed() => return,
+                        c = commits.recv() => match c {
+                            Ok((id, v)) if id == rid && v > after => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                    }
+                }
+                match state.request_events(&c, &m.id, after).await {
+                    Ok((b, d)) => {
+                        batch = b;
+                        done = d;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn approve_request(
+        &self,
+        req: Request<v1::DecideRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::APPROVE_REQUEST,
+            req,
+            id = |m: &v1::DecideRequest| m.id.clone(),
+            |state, c, m| state.approve(&c, &m.id, m.comment).await
+        )
+    }
+
+    async fn deny_request(
+        &self,
+        req: Request<v1::DenyRequestRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::DENY_REQUEST,
+            req,
+            id = |m: &v1::DenyRequestRequest| m.id.clone(),
+            |state, c, m| state.deny(&c, &m.id, m.reason).await
+        )
+    }
+
+    async fn cancel_request(
+        &self,
+        req: Request<v1::CancelRequestRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::CANCEL_REQUEST,
+            req,
+            id = |m: &v1::CancelRequestRequest| m.id.clone(),
+            |state, c, m| state.cancel(&c, &m.id).await
+        )
+    }
+
+    async fn review_request(
+        &self,
+        req: Request<v1::ReviewRequestRequest>,
+    ) -> Result<Response<v1::Review>, Status> {
+        rpc!(
+            self,
+            Rpc::REVIEW_REQUEST,
+            req,
+            id = |m: &v1::ReviewRequestRequest| m.id.clone(),
+            |state, c, m| state.review(&c, &m.id, &m.verdict).await
+        )
+    }
+
+    async fn revoke_request(
+        &self,
+        req: Request<v1::RevokeRequestRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::REVOKE_REQUEST,
+            req,
+            id = |m: &v1::RevokeRequestRequest| m.id.clone(),
+            |state, c, m| state.revoke(&c, &m.id, m.reason).await
+        )
+    }
+
+    async fn extend_request(
+        &self,
+        req: Request<v1::ExtendRequestRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::EXTEND_REQUEST,
+            req,
+            id = |m: &v1::ExtendRequestRequest| m.id.clone(),
+            |state, c, m| state.extend(&c, &m.id, m.by_seconds, m.reason).await
+        )
+    }
+
+    async fn approve_extension(
+        &self,
+        req: Request<v1::DecideExtensionRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::APPROVE_EXTENSION,
+            req,
+            id = |m: &v1::DecideExtensionRequest| m.id.clone(),
+            |state, c, m| state.decide_extension(&c, m, true).await
+        )
+    }
+
+    async fn deny_extension(
+        &self,
+        req: Request<v1::DecideExtensionRequest>,
+    ) -> Result<Response<v1::Request>, Status> {
+        rpc!(
+            self,
+            Rpc::DENY_EXTENSION,
+            req,
+            id = |m: &v1::DecideExtensionRequest| m.id.clone(),
+            |state, c, m| state.decide_extension(&c, m, false).await
+        )
+    }
+
+    async fn get_credentials(
+        &self,
+        req: Request<v1::GetCredentialsRequest>,
+    ) -> Result<Response<v1::Credentials>, Status> {
+        rpc!(
+            self,
+            Rpc::GET_CREDENTIALS,
+            req,
+            id = |m: &v1::GetCredentialsRequest| m.id.clone(),
+            |state, c, m| state.credentials(&c, &m.id).await
+        )
+    }
 }

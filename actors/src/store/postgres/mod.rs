@@ -21,7 +21,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::rows::{self, Columns, OUTBOX_COLUMNS, Plain, REQUEST_COLUMNS};
+use super::rows::{self, Columns, OUTBOX_COLUMNS, Plain};
 use super::*;
 use crate::domain::State;
 
@@ -266,103 +266,6 @@ impl Store for PgStore {
         rows.iter().map(rows::shard_record).collect()
     }
 
-    async fn create(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
-        requests::write(&self.pool, fence, p, true).await
-    }
-
-    async fn transition(&self, fence: &Fence, p: Persist<'_>) -> StoreResult<Write> {
-        requests::write(&self.pool, fence, p, false).await
-    }
-
-    async fn get(&self, id: RequestId) -> StoreResult<Option<Request>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1"
-        )))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("loading a request"))?;
-        row.as_ref().map(rows::request).transpose()
-    }
-
-    async fn live_requests(&self, shards: &[u32]) -> StoreResult<Vec<Request>> {
-        let shards: Vec<i32> = shards.iter().map(|s| *s as i32).collect();
-        let live: Vec<&str> = State::ALL
-            .iter()
-            .filter(|s| !s.is_terminal())
-            .map(|s| s.as_str())
-            .collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE shard = ANY($1) AND state = ANY($2) ORDER BY id"
-        )))
-        .bind(&shards)
-        .bind(&live)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("loading live requests"))?;
-        rows.iter().map(rows::request).collect()
-    }
-
-    async fn overdue_requests(
-        &self,
-        shard: u32,
-        grace: std::time::Duration,
-        stuck: std::time::Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<RequestId>> {
-        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-        let ids: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM (
-                SELECT id, {DUE_SQL} AS due,
-                       CASE state WHEN 'ENDING' THEN $3 ELSE $2 END AS late
-                  FROM requests
-                 WHERE shard = $1 AND state IN ('PENDING', 'APPROVED', 'ACTIVE', 'ENDING')
-             ) r
-             WHERE due < statement_timestamp() - late * interval '1 microsecond'
-             ORDER BY due LIMIT $4"
-        )))
-        .bind(shard as i32)
-        .bind(micros(grace))
-        .bind(micros(stuck))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("looking for overdue requests"))?;
-        Ok(ids.into_iter().map(RequestId).collect())
-    }
-
-    async fn requests_by_grant(&self, grant_ids: &[Uuid]) -> StoreResult<Vec<Request>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests
-              WHERE id IN (SELECT request_id FROM grants WHERE grant_id = ANY($1)) ORDER BY id"
-        )))
-        .bind(grant_ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("loading the requests of grants"))?;
-        rows.iter().map(rows::request).collect()
-    }
-
-    async fn active_requests_of(
-        &self,
-        provider: &str,
-        after: Option<RequestId>,
-        limit: u32,
-    ) -> StoreResult<Vec<Request>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests
-              WHERE state = 'ACTIVE' AND provider = $1 AND ($2::uuid IS NULL OR id > $2)
-              ORDER BY id LIMIT $3"
-        )))
-        .bind(provider)
-        .bind(after.map(|a| a.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("loading active requests of a provider"))?;
-        rows.iter().map(rows::request).collect()
-    }
-
     async fn record_finding(&self, fence: &Fence, f: &Finding<'_>) -> StoreResult<Write> {
         let event_id = Uuid::now_v7();
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -467,36 +370,6 @@ impl Store for PgStore {
         rows.iter().map(rows::audit_event).collect()
     }
 
-    async fn list_requests(&self, filter: &ListFilter) -> StoreResult<Vec<Request>> {
-        let rows = requests::list_query(filter)
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("listing requests"))?;
-        rows.iter().map(rows::request).collect()
-    }
-
-    async fn get_by_idempotency_key(
-        &self,
-        requester: &str,
-        key: &str,
-    ) -> StoreResult<Option<(Request, String)>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REQUEST_COLUMNS}, content_hash FROM requests
-              WHERE requester = $1 AND idempotency_key = $2"
-        )))
-        .bind(requester)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("looking up an idempotency key"))?;
-        row.map(|r| {
-            let hash: String = r.read("content_hash", "reading a content hash")?;
-            Ok((rows::request(&r)?, hash))
-        })
-        .transpose()
-    }
-
     async fn get_principal(&self, subject: &str) -> StoreResult<Option<PrincipalRecord>> {
         let row = sqlx::query(
             "SELECT subject, trust_tier, updated_by, updated_at FROM principals WHERE subject = $1",
@@ -546,32 +419,6 @@ impl Store for PgStore {
             verdict: verdict.to_owned(),
             closed_at,
         }))
-    }
-
-    async fn open_requests_of(&self, requester: &str, at_most: i64) -> StoreResult<i64> {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM (
-                SELECT 1 FROM requests
-                 WHERE requester = $1
-                   AND state NOT IN ('EXPIRED','REVOKED','REJECTED','CANCELLED','TIMED_OUT','FAILED')
-                 LIMIT $2
-             ) open",
-        )
-        .bind(requester)
-        .bind(at_most.max(0))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("counting a requester's open requests"))
-    }
-
-    async fn last_break_glass_of(&self, requester: &str) -> StoreResult<Option<Timestamp>> {
-        sqlx::query_scalar(
-            "SELECT max(created_at) FROM requests WHERE requester = $1 AND break_glass",
-        )
-        .bind(requester)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("reading a requester's last break-glass request"))
     }
 
     async fn note_identity(&self, subject: &str, verified_email: &str) -> StoreResult<()> {
