@@ -915,7 +915,7 @@ pub fn step(
             tx.guard = Some(Guard::BeforeApprovalDeadline);
             tx.next.state = Rejected;
             tx.next.end_detail = Some(format!("denied by {}: {reason}", by.principal.subject));
-            tx.next.ended_by = Some(EndedBy::new(Verdict::Deny, by.principal.person()));
+            tx.next.ended_by = Some(Box::new(EndedBy::new(Verdict::Deny, by.principal.person())));
             tx.times.ended_at = Some(Stamp::now());
             tx.next.ended_at = Some(now);
             tx.notify(
@@ -931,7 +931,7 @@ pub fn step(
             let mut tx = Tx::new(req, "request.cancelled", by.subject.clone());
             tx.next.state = Cancelled;
             tx.next.end_detail = Some("cancelled by the requester".into());
-            tx.next.ended_by = Some(EndedBy::new(Verdict::Cancel, by.person()));
+            tx.next.ended_by = Some(Box::new(EndedBy::new(Verdict::Cancel, by.person())));
             tx.times.ended_at = Some(Stamp::now());
             tx.next.ended_at = Some(now);
             tx.notify(NoticeKind::Cancelled, json!({}));
@@ -1109,7 +1109,10 @@ pub fn step(
                 format!("revoked by {}: {reason}", by.principal.subject),
                 now,
             );
-            tx.next.ended_by = Some(EndedBy::new(Verdict::Revoke, by.principal.person()));
+            tx.next.ended_by = Some(Box::new(EndedBy::new(
+                Verdict::Revoke,
+                by.principal.person(),
+            )));
             Ok(tx.done())
         }
         (Approved, Event::Cancel { by }) => {
@@ -1123,7 +1126,7 @@ pub fn step(
                 "cancelled by the requester while granting".into(),
                 now,
             );
-            tx.next.ended_by = Some(EndedBy::new(Verdict::Cancel, by.person()));
+            tx.next.ended_by = Some(Box::new(EndedBy::new(Verdict::Cancel, by.person())));
             Ok(tx.done())
         }
         (Ending, Event::Revoke { .. } | Event::Cancel { .. }) => Err(Refusal::AlreadyEnding),
