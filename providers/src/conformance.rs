@@ -522,25 +522,28 @@ pub async fn credentials_are_refused_for_a_never_granted_grant(
 ///     (std::sync::Arc::new(jitsudo_providers::demo::DemoProvider::new()), ())
 /// });
 /// ```
+/// With `templated = $setup`, the future yields `(provider, guard, template)`: for a provider
+/// whose accepted scope differs per test (a fresh cloud account each).
+///
 /// The calling crate needs `tokio` (with the `macros` and `rt` features) as a dev-dependency.
 #[macro_export]
 macro_rules! provider_conformance {
-    (@tests $setup:expr, $template:expr; $($property:ident),* $(,)?) => {
+    (@tests $setup:expr; $($property:ident),* $(,)?) => {
         $(
             #[::tokio::test]
             async fn $property() {
-                let (provider, _guard) = $setup.await;
-                let template: $crate::conformance::SpecTemplate = $template;
+                let (provider, _guard, template) = $setup.await;
+                let template: $crate::conformance::SpecTemplate = template;
                 $crate::conformance::$property(&*provider, &template).await;
             }
         )*
     };
-    ($name:ident, $setup:expr, $template:expr $(,)?) => {
+    ($name:ident, templated = $setup:expr $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
-            $crate::provider_conformance!(@tests $setup, $template;
+            $crate::provider_conformance!(@tests $setup;
                 validate_accepts_a_valid_spec,
                 validate_has_no_side_effects,
                 invalid_role_is_a_permanent_error,
@@ -566,6 +569,12 @@ macro_rules! provider_conformance {
                 tombstones_are_forgotten_after_not_after,
             );
         }
+    };
+    ($name:ident, $setup:expr, $template:expr $(,)?) => {
+        $crate::provider_conformance!($name, templated = async {
+            let (provider, guard) = $setup.await;
+            (provider, guard, $template)
+        });
     };
     ($name:ident, $setup:expr $(,)?) => {
         $crate::provider_conformance!($name, $setup, $crate::conformance::SpecTemplate::default());
