@@ -7,6 +7,7 @@
 //! [`python::venv`] provides pinned Python tools for cross-checking them with real clients.
 
 pub mod fakes;
+pub mod moto;
 mod postgres;
 pub mod python;
 
