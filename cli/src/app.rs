@@ -148,6 +148,7 @@ pub async fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Review { id, verdict } => cmd::requests::review(&app, &id, verdict).await,
         Command::Exec { id, command } => cmd::exec::exec(&app, &id, command).await,
         Command::Shell { id } => cmd::exec::shell(&app, &id).await,
+        Command::CredentialProcess(a) => cmd::exec::credential_process(&app, a).await,
         Command::Audit(args) => cmd::audit::audit(&app, args).await,
         Command::Policy(c) => cmd::policy::policy(&app, c).await,
         Command::Server(c) => cmd::server::server(&app, c).await,

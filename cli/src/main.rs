@@ -119,6 +119,9 @@ pub enum Command {
     },
     /// An interactive shell with the request's credentials.
     Shell { id: String },
+    /// Print an AWS `credential_process` answer for an ACTIVE AWS request (for a profile
+    /// in ~/.aws/config: `credential_process = jitsudo credential-process --request ID`).
+    CredentialProcess(cmd::exec::CredentialProcessArgs),
     /// Read and verify the audit log.
     Audit(cmd::audit::AuditArgs),
     /// Manage the Rego policies.

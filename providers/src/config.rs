@@ -21,6 +21,8 @@ pub const KINDS: [&str; 6] = ["kubernetes", "aws", "gcp", "azure", "http", "demo
 const BUILT: &[&str] = &[
     #[cfg(feature = "kubernetes")]
     "kubernetes",
+    #[cfg(feature = "aws")]
+    "aws",
     "http",
     "demo",
 ];
@@ -70,6 +72,8 @@ pub enum KindConfig {
     Http(http::HttpConfig),
     #[cfg(feature = "kubernetes")]
     Kubernetes(crate::kubernetes::KubernetesConfig),
+    #[cfg(feature = "aws")]
+    Aws(crate::aws::AwsConfig),
 }
 
 impl KindConfig {
@@ -79,6 +83,8 @@ impl KindConfig {
             KindConfig::Http(_) => "http",
             #[cfg(feature = "kubernetes")]
             KindConfig::Kubernetes(_) => "kubernetes",
+            #[cfg(feature = "aws")]
+            KindConfig::Aws(_) => "aws",
         }
     }
 }
@@ -164,6 +170,12 @@ impl ProviderSection {
             "http" => KindConfig::Http(parse(rest).map_err(keys_of)?),
             #[cfg(feature = "kubernetes")]
             "kubernetes" => KindConfig::Kubernetes(parse(rest).map_err(keys_of)?),
+            #[cfg(feature = "aws")]
+            "aws" => {
+                let c: crate::aws::AwsConfig = parse(rest).map_err(keys_of)?;
+                c.check().map_err(|m| err(Some(kind), m))?;
+                KindConfig::Aws(c)
+            }
             k if KINDS.contains(&k) => {
                 return Err(err(
                     Some(k),
@@ -218,6 +230,13 @@ impl ProviderSection {
                 let each = Duration::from_secs(c.timeout_seconds.unwrap_or(10));
                 Some(each * 3 + Duration::from_secs(2))
             }
+            // The SDK tries each call up to three times; a grant or a revoke makes up to
+            // four calls, a revoke's deny a few rounds more.
+            #[cfg(feature = "aws")]
+            KindConfig::Aws(c) => {
+                let each = Duration::from_secs(c.timeout_seconds.unwrap_or(10));
+                Some(each * 12 + Duration::from_secs(5))
+            }
         }
     }
 
@@ -246,6 +265,12 @@ impl ProviderSection {
             #[cfg(feature = "kubernetes")]
             KindConfig::Kubernetes(c) => Arc::new(
                 crate::kubernetes::KubernetesProvider::from_config(&self.name, c)
+                    .await
+                    .map_err(|m| self.error(m))?,
+            ),
+            #[cfg(feature = "aws")]
+            KindConfig::Aws(c) => Arc::new(
+                crate::aws::AwsProvider::from_config(&self.name, c)
                     .await
                     .map_err(|m| self.error(m))?,
             ),

@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -110,3 +110,184 @@ fn spawn_error(program: &str, e: &std::io::Error) -> CliError {
         _ => CliError::new(Exit::CannotRun, format!("cannot run {program}: {e}")),
     }
 }
+
+/// Which request's AWS credentials `jitsudo credential-process` prints.
+#[derive(Debug, clap::Args)]
+pub struct CredentialProcessArgs {
+    /// The request (its id).
+    #[arg(long, conflicts_with_all = ["provider", "role", "scope"])]
+    pub request: Option<String>,
+    /// Or: the caller's ACTIVE request of this provider (with --role and --scope to narrow).
+    #[arg(long)]
+    pub provider: Option<String>,
+    #[arg(long, requires = "provider")]
+    pub role: Option<String>,
+    #[arg(long, requires = "provider")]
+    pub scope: Option<String>,
+}
+
+/// `jitsudo credential-process`: the AWS `credential_process` answer (Version 1) for an
+/// ACTIVE request of an AWS provider, so every AWS SDK and CLI can use a profile such as
+///
+/// ```ini
+/// [profile prod-readonly]
+/// credential_process = jitsudo credential-process --provider aws-prod --role ReadOnly --scope 123456789012
+/// ```
+///
+/// Only the JSON goes to stdout; every problem goes to stderr with a non-zero exit, which
+/// the AWS CLI shows as is.
+pub async fn credential_process(app: &App, a: CredentialProcessArgs) -> CliResult<ExitCode> {
+    let api = app.api().await?;
+    let id = match (a.request, a.provider) {
+        (Some(id), _) => id,
+        (None, Some(provider)) => {
+            pick_active(&api, &provider, a.role.as_deref(), a.scope.as_deref()).await?
+        }
+        (None, None) => {
+            return Err(CliError::usage(
+                "give --request ID, or --provider NAME (with --role and --scope to pick among several)",
+            ));
+        }
+    };
+    let r = get(&api, &id).await?;
+    if RequestState::try_from(r.state) != Ok(RequestState::Active) {
+        return Err(CliError::new(Exit::Failure, situation(&r)));
+    }
+    let creds = api
+        .requests
+        .clone()
+        .get_credentials(v1::GetCredentialsRequest { id: r.id.clone() })
+        .await
+        .map_err(|s| api.err(s))?
+        .into_inner();
+    let answer = aws_process_json(&r, &creds)?;
+    println!("{answer}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The caller's ACTIVE request of `provider` (and `role`, `scope` when given) that ends
+/// last.
+async fn pick_active(
+    api: &Api,
+    provider: &str,
+    role: Option<&str>,
+    scope: Option<&str>,
+) -> CliResult<String> {
+    let mut token = String::new();
+    let mut best: Option<v1::Request> = None;
+    loop {
+        let page = api
+            .requests
+            .clone()
+            .list_requests(v1::ListRequestsRequest {
+                mine: true,
+                states: vec![RequestState::Active as i32],
+                provider: provider.to_owned(),
+                page_size: 500,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| api.err(s))?
+            .into_inner();
+        for r in page.requests {
+            if role.is_some_and(|x| x != r.role) || scope.is_some_and(|x| x != r.scope) {
+                continue;
+            }
+            let ends = |r: &v1::Request| r.expires_at.as_ref().map(|t| (t.seconds, t.nanos));
+            if best.as_ref().is_none_or(|b| ends(&r) > ends(b)) {
+                best = Some(r);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    best.map(|r| r.id).ok_or_else(|| {
+        let mut what = format!("provider {provider}");
+        if let Some(r) = role {
+            what.push_str(&format!(", role {r}"));
+        }
+        if let Some(s) = scope {
+            what.push_str(&format!(", scope {s}"));
+        }
+        CliError::new(
+            Exit::Failure,
+            format!("you have no ACTIVE request of {what}; ask for one with `jitsudo request`"),
+        )
+    })
+}
+
+/// The `credential_process` JSON: Version 1, the keys, and the expiry in RFC 3339 (UTC).
+fn aws_process_json(r: &v1::Request, c: &v1::Credentials) -> CliResult<String> {
+    let key = |k: &str| {
+        c.env.get(k).cloned().ok_or_else(|| {
+            CliError::new(
+                Exit::Failure,
+                format!(
+                    "request {} (provider {}) carries no {k}: credential-process is for AWS providers; use `jitsudo exec` for others",
+                    r.id, r.provider
+                ),
+            )
+        })
+    };
+    let mut answer = serde_json::json!({
+        "Version": 1,
+        "AccessKeyId": key("AWS_ACCESS_KEY_ID")?,
+        "SecretAccessKey": key("AWS_SECRET_ACCESS_KEY")?,
+    });
+    if let Some(t) = c.env.get("AWS_SESSION_TOKEN") {
+        answer["SessionToken"] = t.clone().into();
+    }
+    if let Some(at) = crate::output::ts_utc(&c.expires_at) {
+        answer["Expiration"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    }
+    Ok(answer.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_is_version_1_with_an_rfc3339_expiry() {
+        let r = v1::Request {
+            id: "r1".into(),
+            provider: "aws".into(),
+            ..Default::default()
+        };
+        let c = v1::Credentials {
+            env: [
+                ("AWS_ACCESS_KEY_ID", "ASIA1"),
+                ("AWS_SECRET_ACCESS_KEY", "s"),
+                ("AWS_SESSION_TOKEN", "t"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            expires_at: Some(pbjson_types::Timestamp {
+                seconds: 1_900_000_000,
+                nanos: 5,
+            }),
+            notice: String::new(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&aws_process_json(&r, &c).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"Version": 1, "AccessKeyId": "ASIA1", "SecretAccessKey": "s",
+                "SessionToken": "t", "Expiration": "2030-03-17T17:46:40Z"})
+        );
+        let k8s = v1::Credentials {
+            env: Default::default(),
+            ..c
+        };
+        let e = aws_process_json(&r, &k8s).unwrap_err();
+        assert!(
+            e.message.contains("AWS_ACCESS_KEY_ID") && e.message.contains("jitsudo exec"),
+            "{}",
+            e.message
+        );
+    }
+}

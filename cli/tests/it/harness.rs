@@ -66,6 +66,23 @@ impl Jitsudod {
     /// As [`Jitsudod::postgres`]; with `Some(url)`, tokens come from that OpenID provider
     /// (audience `jitsudo`) instead of the built-in test issuer.
     pub fn postgres_with_issuer(external_issuer: Option<String>) -> Jitsudod {
+        Self::postgres_full(external_issuer, vec![ProviderConfig::demo("demo")], |_| {})
+    }
+
+    /// As [`Jitsudod::postgres`] with these providers instead of the demo one, and a last
+    /// say over the configuration.
+    pub fn postgres_with_providers(
+        providers: Vec<ProviderConfig>,
+        tune: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Jitsudod {
+        Self::postgres_full(None, providers, tune)
+    }
+
+    fn postgres_full(
+        external_issuer: Option<String>,
+        providers: Vec<ProviderConfig>,
+        tune: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Jitsudod {
         init();
         let external = external_issuer.is_some();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -120,7 +137,8 @@ impl Jitsudod {
                 config.audit.signing_key = Some(audit_key);
                 config.audit.checkpoint_every = 5;
                 config.audit.checkpoint_interval_seconds = 1;
-                config.providers = vec![ProviderConfig::demo("demo")];
+                config.providers = providers;
+                tune(&mut config);
                 let server = Server::build(config, None)
                     .await
                     .expect("jitsudod builds on PostgreSQL");

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `jitsudo` binary against a real jitsudod.
 
+mod aws;
 mod dev;
 mod device_flow;
 mod harness;

@@ -1,6 +1,8 @@
 //! The integration tests of jitsudo-providers: the conformance suite against every provider,
 //! and the http provider's protocol, error mapping and reference server.
 
+#[cfg(feature = "aws")]
+mod aws;
 mod conformance;
 mod demo;
 mod features;
