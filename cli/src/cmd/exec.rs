@@ -12,8 +12,8 @@ use crate::client::Api;
 use crate::cmd::requests::{get, situation};
 use crate::error::{CliError, CliResult, Exit};
 
-/// The environment to add: the provider's variables plus who we are.
-async fn credentials(api: &Api, id: &str) -> CliResult<(v1::Request, HashMap<String, String>)> {
+/// An ACTIVE request and the credentials minted for it now.
+async fn fetch(api: &Api, id: &str) -> CliResult<(v1::Request, v1::Credentials)> {
     let r = get(api, id).await?;
     if RequestState::try_from(r.state) != Ok(RequestState::Active) {
         return Err(CliError::new(Exit::Failure, situation(&r)));
@@ -25,6 +25,12 @@ async fn credentials(api: &Api, id: &str) -> CliResult<(v1::Request, HashMap<Str
         .await
         .map_err(|s| api.err(s))?
         .into_inner();
+    Ok((r, creds))
+}
+
+/// The environment to add: the provider's variables plus who we are.
+async fn credentials(api: &Api, id: &str) -> CliResult<(v1::Request, HashMap<String, String>)> {
+    let (r, creds) = fetch(api, id).await?;
     let mut env: HashMap<String, String> = creds.env.into_iter().collect();
     env.insert("JITSUDO_REQUEST_ID".into(), r.id.clone());
     env.insert("JITSUDO_ELEVATED".into(), "1".into());
@@ -149,17 +155,7 @@ pub async fn credential_process(app: &App, a: CredentialProcessArgs) -> CliResul
             ));
         }
     };
-    let r = get(&api, &id).await?;
-    if RequestState::try_from(r.state) != Ok(RequestState::Active) {
-        return Err(CliError::new(Exit::Failure, situation(&r)));
-    }
-    let creds = api
-        .requests
-        .clone()
-        .get_credentials(v1::GetCredentialsRequest { id: r.id.clone() })
-        .await
-        .map_err(|s| api.err(s))?
-        .into_inner();
+    let (r, creds) = fetch(&api, &id).await?;
     let answer = aws_process_json(&r, &creds)?;
     println!("{answer}");
     Ok(ExitCode::SUCCESS)
