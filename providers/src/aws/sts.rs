@@ -407,7 +407,9 @@ impl AwsProvider {
                     ),
                 });
             }
-            self.write_deny(acct, role, &wanted).await?;
+            if !self.write_deny(acct, role, &wanted).await? {
+                return Ok(());
+            }
         }
         Err(ProviderError::Unavailable {
             provider: self.name.clone(),
@@ -440,32 +442,17 @@ impl AwsProvider {
         }
     }
 
+    /// Writes the deny; `false` when the role itself is gone (none of its sessions can
+    /// live on, so there is nothing left to deny).
     async fn write_deny(
         &self,
         acct: &Account,
         role: &str,
         ids: &BTreeSet<Uuid>,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<bool, ProviderError> {
         let what = format!("writing the deny of role {role}");
-        match deny::document(ids) {
-            Some(doc) => acct
-                .iam
-                .put_role_policy()
-                .role_name(role)
-                .policy_name(deny::POLICY_NAME)
-                .policy_document(doc)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    map(
-                        &self.name,
-                        &format!("{what} (PutRolePolicy)"),
-                        Call::Write,
-                        e,
-                    )
-                }),
-            None => match acct
+        let Some(doc) = deny::document(ids) else {
+            return match acct
                 .iam
                 .delete_role_policy()
                 .role_name(role)
@@ -473,15 +460,33 @@ impl AwsProvider {
                 .send()
                 .await
             {
-                Ok(_) => Ok(()),
-                Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
+                Ok(_) => Ok(true),
+                Err(e) if code(&e) == Some("NoSuchEntity") => Ok(true),
                 Err(e) => Err(map(
                     &self.name,
                     &format!("{what} (DeleteRolePolicy)"),
                     Call::Write,
                     e,
                 )),
-            },
+            };
+        };
+        match acct
+            .iam
+            .put_role_policy()
+            .role_name(role)
+            .policy_name(deny::POLICY_NAME)
+            .policy_document(doc)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(false),
+            Err(e) => Err(map(
+                &self.name,
+                &format!("{what} (PutRolePolicy)"),
+                Call::Write,
+                e,
+            )),
         }
     }
 
@@ -505,17 +510,12 @@ impl AwsProvider {
         let role = self.resolve(&grant.role, &grant.scope)?;
         let acct = self.account(&grant.scope).await;
         let found = self.records_of(&acct, &role, grant.request_id).await?;
-        let mine = |t: bool| {
-            found
-                .iter()
-                .find(|(r, _)| r.grant_id == grant.grant_id && r.tombstone == t)
-        };
-        if mine(true).is_some() {
+        if find(&found, grant.grant_id, true).is_some() {
             return Ok(None);
         }
-        Ok(mine(false)
+        Ok(find(&found, grant.grant_id, false)
             .filter(|(r, _)| r.not_after > Utc::now())
-            .map(|(r, arn)| (role, r.clone(), arn.clone())))
+            .map(|(r, arn)| (role, r, arn)))
     }
 }
 
@@ -553,12 +553,7 @@ impl Provider for AwsProvider {
             grant_id: spec.grant_id,
         };
         let found = self.records_of(&acct, &role, spec.request_id).await?;
-        let mine = |found: &[(Record, String)], t: bool| {
-            found
-                .iter()
-                .find(|(r, _)| r.grant_id == spec.grant_id && r.tombstone == t)
-                .cloned()
-        };
+        let mine = |found: &[(Record, String)], t: bool| find(found, spec.grant_id, t);
         if mine(&found, true).is_some() {
             return Err(tombstoned());
         }
@@ -593,12 +588,7 @@ impl Provider for AwsProvider {
         let role = self.resolve(&grant.role, &grant.scope)?;
         let acct = self.account(&grant.scope).await;
         let found = self.records_of(&acct, &role, grant.request_id).await?;
-        let mine = |found: &[(Record, String)], t: bool| {
-            found
-                .iter()
-                .find(|(r, _)| r.grant_id == grant.grant_id && r.tombstone == t)
-                .cloned()
-        };
+        let mine = |found: &[(Record, String)], t: bool| find(found, grant.grant_id, t);
         // The tombstone takes the live record's end and principal where there is one.
         let tombstone = match (mine(&found, true), mine(&found, false)) {
             (Some((t, _)), _) => t,
@@ -791,10 +781,7 @@ impl Provider for AwsProvider {
         let found = self
             .records_of(&acct, &role, tombstone.request_id.unwrap_or_default())
             .await?;
-        let Some((record, arn)) = found
-            .into_iter()
-            .find(|(r, _)| r.grant_id == tombstone.grant_id && r.tombstone)
-        else {
+        let Some((record, arn)) = find(&found, tombstone.grant_id, true) else {
             return Ok(());
         };
         if record.not_after > Utc::now() {
@@ -821,6 +808,14 @@ impl Provider for AwsProvider {
             native_expiry: false,
         }
     }
+}
+
+/// The live record (`tombstone = false`) or the tombstone of a grant among `found`.
+fn find(found: &[(Record, String)], grant_id: Uuid, tombstone: bool) -> Option<(Record, String)> {
+    found
+        .iter()
+        .find(|(r, _)| r.grant_id == grant_id && r.tombstone == tombstone)
+        .cloned()
 }
 
 /// The role session name of every session of a grant.

@@ -16,6 +16,7 @@ use chrono::{TimeDelta, Utc};
 use jitsudo_providers::aws::{AwsConfig, AwsMode, AwsProvider, DENY_POLICY, GRANT_TAG, denied};
 use jitsudo_providers::conformance::SpecTemplate;
 use jitsudo_providers::{ErrorClass, GrantRecord, GrantSpec, GrantState, Provider, ProviderError};
+use jitsudo_testkit::aws_proxy::{AwsFault, AwsFaultProxy};
 use jitsudo_testkit::moto::{self, fresh_account};
 use uuid::Uuid;
 
@@ -487,4 +488,175 @@ async fn the_reconciler_drops_a_deny_entry_once_its_grant_has_ended() {
         BTreeSet::from([rl.grant_id]),
         "the ended grant's entry left with its tombstone; the other stays until its end"
     );
+}
+
+/// A provider whose every AWS call goes through a fault proxy in front of moto.
+async fn through_proxy(a: &Account) -> (AwsProvider, AwsFaultProxy) {
+    let proxy = AwsFaultProxy::start(&moto::moto().unwrap().url).expect("the proxy starts");
+    let url = proxy.url.clone();
+    let p = provider(a, false, |c| c.endpoint_url = Some(url)).await;
+    (p, proxy)
+}
+
+#[tokio::test]
+async fn assume_role_carries_the_session_name_source_identity_tags_and_a_bounded_duration() {
+    let a = account().await;
+    let (p, proxy) = through_proxy(&a).await;
+    let s = spec(&a, "alice@example.com", TimeDelta::minutes(40));
+    let r = p.grant(&s).await.unwrap();
+    p.credentials(&r).await.unwrap();
+    let calls = proxy.seen("AssumeRole");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let c = &calls[0];
+    assert_eq!(
+        c.param("RoleArn"),
+        Some(format!("arn:aws:iam::{}:role/{ROLE}", a.id).as_str())
+    );
+    assert_eq!(
+        c.param("RoleSessionName"),
+        Some(format!("jitsudo-{}", r.grant_id).as_str())
+    );
+    assert_eq!(c.param("SourceIdentity"), Some("alice@example.com"));
+    let tags: Vec<(&str, &str)> = (1..=2)
+        .map(|i| {
+            (
+                c.param(&format!("Tags.member.{i}.Key")).unwrap_or_default(),
+                c.param(&format!("Tags.member.{i}.Value"))
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            (GRANT_TAG, r.grant_id.to_string().as_str()),
+            ("jitsudo-request", r.request_id.to_string().as_str())
+        ]
+    );
+    let seconds: i64 = c.param("DurationSeconds").unwrap().parse().unwrap();
+    assert!(
+        (900..=40 * 60).contains(&seconds),
+        "{seconds} s: at most what is left of the grant (40 min), at least AWS's 900"
+    );
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_a_lasting_throttle_is_retryable() {
+    let a = account().await;
+    let (p, proxy) = through_proxy(&a).await;
+    // Two throttles: the SDK's own retries (three attempts) get through.
+    proxy.fail("CreatePolicy", AwsFault::Throttle, 2);
+    p.grant(&spec(&a, "alice", TimeDelta::hours(1)))
+        .await
+        .expect("a grant through two throttles");
+    assert_eq!(proxy.seen("CreatePolicy").len(), 3);
+    // Throttled throughout: the engine is told to come back later.
+    proxy.fail("GetRole", AwsFault::Throttle, 100);
+    let e = p
+        .validate(&spec(&a, "alice", TimeDelta::minutes(30)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ProviderError::Throttled { .. }) && e.is_retryable(),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_grant_whose_answer_was_lost_ends_with_one_record() {
+    let a = account().await;
+    let (p, proxy) = through_proxy(&a).await;
+    proxy.fail("CreatePolicy", AwsFault::DropAfterApply, 1);
+    let s = spec(&a, "alice", TimeDelta::hours(1));
+    // The SDK retries a lost answer itself, or the engine does: the same outcome either way.
+    let mut result = p.grant(&s).await;
+    for _ in 0..3 {
+        match &result {
+            Err(e) if e.is_retryable() => result = p.grant(&s).await,
+            _ => break,
+        }
+    }
+    let r = result.expect("the grant completes");
+    let listed: Vec<_> = jitsudo_providers::reconcile::list_all(&p)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|g| g.grant_id == s.grant_id)
+        .collect();
+    assert_eq!(listed.len(), 1, "one record for the grant: {listed:?}");
+    assert_eq!(p.inspect(&r).await.unwrap(), GrantState::Active);
+    assert!(
+        proxy
+            .seen("CreatePolicy")
+            .iter()
+            .any(|c| c.fault == Some(AwsFault::DropAfterApply)),
+        "the fault was hit"
+    );
+}
+
+#[tokio::test]
+async fn a_revoke_whose_deny_cannot_be_written_fails_retryably_and_a_retry_completes_it() {
+    let a = account().await;
+    let (p, proxy) = through_proxy(&a).await;
+    let r = p
+        .grant(&spec(&a, "alice", TimeDelta::hours(1)))
+        .await
+        .unwrap();
+    proxy.fail("PutRolePolicy", AwsFault::ServerError, 100);
+    let e = p.revoke(&r).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(
+        e.to_string().contains("ServiceFailure"),
+        "the AWS code is kept: {e}"
+    );
+    assert!(
+        deny_document(&a, ROLE).await.is_none(),
+        "nothing was denied yet"
+    );
+    proxy.clear();
+    p.revoke(&r).await.expect("the retried revoke completes");
+    let doc = deny_document(&a, ROLE).await.expect("the deny is written");
+    assert_eq!(denied(&doc.to_string()), BTreeSet::from([r.grant_id]));
+}
+
+#[tokio::test]
+async fn a_missing_permission_is_forbidden_with_the_aws_code_and_what_to_do() {
+    let a = account().await;
+    let (p, proxy) = through_proxy(&a).await;
+    proxy.fail("GetRole", AwsFault::AccessDenied, 100);
+    let e = p
+        .validate(&spec(&a, "alice", TimeDelta::minutes(30)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProviderError::Forbidden { .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Permanent);
+    let text = e.to_string();
+    assert!(
+        text.contains("AccessDenied")
+            && text.contains("HTTP 403")
+            && text.contains("docs/providers.md"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoke_on_a_role_deleted_meanwhile_completes() {
+    let a = account().await;
+    let p = provider(&a, false, |_| {}).await;
+    create_role(&a.iam, "AdminTemp").await;
+    let s = GrantSpec {
+        role: "AdminTemp".into(),
+        ..spec(&a, "alice", TimeDelta::hours(1))
+    };
+    let r = p.grant(&s).await.unwrap();
+    a.iam
+        .delete_role()
+        .role_name("AdminTemp")
+        .send()
+        .await
+        .unwrap();
+    p.revoke(&r)
+        .await
+        .expect("no session of a deleted role lives on: nothing to deny");
+    assert_eq!(p.inspect(&r).await.unwrap(), GrantState::Gone);
 }
