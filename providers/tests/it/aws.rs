@@ -660,3 +660,42 @@ async fn a_revoke_on_a_role_deleted_meanwhile_completes() {
         .expect("no session of a deleted role lives on: nothing to deny");
     assert_eq!(p.inspect(&r).await.unwrap(), GrantState::Gone);
 }
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config/aws");
+    let text = std::fs::read_to_string(dir.join("providers.toml")).unwrap();
+    let doc: toml::Table = text.parse().expect("providers.toml is TOML");
+    let tables = doc["providers"].as_array().expect("[[providers]]");
+    assert!(!tables.is_empty());
+    for t in tables {
+        let section =
+            jitsudo_providers::config::ProviderSection::from_table(t.as_table().unwrap().clone())
+                .unwrap_or_else(|e| panic!("cluster-config/aws/providers.toml: {e}"));
+        assert_eq!(section.kind.kind(), "aws");
+    }
+    for f in ["jitsudod-policy.json", "target-role-trust.json"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap())
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(v["Version"], "2012-10-17", "{f}");
+    }
+    let policy = std::fs::read_to_string(dir.join("jitsudod-policy.json")).unwrap();
+    for action in [
+        "iam:ListPolicies",
+        "iam:CreatePolicy",
+        "iam:DeletePolicy",
+        "iam:GetRole",
+        "iam:GetRolePolicy",
+        "iam:PutRolePolicy",
+        "iam:DeleteRolePolicy",
+        "sts:AssumeRole",
+        "sts:SetSourceIdentity",
+        "sts:TagSession",
+    ] {
+        assert!(
+            policy.contains(action),
+            "jitsudod-policy.json lacks {action}"
+        );
+    }
+}
