@@ -10,12 +10,11 @@
 //! IAM size limit (inline 10,240 characters per role, managed 6,144), ignores
 //! `SourceIdentity` and session tags on `AssumeRole`, and evaluates no policy at all.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -53,11 +52,11 @@ pub fn moto() -> Result<&'static Moto> {
 fn start() -> Result<Moto> {
     let bin = crate::python::venv(&PINS)?;
     let port = crate::free_port();
-    let child = Command::new(bin.join("moto_server"))
+    let mut child = Command::new(bin.join("moto_server"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .context("spawning moto_server")?;
     // Watchdog: stop moto when this process is gone, whatever way it ends.
@@ -73,38 +72,37 @@ fn start() -> Result<Moto> {
         .stderr(Stdio::null())
         .spawn()
         .context("spawning the moto watchdog")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if ready(port) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("moto_server on port {port} did not answer within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // Ready when the server says it runs (Werkzeug's " * Running on http://…" on stderr);
+    // the reader then keeps draining stderr so that moto never blocks on a full pipe.
+    let stderr = child.stderr.take().context("moto_server's stderr")?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::Builder::new()
+        .name("moto-stderr".into())
+        .spawn(move || {
+            let mut tail = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if line.contains("Running on") {
+                    let _ = ready_tx.send(String::new());
+                }
+                tail.push(line);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+            // Exited before saying so: what it printed last.
+            let _ = ready_tx.send(tail.join("\n"));
+        })
+        .context("spawning moto's stderr reader")?;
+    match ready_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(tail) if tail.is_empty() => {}
+        Ok(tail) => bail!("moto_server exited while starting:\n{tail}"),
+        Err(_) => bail!("moto_server on port {port} did not start within 60 s"),
     }
     Ok(Moto {
         url: format!("http://127.0.0.1:{port}"),
         bin,
         _child: child,
     })
-}
-
-/// moto's own API answers once the server is up.
-fn ready(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(
-        b"GET /moto-api/data.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    )
-    .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }
 
 /// A twelve-digit account id no other test uses.
