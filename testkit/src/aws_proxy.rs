@@ -164,11 +164,8 @@ async fn serve(
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, AnswerLost> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    // A body that cannot be read is not guessed at: the connection goes.
+    let body = body.collect().await.map_err(|_| AnswerLost)?.to_bytes();
     let params = form(&body);
     let action = params
         .iter()
@@ -226,6 +223,8 @@ fn forward(
     body: &[u8],
 ) -> std::io::Result<Response<Full<Bytes>>> {
     let mut s = TcpStream::connect(upstream)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    s.set_write_timeout(Some(std::time::Duration::from_secs(30)))?;
     let target = parts
         .uri
         .path_and_query()
@@ -233,7 +232,19 @@ fn forward(
         .unwrap_or("/");
     let mut head = format!("{} {target} HTTP/1.1\r\n", parts.method);
     for (k, v) in &parts.headers {
-        if k == "connection" || k == "content-length" || k == "transfer-encoding" {
+        // Hop-by-hop headers, and `expect` (moto would answer 100 Continue first).
+        if [
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            "expect",
+            "te",
+            "keep-alive",
+            "upgrade",
+            "proxy-connection",
+        ]
+        .contains(&k.as_str())
+        {
             continue;
         }
         head.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap_or("")));
@@ -246,12 +257,26 @@ fn forward(
     s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no header end in moto's answer"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
+    // Interim (1xx) heads come before the answer: skip them.
+    let mut rest: &[u8] = &raw;
+    let (head, body) = loop {
+        let split = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("no header end in moto's answer"))?;
+        let head = String::from_utf8_lossy(&rest[..split]).into_owned();
+        let body = &rest[split + 4..];
+        if head
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|c| c.starts_with('1'))
+        {
+            rest = body;
+            continue;
+        }
+        break (head, body.to_vec());
+    };
+    let mut body = body;
     let mut lines = head.lines();
     let status: u16 = lines
         .next()
@@ -274,27 +299,32 @@ fn forward(
         }
     }
     if chunked {
-        body = dechunk(&body);
+        body = dechunk(&body)?;
     }
     builder
         .body(Full::new(Bytes::from(body)))
         .map_err(std::io::Error::other)
 }
 
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+fn dechunk(mut raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bad = || std::io::Error::other("a malformed chunked answer from moto");
     let mut out = Vec::new();
-    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&raw[..eol]).trim(), 16).unwrap_or(0);
+    loop {
+        let eol = raw.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let line = String::from_utf8_lossy(&raw[..eol]).into_owned();
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad())?;
         if size == 0 {
-            break;
+            return Ok(out);
         }
         let start = eol + 2;
-        let end = (start + size).min(raw.len());
+        let end = start + size;
+        if raw.len() < end + 2 {
+            return Err(bad());
+        }
         out.extend_from_slice(&raw[start..end]);
-        raw = &raw[(end + 2).min(raw.len())..];
+        raw = &raw[end + 2..];
     }
-    out
 }
 
 /// The answer AWS gives for `fault`, in the query protocol's XML error shape.
