@@ -157,7 +157,7 @@ pub async fn credential_process(app: &App, a: CredentialProcessArgs) -> CliResul
     };
     let (r, creds) = fetch(&api, &id).await?;
     let answer = aws_process_json(&r, &creds)?;
-    println!("{answer}");
+    crate::output::print_stdout(&answer)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,9 +236,14 @@ fn aws_process_json(r: &v1::Request, c: &v1::Credentials) -> CliResult<String> {
     if let Some(t) = c.env.get("AWS_SESSION_TOKEN") {
         answer["SessionToken"] = t.clone().into();
     }
-    if let Some(at) = crate::output::ts_utc(&c.expires_at) {
-        answer["Expiration"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
-    }
+    // Without an Expiration the SDKs would take the keys as permanent and never ask again.
+    let at = crate::output::ts_utc(&c.expires_at).ok_or_else(|| {
+        CliError::new(
+            Exit::Failure,
+            format!("the credentials of request {} carry no expiry", r.id),
+        )
+    })?;
+    answer["Expiration"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
     Ok(answer.to_string())
 }
 

@@ -129,6 +129,8 @@ credentials_file = "{}"
         jitsudo_api::config::ProviderConfig::from_table(table).expect("a valid aws table");
     let jd = Jitsudod::postgres_with_providers(vec![section], |c| {
         c.node.reconcile_interval_seconds = 1;
+        // A grant's end is its approval + this + its duration: short for the second request.
+        c.limits.grant_timeout_seconds = 2;
     });
     let (alice, bob, carol) = (jd.user("alice"), jd.user("bob"), jd.user("carol"));
     // The example policies cover the demo provider only: engineering may ask for ReadOnly.
@@ -246,6 +248,45 @@ credentials_file = "{}"
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no ACTIVE request"), "{stderr}");
+
+    // A second, short grant revoked at once joins the deny, and jitsudod's reconciler takes
+    // its entry out again once the grant's end has passed (no session can outlive it); the
+    // first grant's entry stays until its own end.
+    let short = alice.json(&[
+        "request",
+        "--provider",
+        "aws",
+        "--role",
+        "ReadOnly",
+        "--scope",
+        &account,
+        "--duration",
+        "20s",
+        "--reason",
+        "one quick look",
+    ]);
+    let sid = id(&short);
+    bob.run(&["approve", &sid]).ok();
+    eventually(30, "the short grant ACTIVE", || {
+        (state(&alice.json(&["status", &sid])) == "REQUEST_STATE_ACTIVE").then_some(())
+    });
+    alice.run(&["revoke", &sid, "--reason", "seen enough"]).ok();
+    let denied_now = |read: &mut Command| -> Vec<String> {
+        let p = run_json(read);
+        p["PolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]
+            ["aws:PrincipalTag/jitsudo-grant"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let both = eventually(30, "both grants denied", || {
+        let ids = denied_now(&mut read);
+        (ids.len() == 2).then_some(ids)
+    });
+    assert!(both.contains(&grant), "{both:?}");
+    eventually(90, "the short grant's entry removed after its end", || {
+        (denied_now(&mut read) == [grant.clone()]).then_some(())
+    });
 }
 
 fn write_profile(path: &Path, account: &str, endpoint: &str) {
