@@ -70,7 +70,10 @@ impl AwsConfig {
         if self.accounts.is_empty() {
             return Err("accounts must list at least one twelve-digit account id".into());
         }
-        for a in &self.accounts {
+        for (i, a) in self.accounts.iter().enumerate() {
+            if self.accounts[..i].contains(a) {
+                return Err(format!("accounts: {a:?} is listed twice"));
+            }
             if !is_account_id(a) {
                 return Err(format!(
                     "accounts: {a:?} is not an account id (twelve digits)"
@@ -97,6 +100,9 @@ impl AwsConfig {
             return Err(
                 "credentials_file needs profile: the name of the profile in it to use".into(),
             );
+        }
+        if self.timeout_seconds == Some(0) {
+            return Err("timeout_seconds must be at least 1".into());
         }
         if let Some(s) = self.session_seconds
             && !(MIN_SESSION_SECONDS..=MAX_SESSION_SECONDS).contains(&s)

@@ -74,9 +74,19 @@ where
                     provider,
                     retry_after: None,
                 },
-                "ConcurrentModification" | "ConcurrentModificationException" => {
+                "ConcurrentModification"
+                | "ConcurrentModificationException"
+                | "EntityTemporarilyUnmodifiable" => {
                     ProviderError::Unavailable { provider, reason }
                 }
+                // A quota (managed policies per account, inline policy size per role): retried
+                // until something leaves, or the quota is raised.
+                "LimitExceeded" => ProviderError::Unavailable {
+                    provider,
+                    reason: format!(
+                        "{reason}: an IAM quota is reached (customer managed policies per account, or inline policy size per role); raise it in the account or wait for grants to end"
+                    ),
+                },
                 _ if status >= 500 && call == Call::Write => {
                     ProviderError::Unknown { provider, reason }
                 }

@@ -3,7 +3,11 @@
 //! (`jitsudo-revoked-<grant_id>`, the tombstone). IAM's listing (`ListPolicies`) returns a
 //! policy's name and path but neither its tags nor its description, so everything the
 //! reconciler needs travels in the path:
-//! `/jitsudo/<role>/<request_id>/<not_after: unix seconds.nanoseconds>/<principal, percent-encoded>/`.
+//! `/jitsudo/<role>/<request_id>/<not_after>/<principal>/<role as requested>/`, where `<role>`
+//! is the IAM role's name in lower case (IAM compares role names without case, so every
+//! spelling of one role shares its records and its deny), `<not_after>` is unix seconds and
+//! nanoseconds (`1900000000.123456789`), and the principal and the requested role (a name or
+//! an ARN, as the store keeps it) are percent-encoded.
 //! Pure: names, paths and the harmless document such a record carries.
 
 use chrono::{DateTime, Utc};
@@ -33,8 +37,11 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Record {
     pub grant_id: Uuid,
     pub request_id: Uuid,
-    /// The role's name (never an ARN).
+    /// The IAM role's name (never an ARN); kept in lower case in the path.
     pub role: String,
+    /// The role as the request names it (a name in any case, or an ARN): what the store
+    /// holds, and so what the reconciler compares.
+    pub requested: String,
     pub principal: String,
     pub not_after: DateTime<Utc>,
     pub tombstone: bool,
@@ -52,15 +59,17 @@ impl Record {
     /// The path, or why it cannot be one (too long for IAM).
     pub fn path(&self) -> Result<String, String> {
         let path = format!(
-            "{}{}/{}/{}/",
+            "{}{}/{}/{}/{}/",
             role_prefix(&self.role),
             self.request_id,
             format_args!(
                 "{}.{:09}",
                 self.not_after.timestamp(),
-                self.not_after.timestamp_subsec_nanos()
+                // A leap second's nanoseconds run past 999,999,999.
+                self.not_after.timestamp_subsec_nanos().min(999_999_999)
             ),
-            utf8_percent_encode(&self.principal, SEGMENT)
+            utf8_percent_encode(&self.principal, SEGMENT),
+            utf8_percent_encode(&self.requested, SEGMENT)
         );
         if path.len() > MAX_PATH {
             return Err(format!(
@@ -89,10 +98,14 @@ impl Record {
             return None;
         }
         let not_after = DateTime::from_timestamp(secs.parse().ok()?, nanos.parse().ok()?)?;
-        let principal = percent_decode_str(parts.next()?)
-            .decode_utf8()
-            .ok()?
-            .into_owned();
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|d| d.into_owned())
+        };
+        let principal = decode(parts.next()?)?;
+        let requested = decode(parts.next()?)?;
         if parts.next().is_some() || role.is_empty() {
             return None;
         }
@@ -101,6 +114,7 @@ impl Record {
             request_id,
             role,
             principal,
+            requested,
             not_after,
             tombstone,
         })
@@ -117,7 +131,7 @@ pub fn tombstone_name(grant_id: Uuid) -> String {
 
 /// The path prefix of every record about `role` (what one role's listing asks for).
 pub fn role_prefix(role: &str) -> String {
-    format!("{ROOT}{role}/")
+    format!("{ROOT}{}/", role.to_ascii_lowercase())
 }
 
 /// The document every record carries: it is never attached, and even attached it would
@@ -143,7 +157,8 @@ mod tests {
         Record {
             grant_id: Uuid::now_v7(),
             request_id: Uuid::now_v7(),
-            role: "ReadOnly".into(),
+            role: "readonly".into(),
+            requested: "arn:aws:iam::123456789012:role/team/ReadOnly".into(),
             principal: principal.into(),
             not_after: DateTime::from_timestamp(1_900_000_000, 123_456_789).unwrap(),
             tombstone,
@@ -156,7 +171,7 @@ mod tests {
             for t in [false, true] {
                 let r = record(p, t);
                 let path = r.path().unwrap();
-                assert!(path.starts_with("/jitsudo/ReadOnly/"), "{path}");
+                assert!(path.starts_with("/jitsudo/readonly/"), "{path}");
                 assert!(
                     path.bytes().all(|b| (0x21..=0x7e).contains(&b)),
                     "IAM allows only printable ASCII in a path: {path}"
@@ -167,12 +182,20 @@ mod tests {
     }
 
     #[test]
+    fn every_spelling_of_a_role_shares_one_prefix() {
+        assert_eq!(role_prefix("ReadOnly"), role_prefix("readonly"));
+        let mut r = record("alice", false);
+        r.role = "ReadOnly".into();
+        assert!(r.path().unwrap().starts_with(&role_prefix("READONLY")));
+    }
+
+    #[test]
     fn foreign_policies_are_not_records() {
         let r = record("alice", false);
         let path = r.path().unwrap();
         assert_eq!(Record::parse("ReadOnlyAccess", &path), None);
         assert_eq!(Record::parse(&r.name(), "/"), None);
-        assert_eq!(Record::parse(&r.name(), "/jitsudo/ReadOnly/"), None);
+        assert_eq!(Record::parse(&r.name(), "/jitsudo/readonly/"), None);
         assert_eq!(Record::parse("jitsudo-not-a-uuid", &path), None);
         assert_eq!(
             Record::parse(&r.name(), &format!("{path}extra/")),
@@ -184,6 +207,6 @@ mod tests {
     #[test]
     fn a_principal_too_long_for_a_path_is_refused_with_the_numbers() {
         let e = record(&"a".repeat(500), false).path().unwrap_err();
-        assert!(e.contains("512") && e.contains("ReadOnly"), "{e}");
+        assert!(e.contains("512") && e.contains("readonly"), "{e}");
     }
 }

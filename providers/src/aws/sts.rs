@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -43,6 +43,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const PAGE_SIZE: i32 = 100;
 /// Rounds of rebuilding a role's deny before giving up (retryable).
 const DENY_ROUNDS: u32 = 8;
+/// How much earlier than the grant's end a session ends (clock skew, the call's latency).
+const SESSION_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// AWS caps a session made from another role session (role chaining) at one hour.
 const CHAINED_SESSION_SECONDS: u32 = 3600;
 
@@ -52,9 +54,10 @@ struct Account {
     sts: aws_sdk_sts::Client,
 }
 
-/// The last rebuild of one role's deny: when its final listing began. A revoke whose
-/// tombstone was written before that is covered by it.
-type DenyState = Arc<tokio::sync::Mutex<Option<Instant>>>;
+/// The ids one role's deny held when this node last read it back as written: a revoke whose
+/// id is among them is covered. Behind a lock, so that revokes of one role on one node
+/// take turns and share rebuilds.
+type DenyState = Arc<tokio::sync::Mutex<BTreeSet<Uuid>>>;
 
 pub struct AwsProvider {
     name: String,
@@ -165,7 +168,7 @@ impl AwsProvider {
         self.denies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((account.to_owned(), role.to_owned()))
+            .entry((account.to_owned(), role.to_ascii_lowercase()))
             .or_default()
             .clone()
     }
@@ -367,34 +370,50 @@ impl AwsProvider {
         }
     }
 
-    /// Makes the role's deny match the tombstones of the role whose end has not come.
-    /// Rebuilt whole from the listing each round and re-read until the two agree.
+    /// Makes the role's deny hold `add` (a grant just revoked), every listed tombstone of
+    /// the role whose end has not come, and whatever it holds already, less `remove` (a
+    /// tombstone being forgotten) and less the listed tombstones whose end has passed. It
+    /// only ever grows but for those: a listing that lags (IAM is eventually consistent) or
+    /// another replica's write in between cannot take an entry out. Written, then read back,
+    /// until what IAM holds is what was wanted.
     async fn sync_deny(
         &self,
         acct: &Account,
         account: &str,
         role: &str,
-        written_before: Instant,
+        add: Option<Uuid>,
+        remove: Option<Uuid>,
     ) -> Result<(), ProviderError> {
         let state = self.deny_state(account, role);
-        let mut last = state.lock().await;
-        if last.is_some_and(|t| t > written_before) {
-            // A rebuild that listed after our tombstone was written has finished.
+        let mut confirmed = state.lock().await;
+        if let Some(id) = add
+            && remove.is_none()
+            && confirmed.contains(&id)
+        {
+            // Another revoke's rebuild on this node wrote it and read it back meanwhile.
             return Ok(());
         }
         for _ in 0..DENY_ROUNDS {
-            let began = Instant::now();
             let now = Utc::now();
-            let wanted: BTreeSet<Uuid> = self
+            let (live, ended): (Vec<Record>, Vec<Record>) = self
                 .list(acct, &records::role_prefix(role))
                 .await?
                 .into_iter()
-                .filter(|(r, _)| r.tombstone && r.not_after > now)
-                .map(|(r, _)| r.grant_id)
-                .collect();
+                .map(|(r, _)| r)
+                .filter(|r| r.tombstone)
+                .partition(|r| r.not_after > now);
             let current = self.read_deny(acct, role).await?;
-            if current == wanted {
-                *last = Some(began);
+            let mut wanted: BTreeSet<Uuid> = current.clone();
+            wanted.extend(live.iter().map(|r| r.grant_id));
+            wanted.extend(add);
+            for r in &ended {
+                wanted.remove(&r.grant_id);
+            }
+            if let Some(id) = remove {
+                wanted.remove(&id);
+            }
+            if wanted == current {
+                *confirmed = current;
                 return Ok(());
             }
             if !deny::room_for(wanted.len()) {
@@ -562,13 +581,26 @@ impl Provider for AwsProvider {
         }
         let record = record_of(spec, &role, false);
         self.write_record(&acct, &record).await?;
+        // From here the record may exist: any failure leaves the outcome unknown.
+        let unknown = |e: ProviderError| match e {
+            e @ ProviderError::Unknown { .. } => e,
+            e => ProviderError::Unknown {
+                provider: self.name.clone(),
+                reason: format!("after writing the record of grant {}: {e}", spec.grant_id),
+            },
+        };
         // A revoke may have overtaken this grant between the listing and the write: its
         // tombstone wins, and the record just written goes.
-        let found = self.records_of(&acct, &role, spec.request_id).await?;
+        let found = self
+            .records_of(&acct, &role, spec.request_id)
+            .await
+            .map_err(unknown)?;
         let live = mine(&found, false);
         if mine(&found, true).is_some() {
             if let Some((_, arn)) = &live {
-                self.delete_record(&acct, arn, spec.grant_id).await?;
+                self.delete_record(&acct, arn, spec.grant_id)
+                    .await
+                    .map_err(unknown)?;
             }
             return Err(tombstoned());
         }
@@ -596,7 +628,8 @@ impl Provider for AwsProvider {
                 let mut t = live.map(|(r, _)| r).unwrap_or_else(|| Record {
                     grant_id: grant.grant_id,
                     request_id: grant.request_id,
-                    role: role.clone(),
+                    role: role.to_ascii_lowercase(),
+                    requested: grant.role.clone(),
                     principal: grant.subject.clone(),
                     not_after: grant.not_after,
                     tombstone: false,
@@ -606,15 +639,24 @@ impl Provider for AwsProvider {
                 t
             }
         };
-        let written = Instant::now();
         // Listed again after the tombstone: a grant racing this revoke either wrote its
         // record before (deleted here) or sees the tombstone after its write.
         let found = self.records_of(&acct, &role, grant.request_id).await?;
+        if mine(&found, true).is_none() {
+            return Err(ProviderError::Unknown {
+                provider: self.name.clone(),
+                reason: format!(
+                    "the tombstone of grant {} was written but is not listed yet; retried",
+                    grant.grant_id
+                ),
+            });
+        }
         if let Some((_, arn)) = mine(&found, false) {
             self.delete_record(&acct, &arn, grant.grant_id).await?;
         }
         if tombstone.not_after > Utc::now() {
-            self.sync_deny(&acct, &grant.scope, &role, written).await?;
+            self.sync_deny(&acct, &grant.scope, &role, Some(grant.grant_id), None)
+                .await?;
         }
         Ok(())
     }
@@ -642,7 +684,11 @@ impl Provider for AwsProvider {
         if self.config.hub_role.is_some() {
             longest = longest.min(CHAINED_SESSION_SECONDS);
         }
-        let remaining = (record.not_after - Utc::now()).num_seconds().max(0) as u32;
+        // AWS counts a session from its own clock, a little after ours: a margin keeps the
+        // session's end before the grant's.
+        let remaining = (record.not_after - Utc::now() - SESSION_MARGIN)
+            .num_seconds()
+            .max(0) as u32;
         let seconds = longest.min(remaining);
         if seconds < MIN_SESSION_SECONDS {
             return Err(self.invalid(
@@ -756,7 +802,7 @@ impl Provider for AwsProvider {
                     grant_id: r.grant_id,
                     request_id: Some(r.request_id),
                     subject: r.principal,
-                    role: r.role,
+                    role: r.requested,
                     scope: account.clone(),
                     not_after: Some(r.not_after),
                     provider_ref: p.arn()?.to_owned(),
@@ -788,15 +834,17 @@ impl Provider for AwsProvider {
             // Sessions of the grant may still be live: the tombstone is their deny.
             return Ok(());
         }
-        self.delete_record(&acct, &arn, record.grant_id).await?;
+        // The deny first: should this fail, the tombstone is still there to be forgotten
+        // again at the next pass.
         if self
             .read_deny(&acct, &role)
             .await?
             .contains(&record.grant_id)
         {
-            self.sync_deny(&acct, &tombstone.scope, &role, Instant::now())
+            self.sync_deny(&acct, &tombstone.scope, &role, None, Some(record.grant_id))
                 .await?;
         }
+        self.delete_record(&acct, &arn, record.grant_id).await?;
         Ok(())
     }
 
@@ -827,7 +875,8 @@ fn record_of(spec: &GrantSpec, role: &str, tombstone: bool) -> Record {
     Record {
         grant_id: spec.grant_id,
         request_id: spec.request_id,
-        role: role.to_owned(),
+        role: role.to_ascii_lowercase(),
+        requested: spec.role.clone(),
         principal: spec.subject.clone(),
         not_after: spec.not_after,
         tombstone,

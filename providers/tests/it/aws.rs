@@ -699,3 +699,50 @@ fn the_shipped_examples_are_valid() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_role_asked_by_arn_or_by_name_is_one_role_with_one_deny_and_no_drift() {
+    // (IAM also takes role names in any case; moto compares them case-sensitively, so the
+    // lower-cased record keys that cover that are checked in records.rs, not here.)
+    use jitsudo_providers::reconcile::{Expected, ExpectedGrant, Finding};
+    let a = account().await;
+    let p = provider(&a, false, |c| c.roles = vec!["*".into()]).await;
+    let by_arn = GrantSpec {
+        role: format!("arn:aws:iam::{}:role/{ROLE}", a.id),
+        ..spec(&a, "alice", TimeDelta::hours(1))
+    };
+    let by_name = spec(&a, "bob", TimeDelta::hours(1));
+    let r1 = p.grant(&by_arn).await.unwrap();
+    let r2 = p.grant(&by_name).await.unwrap();
+    // The reconciler sees each grant with the role as the store keeps it: no drift.
+    let expect = |s: &GrantSpec| ExpectedGrant {
+        grant_id: s.grant_id,
+        request_id: s.request_id,
+        subject: s.subject.clone(),
+        role: s.role.clone(),
+        scope: s.scope.clone(),
+        not_after: s.not_after,
+    };
+    let expected = [
+        (by_arn.grant_id, Expected::Live(expect(&by_arn))),
+        (by_name.grant_id, Expected::Live(expect(&by_name))),
+    ]
+    .into();
+    let found =
+        jitsudo_providers::conformance::pass(&p, &expected, &[expect(&by_arn), expect(&by_name)])
+            .await;
+    assert!(
+        !found
+            .iter()
+            .any(|f| matches!(f, Finding::Drift { .. } | Finding::Orphan { .. })),
+        "{found:?}"
+    );
+    // Both are one IAM role: one deny holds both revokes.
+    p.revoke(&r1).await.unwrap();
+    p.revoke(&r2).await.unwrap();
+    let doc = deny_document(&a, ROLE).await.unwrap();
+    assert_eq!(
+        denied(&doc.to_string()),
+        BTreeSet::from([r1.grant_id, r2.grant_id])
+    );
+}
