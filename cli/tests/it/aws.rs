@@ -63,6 +63,30 @@ fn with_user_env(c: &mut Command, u: &User) {
     }
 }
 
+/// `alice` asks for ReadOnly in `account`; `bob` approves; waits until ACTIVE.
+fn approved(alice: &User, bob: &User, account: &str, duration: &str, reason: &str) -> String {
+    let r = alice.json(&[
+        "request",
+        "--provider",
+        "aws",
+        "--role",
+        "ReadOnly",
+        "--scope",
+        account,
+        "--duration",
+        duration,
+        "--reason",
+        reason,
+    ]);
+    let rid = id(&r);
+    assert_eq!(state(&r), "REQUEST_STATE_PENDING", "{r}");
+    bob.run(&["approve", &rid]).ok();
+    eventually(30, "ACTIVE after bob's approval", || {
+        (state(&alice.json(&["status", &rid])) == "REQUEST_STATE_ACTIVE").then_some(())
+    });
+    rid
+}
+
 fn grant_of_session(arn: &str) -> String {
     arn.rsplit_once("/jitsudo-")
         .map(|(_, g)| g.to_owned())
@@ -151,25 +175,7 @@ credentials_file = "{}"
         ])
         .ok();
 
-    let r = alice.json(&[
-        "request",
-        "--provider",
-        "aws",
-        "--role",
-        "ReadOnly",
-        "--scope",
-        &account,
-        "--duration",
-        "30m",
-        "--reason",
-        "read the bucket inventory",
-    ]);
-    let rid = id(&r);
-    assert_eq!(state(&r), "REQUEST_STATE_PENDING", "{r}");
-    bob.run(&["approve", &rid]).ok();
-    eventually(30, "ACTIVE after bob's approval", || {
-        (state(&alice.json(&["status", &rid])) == "REQUEST_STATE_ACTIVE").then_some(())
-    });
+    let rid = approved(&alice, &bob, &account, "30m", "read the bucket inventory");
 
     // `jitsudo exec` hands the session to the AWS CLI, which calls moto with it.
     let cli = moto.aws_cli();
@@ -252,24 +258,7 @@ credentials_file = "{}"
     // A second, short grant revoked at once joins the deny, and jitsudod's reconciler takes
     // its entry out again once the grant's end has passed (no session can outlive it); the
     // first grant's entry stays until its own end.
-    let short = alice.json(&[
-        "request",
-        "--provider",
-        "aws",
-        "--role",
-        "ReadOnly",
-        "--scope",
-        &account,
-        "--duration",
-        "20s",
-        "--reason",
-        "one quick look",
-    ]);
-    let sid = id(&short);
-    bob.run(&["approve", &sid]).ok();
-    eventually(30, "the short grant ACTIVE", || {
-        (state(&alice.json(&["status", &sid])) == "REQUEST_STATE_ACTIVE").then_some(())
-    });
+    let sid = approved(&alice, &bob, &account, "20s", "one quick look");
     alice.run(&["revoke", &sid, "--reason", "seen enough"]).ok();
     let denied_now = |read: &mut Command| -> Vec<String> {
         let p = run_json(read);
