@@ -267,35 +267,55 @@ impl AwsProvider {
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let page = acct
-                .iam
-                .list_policies()
-                .scope(PolicyScopeType::Local)
-                .path_prefix(prefix)
-                .max_items(1000)
-                .set_marker(marker.take())
-                .send()
-                .await
-                .map_err(|e| {
-                    map(
-                        &self.name,
-                        "listing jitsudo's records (ListPolicies)",
-                        Call::Read,
-                        e,
-                    )
-                })?;
-            for p in page.policies() {
-                if let (Some(name), Some(path), Some(arn)) = (p.policy_name(), p.path(), p.arn())
-                    && let Some(r) = Record::parse(name, path)
-                {
-                    out.push((r, arn.to_owned()));
-                }
-            }
-            match (page.is_truncated(), page.marker()) {
-                (true, Some(m)) => marker = Some(m.to_owned()),
-                _ => return Ok(out),
+            let (records, next) = self.page(acct, prefix, 1000, marker.take()).await?;
+            out.extend(records);
+            match next {
+                Some(m) => marker = Some(m),
+                None => return Ok(out),
             }
         }
+    }
+
+    /// One page of the records under `prefix` (and the marker of the next, if any).
+    async fn page(
+        &self,
+        acct: &Account,
+        prefix: &str,
+        max: i32,
+        marker: Option<String>,
+    ) -> Result<(Vec<(Record, String)>, Option<String>), ProviderError> {
+        let page = acct
+            .iam
+            .list_policies()
+            .scope(PolicyScopeType::Local)
+            .path_prefix(prefix)
+            .max_items(max)
+            .set_marker(marker)
+            .send()
+            .await
+            .map_err(|e| {
+                map(
+                    &self.name,
+                    "listing jitsudo's records (ListPolicies)",
+                    Call::Read,
+                    e,
+                )
+            })?;
+        let records = page
+            .policies()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    Record::parse(p.policy_name()?, p.path()?)?,
+                    p.arn()?.to_owned(),
+                ))
+            })
+            .collect();
+        let next = match (page.is_truncated(), page.marker()) {
+            (true, Some(m)) => Some(m.to_owned()),
+            _ => None,
+        };
+        Ok((records, next))
     }
 
     /// Creates one record; an existing one of that name is success (a repeat or a race).
@@ -757,18 +777,14 @@ impl Provider for AwsProvider {
         let (index, marker) = match page {
             None => (0, None),
             Some(token) => {
-                let (i, m) = token.split_once(':').ok_or_else(|| {
+                let bad = || {
                     self.invalid(
                         "page",
                         format!("{token:?} is not a page token of this provider"),
                     )
-                })?;
-                let i: usize = i.parse().map_err(|_| {
-                    self.invalid(
-                        "page",
-                        format!("{token:?} is not a page token of this provider"),
-                    )
-                })?;
+                };
+                let (i, m) = token.split_once(':').ok_or_else(bad)?;
+                let i: usize = i.parse().map_err(|_| bad())?;
                 (i, (!m.is_empty()).then(|| m.to_owned()))
             }
         };
@@ -776,44 +792,24 @@ impl Provider for AwsProvider {
             return Ok(ManagedPage::default());
         };
         let acct = self.account(account).await;
-        let out = acct
-            .iam
-            .list_policies()
-            .scope(PolicyScopeType::Local)
-            .path_prefix(records::ROOT)
-            .max_items(PAGE_SIZE)
-            .set_marker(marker)
-            .send()
-            .await
-            .map_err(|e| {
-                map(
-                    &self.name,
-                    &format!("listing jitsudo's records in account {account} (ListPolicies)"),
-                    Call::Read,
-                    e,
-                )
-            })?;
-        let grants = out
-            .policies()
-            .iter()
-            .filter_map(|p| {
-                let r = Record::parse(p.policy_name()?, p.path()?)?;
-                Some(ManagedGrant {
-                    grant_id: r.grant_id,
-                    request_id: Some(r.request_id),
-                    subject: r.principal,
-                    role: r.requested,
-                    scope: account.clone(),
-                    not_after: Some(r.not_after),
-                    provider_ref: p.arn()?.to_owned(),
-                    tombstone: r.tombstone,
-                })
+        let (records, more) = self.page(&acct, records::ROOT, PAGE_SIZE, marker).await?;
+        let grants = records
+            .into_iter()
+            .map(|(r, arn)| ManagedGrant {
+                grant_id: r.grant_id,
+                request_id: Some(r.request_id),
+                subject: r.principal,
+                role: r.requested,
+                scope: account.clone(),
+                not_after: Some(r.not_after),
+                provider_ref: arn,
+                tombstone: r.tombstone,
             })
             .collect();
-        let next = match (out.is_truncated(), out.marker()) {
-            (true, Some(m)) => Some(format!("{index}:{m}")),
-            _ if index + 1 < self.config.accounts.len() => Some(format!("{}:", index + 1)),
-            _ => None,
+        let next = match more {
+            Some(m) => Some(format!("{index}:{m}")),
+            None if index + 1 < self.config.accounts.len() => Some(format!("{}:", index + 1)),
+            None => None,
         };
         Ok(ManagedPage { grants, next })
     }
