@@ -443,7 +443,10 @@ async fn follow(
     let mut version = if print_events { 0 } else { current.version };
     show(&current);
     let mut failures = 0u32;
-    while !done(&current) {
+    // With events shown, a request that is final already still has its history printed
+    // (the stream ends after the terminal version).
+    while !done(&current) || (print_events && version < current.version) {
+        let seen_before = version;
         let stream = api
             .requests
             .clone()
@@ -504,6 +507,10 @@ async fn follow(
                 }
                 None => break,
             }
+        }
+        if done(&current) && version == seen_before {
+            // Final, and the stream has nothing more to show.
+            break;
         }
         if !done(&current) {
             // The stream ended or dropped early: read where the request is, then resume.
