@@ -72,8 +72,9 @@ pub enum KindConfig {
     Http(http::HttpConfig),
     #[cfg(feature = "kubernetes")]
     Kubernetes(crate::kubernetes::KubernetesConfig),
+    /// Boxed: the largest table by far, and a configuration is built once.
     #[cfg(feature = "aws")]
-    Aws(crate::aws::AwsConfig),
+    Aws(Box<crate::aws::AwsConfig>),
 }
 
 impl KindConfig {
@@ -174,7 +175,7 @@ impl ProviderSection {
             "aws" => {
                 let c: crate::aws::AwsConfig = parse(rest).map_err(keys_of)?;
                 c.check().map_err(|m| err(Some(kind), m))?;
-                KindConfig::Aws(c)
+                KindConfig::Aws(Box::new(c))
             }
             k if KINDS.contains(&k) => {
                 return Err(err(
@@ -269,11 +270,9 @@ impl ProviderSection {
                     .map_err(|m| self.error(m))?,
             ),
             #[cfg(feature = "aws")]
-            KindConfig::Aws(c) => Arc::new(
-                crate::aws::AwsProvider::from_config(&self.name, c)
-                    .await
-                    .map_err(|m| self.error(m))?,
-            ),
+            KindConfig::Aws(c) => crate::aws::build(&self.name, c)
+                .await
+                .map_err(|m| self.error(m))?,
         };
         Ok(Entry {
             provider,

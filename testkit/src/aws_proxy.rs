@@ -4,8 +4,13 @@
 //! of the query protocol (IAM, STS) and, per rule, answers it as AWS would have failed it —
 //! `Throttling` (HTTP 400), `AccessDenied` (HTTP 403), `ServiceFailure` (HTTP 500),
 //! `ServiceUnavailable` (HTTP 503) — or forwards it to moto, lets it apply, and then tears
-//! the connection down without an answer ("applied, answer lost"). It also records every
-//! call's parameters, which shows what moto ignores (`SourceIdentity`, session tags).
+//! the connection down without an answer ("applied, answer lost"). Calls of the JSON
+//! protocol (SSO Admin, Identity Store) are told by their `X-Amz-Target` header and failed
+//! as those services fail: a JSON body with `__type` (`ThrottlingException` and
+//! `AccessDeniedException` with HTTP 400, `InternalServerException` 500,
+//! `ServiceUnavailableException` 503). It also records every call's parameters (the form's,
+//! or the JSON body's top-level strings), which shows what moto ignores (`SourceIdentity`,
+//! session tags).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -166,12 +171,25 @@ async fn serve(
     let (parts, body) = req.into_parts();
     // A body that cannot be read is not guessed at: the connection goes.
     let body = body.collect().await.map_err(|_| AnswerLost)?.to_bytes();
-    let params = form(&body);
-    let action = params
-        .iter()
-        .find(|(k, _)| k == "Action")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    // JSON protocol: `X-Amz-Target: SWBExternalService.CreateAccountAssignment`.
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.rsplit('.').next().unwrap_or(t).to_owned());
+    let json = target.is_some();
+    let params = if json {
+        json_params(&body)
+    } else {
+        form(&body)
+    };
+    let action = target.unwrap_or_else(|| {
+        params
+            .iter()
+            .find(|(k, _)| k == "Action")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    });
     let fault = {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         let fault = s
@@ -189,7 +207,9 @@ async fn serve(
         });
         fault
     };
-    let service = if parts
+    let service = if json {
+        "json"
+    } else if parts
         .headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -329,6 +349,9 @@ fn dechunk(mut raw: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// The answer AWS gives for `fault`, in the query protocol's XML error shape.
 fn error(service: &str, fault: AwsFault, action: &str) -> Response<Full<Bytes>> {
+    if service == "json" {
+        return json_error(fault, action);
+    }
     let (status, code, message) = match fault {
         AwsFault::Throttle => (400, "Throttling", "Rate exceeded".to_owned()),
         AwsFault::AccessDenied => (
@@ -365,6 +388,50 @@ fn error(service: &str, fault: AwsFault, action: &str) -> Response<Full<Bytes>> 
         .header("content-type", "text/xml")
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// An error as the JSON-protocol services answer it.
+fn json_error(fault: AwsFault, action: &str) -> Response<Full<Bytes>> {
+    let (status, code, message) = match fault {
+        AwsFault::Throttle => (400, "ThrottlingException", "Rate exceeded".to_owned()),
+        AwsFault::AccessDenied => (
+            400,
+            "AccessDeniedException",
+            format!(
+                "User: arn:aws:sts::123456789012:assumed-role/jitsudod/test is not authorized to perform: sso:{action}"
+            ),
+        ),
+        AwsFault::ServerError => (
+            500,
+            "InternalServerException",
+            "The request processing has failed because of an unknown error, exception or failure."
+                .to_owned(),
+        ),
+        AwsFault::Unavailable | AwsFault::DropAfterApply => (
+            503,
+            "ServiceUnavailableException",
+            "Service is unavailable".to_owned(),
+        ),
+    };
+    let body = serde_json::json!({"__type": code, "message": message}).to_string();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amzn-errortype", code)
+        .header("x-amzn-requestid", uuid::Uuid::new_v4().to_string())
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// A JSON body's top-level string fields → pairs.
+fn json_params(body: &[u8]) -> Vec<(String, String)> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// `application/x-www-form-urlencoded` → pairs.

@@ -9,7 +9,7 @@ pub enum AwsMode {
     /// Role sessions minted on demand by `AssumeRole` (the default).
     #[default]
     Sts,
-    /// IAM Identity Center account assignments (not in this build yet).
+    /// IAM Identity Center account assignments of permission sets.
     IdentityCenter,
 }
 
@@ -23,8 +23,9 @@ pub struct AwsConfig {
     pub region: String,
     /// Accounts that may be requested (`scope`), twelve digits each. Required.
     pub accounts: Vec<String>,
-    /// Role names that may be requested (`role`, a name or the role's ARN in the requested
-    /// account); a trailing `*` matches a prefix (`ReadOnly*`). Required.
+    /// What may be requested (`role`): in mode `sts` role names (a name or the role's ARN in
+    /// the requested account), in mode `identity_center` permission set names; a trailing
+    /// `*` matches a prefix (`ReadOnly*`). Required.
     pub roles: Vec<String>,
     /// A role name jitsudod assumes in each account before calling IAM and STS there
     /// (cross-account). Unset: jitsudod's own credentials are used in every account.
@@ -48,6 +49,17 @@ pub struct AwsConfig {
     /// Per AWS call (connect, send, answer), default 10.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Mode `identity_center`: the instance (`arn:aws:sso:::instance/ssoins-…`). Unset: the
+    /// one instance `ListInstances` shows.
+    #[serde(default)]
+    pub instance_arn: Option<String>,
+    /// Mode `identity_center`: the identity store of the users. Unset: the instance's.
+    #[serde(default)]
+    pub identity_store_id: Option<String>,
+    /// Mode `identity_center`: the AWS access portal's URL, shown to the requester with a
+    /// grant (where to sign in) and handed to `jitsudo exec` as `AWS_SSO_START_URL`.
+    #[serde(default)]
+    pub start_url: Option<String>,
 }
 
 /// AWS's bounds on `DurationSeconds` of `AssumeRole`.
@@ -58,12 +70,7 @@ pub const DEFAULT_SESSION_SECONDS: u32 = 3600;
 impl AwsConfig {
     /// Every check that needs no AWS call: an error sentence naming the key.
     pub fn check(&self) -> Result<(), String> {
-        if self.mode == AwsMode::IdentityCenter {
-            return Err(
-                "mode = \"identity_center\" is not available in this build yet; use mode = \"sts\""
-                    .into(),
-            );
-        }
+        self.check_mode()?;
         if self.region.trim().is_empty() {
             return Err("region must name an AWS region (us-east-1)".into());
         }
@@ -83,11 +90,15 @@ impl AwsConfig {
         if self.roles.is_empty() {
             return Err("roles must list at least one role name (a trailing * matches a prefix); nothing is grantable by default".into());
         }
+        let what = match self.mode {
+            AwsMode::Sts => "role name",
+            AwsMode::IdentityCenter => "permission set name",
+        };
         for r in &self.roles {
             let name = r.strip_suffix('*').unwrap_or(r);
             if (name.is_empty() && r != "*") || !name.chars().all(is_role_name_char) {
                 return Err(format!(
-                    "roles: {r:?} is not a role name (letters, digits and +=,.@_- ; a trailing * matches a prefix)"
+                    "roles: {r:?} is not a {what} (letters, digits and +=,.@_- ; a trailing * matches a prefix)"
                 ));
             }
         }
@@ -109,6 +120,47 @@ impl AwsConfig {
         {
             return Err(format!(
                 "session_seconds is {s}; AWS allows {MIN_SESSION_SECONDS} to {MAX_SESSION_SECONDS}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The keys of one mode that the other refuses.
+    fn check_mode(&self) -> Result<(), String> {
+        let set = |present: bool, key: &'static str| present.then_some(key);
+        let (refused, why) = match self.mode {
+            AwsMode::Sts => (
+                [
+                    set(self.instance_arn.is_some(), "instance_arn"),
+                    set(self.identity_store_id.is_some(), "identity_store_id"),
+                    set(self.start_url.is_some(), "start_url"),
+                ],
+                "is a key of mode = \"identity_center\"",
+            ),
+            AwsMode::IdentityCenter => (
+                [
+                    set(self.hub_role.is_some(), "hub_role"),
+                    set(self.session_seconds.is_some(), "session_seconds"),
+                    None,
+                ],
+                "is not a key of mode = \"identity_center\" (jitsudod calls Identity Center in the account its credentials are for, the management or delegated administrator account, and a session lasts as long as the permission set's SessionDuration)",
+            ),
+        };
+        if let Some(key) = refused.into_iter().flatten().next() {
+            return Err(format!("{key} {why}"));
+        }
+        if let Some(arn) = &self.instance_arn
+            && !(arn.starts_with("arn:") && arn.contains(":sso:::instance/"))
+        {
+            return Err(format!(
+                "instance_arn: {arn:?} is not an Identity Center instance ARN (arn:aws:sso:::instance/ssoins-…)"
+            ));
+        }
+        if let Some(id) = &self.identity_store_id
+            && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            return Err(format!(
+                "identity_store_id: {id:?} is not an identity store id (d-1234567890)"
             ));
         }
         Ok(())

@@ -62,48 +62,21 @@ impl Record {
             "{}{}/{}/{}/{}/",
             role_prefix(&self.role),
             self.request_id,
-            format_args!(
-                "{}.{:09}",
-                self.not_after.timestamp(),
-                // A leap second's nanoseconds run past 999,999,999.
-                self.not_after.timestamp_subsec_nanos().min(999_999_999)
-            ),
-            utf8_percent_encode(&self.principal, SEGMENT),
-            utf8_percent_encode(&self.requested, SEGMENT)
+            format_time(self.not_after),
+            encode(&self.principal),
+            encode(&self.requested)
         );
-        if path.len() > MAX_PATH {
-            return Err(format!(
-                "the record path of principal {:?} on role {} is {} characters; IAM allows {MAX_PATH} (use a shorter principal)",
-                self.principal,
-                self.role,
-                path.len()
-            ));
-        }
-        Ok(path)
+        fits(path, &self.principal, &self.role)
     }
 
     /// Reads a listed policy's name and path; `None` for anything jitsudo did not write.
     pub fn parse(name: &str, path: &str) -> Option<Record> {
-        let (grant, tombstone) = match name.strip_prefix(TOMBSTONE_PREFIX) {
-            Some(id) => (id, true),
-            None => (name.strip_prefix(LIVE_PREFIX)?, false),
-        };
-        let grant_id = Uuid::parse_str(grant).ok()?;
+        let (grant_id, tombstone) = grant_of(name)?;
         let rest = path.strip_prefix(ROOT)?.strip_suffix('/')?;
         let mut parts = rest.split('/');
         let role = parts.next()?.to_owned();
         let request_id = Uuid::parse_str(parts.next()?).ok()?;
-        let (secs, nanos) = parts.next()?.split_once('.')?;
-        if nanos.len() != 9 {
-            return None;
-        }
-        let not_after = DateTime::from_timestamp(secs.parse().ok()?, nanos.parse().ok()?)?;
-        let decode = |s: &str| {
-            percent_decode_str(s)
-                .decode_utf8()
-                .ok()
-                .map(|d| d.into_owned())
-        };
+        let not_after = parse_time(parts.next()?)?;
         let principal = decode(parts.next()?)?;
         let requested = decode(parts.next()?)?;
         if parts.next().is_some() || role.is_empty() {
@@ -119,6 +92,252 @@ impl Record {
             tombstone,
         })
     }
+}
+
+/// What a record is to the store that keeps it in IAM: a name and a path, read back from
+/// the listing.
+pub trait Stored: Sized + Clone {
+    fn parse(name: &str, path: &str) -> Option<Self>;
+    fn name(&self) -> String;
+    fn path(&self) -> Result<String, String>;
+    fn grant_id(&self) -> Uuid;
+    fn request_id(&self) -> Uuid;
+    fn tombstone(&self) -> bool;
+}
+
+impl Stored for Record {
+    fn parse(name: &str, path: &str) -> Option<Self> {
+        Record::parse(name, path)
+    }
+    fn name(&self) -> String {
+        Record::name(self)
+    }
+    fn path(&self) -> Result<String, String> {
+        Record::path(self)
+    }
+    fn grant_id(&self) -> Uuid {
+        self.grant_id
+    }
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+    fn tombstone(&self) -> bool {
+        self.tombstone
+    }
+}
+
+/// Every record path of mode `identity_center` starts with this.
+pub const IC_ROOT: &str = "/jitsudo-ic/";
+
+/// A grant of mode `identity_center`: one account assignment of a permission set to an
+/// Identity Center user. Its path,
+/// `/jitsudo-ic/<account>/<permission set>/<request_id>/<user id>/<not_after>/<principal>/`,
+/// keeps one request's records under one prefix and every record of an account and
+/// permission set under another (what a revoke reads to learn whether another grant still
+/// needs the assignment). `user_id` is `-` in a tombstone written for a user Identity Center
+/// does not know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub grant_id: Uuid,
+    pub request_id: Uuid,
+    pub account: String,
+    pub permission_set: String,
+    pub user_id: String,
+    /// The mapped user name (the Identity Center `UserName`).
+    pub principal: String,
+    pub not_after: DateTime<Utc>,
+    pub tombstone: bool,
+}
+
+impl Assignment {
+    pub fn name(&self) -> String {
+        if self.tombstone {
+            tombstone_name(self.grant_id)
+        } else {
+            live_name(self.grant_id)
+        }
+    }
+
+    pub fn path(&self) -> Result<String, String> {
+        let path = format!(
+            "{}{}/{}/{}/",
+            request_prefix(&self.account, &self.permission_set, self.request_id),
+            encode(&self.user_id),
+            format_time(self.not_after),
+            encode(&self.principal),
+        );
+        fits(path, &self.principal, &self.permission_set)
+    }
+
+    pub fn parse(name: &str, path: &str) -> Option<Assignment> {
+        let (grant_id, tombstone) = grant_of(name)?;
+        let rest = path.strip_prefix(IC_ROOT)?.strip_suffix('/')?;
+        let mut parts = rest.split('/');
+        let account = parts.next()?.to_owned();
+        let permission_set = decode(parts.next()?)?;
+        let request_id = Uuid::parse_str(parts.next()?).ok()?;
+        let user_id = decode(parts.next()?)?;
+        let not_after = parse_time(parts.next()?)?;
+        let principal = decode(parts.next()?)?;
+        if parts.next().is_some() || account.is_empty() || permission_set.is_empty() {
+            return None;
+        }
+        Some(Assignment {
+            grant_id,
+            request_id,
+            account,
+            permission_set,
+            user_id,
+            principal,
+            not_after,
+            tombstone,
+        })
+    }
+}
+
+impl Stored for Assignment {
+    fn parse(name: &str, path: &str) -> Option<Self> {
+        Assignment::parse(name, path)
+    }
+    fn name(&self) -> String {
+        Assignment::name(self)
+    }
+    fn path(&self) -> Result<String, String> {
+        Assignment::path(self)
+    }
+    fn grant_id(&self) -> Uuid {
+        self.grant_id
+    }
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+    fn tombstone(&self) -> bool {
+        self.tombstone
+    }
+}
+
+/// Every "ended" record's path starts with this.
+pub const ENDED_ROOT: &str = "/jitsudo-ic-ended/";
+const ENDED_PREFIX: &str = "jitsudo-ended-";
+
+/// Mode `identity_center`: written once a revoke has deleted an assignment, and kept until
+/// the permission set's sessions issued before `issued_before` have all expired. The
+/// deny statements in the permission set are made from these (and what is there), so
+/// an entry that a concurrent writer dropped is written again. Path:
+/// `/jitsudo-ic-ended/<account>/<permission set>/<user id>/<request_id>/<issued_before>/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub grant_id: Uuid,
+    pub request_id: Uuid,
+    pub account: String,
+    pub permission_set: String,
+    pub user_id: String,
+    pub issued_before: DateTime<Utc>,
+}
+
+impl Stored for Ended {
+    fn parse(name: &str, path: &str) -> Option<Self> {
+        let grant_id = Uuid::parse_str(name.strip_prefix(ENDED_PREFIX)?).ok()?;
+        let rest = path.strip_prefix(ENDED_ROOT)?.strip_suffix('/')?;
+        let mut parts = rest.split('/');
+        let account = parts.next()?.to_owned();
+        let permission_set = decode(parts.next()?)?;
+        let user_id = decode(parts.next()?)?;
+        let request_id = Uuid::parse_str(parts.next()?).ok()?;
+        let issued_before = parse_time(parts.next()?)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Ended {
+            grant_id,
+            request_id,
+            account,
+            permission_set,
+            user_id,
+            issued_before,
+        })
+    }
+    fn name(&self) -> String {
+        format!("{ENDED_PREFIX}{}", self.grant_id)
+    }
+    fn path(&self) -> Result<String, String> {
+        let path = format!(
+            "{ENDED_ROOT}{}/{}/{}/{}/{}/",
+            self.account,
+            encode(&self.permission_set),
+            encode(&self.user_id),
+            self.request_id,
+            format_time(self.issued_before)
+        );
+        fits(path, &self.user_id, &self.permission_set)
+    }
+    fn grant_id(&self) -> Uuid {
+        self.grant_id
+    }
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+    fn tombstone(&self) -> bool {
+        true
+    }
+}
+
+/// The prefix of every record of one account and permission set.
+pub fn set_prefix(account: &str, permission_set: &str) -> String {
+    format!("{IC_ROOT}{account}/{}/", encode(permission_set))
+}
+
+/// The prefix of one request's records on one account and permission set.
+pub fn request_prefix(account: &str, permission_set: &str, request_id: Uuid) -> String {
+    format!("{}{request_id}/", set_prefix(account, permission_set))
+}
+
+fn fits(path: String, principal: &str, role: &str) -> Result<String, String> {
+    if path.len() > MAX_PATH {
+        return Err(format!(
+            "the record path of principal {principal:?} on role {role} is {} characters; IAM allows {MAX_PATH} (use a shorter principal)",
+            path.len()
+        ));
+    }
+    Ok(path)
+}
+
+/// A grant id and whether the name is a tombstone's, from a record's name.
+fn grant_of(name: &str) -> Option<(Uuid, bool)> {
+    let (grant, tombstone) = match name.strip_prefix(TOMBSTONE_PREFIX) {
+        Some(id) => (id, true),
+        None => (name.strip_prefix(LIVE_PREFIX)?, false),
+    };
+    Some((Uuid::parse_str(grant).ok()?, tombstone))
+}
+
+fn encode(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+fn decode(s: &str) -> Option<String> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|d| d.into_owned())
+}
+
+/// Unix seconds and nanoseconds: `1900000000.123456789`.
+fn format_time(t: DateTime<Utc>) -> String {
+    // A leap second's nanoseconds run past 999,999,999.
+    format!(
+        "{}.{:09}",
+        t.timestamp(),
+        t.timestamp_subsec_nanos().min(999_999_999)
+    )
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let (secs, nanos) = s.split_once('.')?;
+    if nanos.len() != 9 {
+        return None;
+    }
+    DateTime::from_timestamp(secs.parse().ok()?, nanos.parse().ok()?)
 }
 
 pub fn live_name(grant_id: Uuid) -> String {
@@ -202,6 +421,42 @@ mod tests {
             None,
             "a path with more segments than jitsudo writes"
         );
+    }
+
+    #[test]
+    fn an_assignment_record_reads_back_from_its_name_and_path() {
+        for (p, user) in [("alice", "9067-abc"), ("bob/with slash%", "-")] {
+            for t in [false, true] {
+                let a = Assignment {
+                    grant_id: Uuid::now_v7(),
+                    request_id: Uuid::now_v7(),
+                    account: "123456789012".into(),
+                    permission_set: "ReadOnly".into(),
+                    user_id: user.into(),
+                    principal: p.into(),
+                    not_after: DateTime::from_timestamp(1_900_000_000, 5).unwrap(),
+                    tombstone: t,
+                };
+                let path = a.path().unwrap();
+                assert!(
+                    path.starts_with(&request_prefix("123456789012", "ReadOnly", a.request_id)),
+                    "{path}"
+                );
+                assert_eq!(Assignment::parse(&a.name(), &path), Some(a.clone()));
+                assert_eq!(Record::parse(&a.name(), &path), None, "not an sts record");
+                let e = Ended {
+                    grant_id: a.grant_id,
+                    request_id: a.request_id,
+                    account: a.account.clone(),
+                    permission_set: a.permission_set.clone(),
+                    user_id: a.user_id.clone(),
+                    issued_before: a.not_after,
+                };
+                let (name, path) = (Stored::name(&e), Stored::path(&e).unwrap());
+                assert_eq!(<Ended as Stored>::parse(&name, &path), Some(e));
+                assert_eq!(Assignment::parse(&name, &path), None);
+            }
+        }
     }
 
     #[test]

@@ -18,14 +18,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sdk_iam::types::PolicyScopeType;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -33,12 +28,12 @@ use super::config::{AwsConfig, MIN_SESSION_SECONDS, is_role_name_char};
 use super::deny;
 use super::errors::{Call, code, map};
 use super::records::{self, Record};
+use super::store::{Store, find};
 use crate::{
     Credentials, GrantRecord, GrantSpec, GrantState, ManagedGrant, ManagedPage, Provider,
     ProviderError, ProviderInfo,
 };
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Policies per page of the reconciler's listing (IAM allows up to 1,000).
 const PAGE_SIZE: i32 = 100;
 /// Rounds of rebuilding a role's deny before giving up (retryable).
@@ -89,41 +84,10 @@ impl AwsProvider {
         credentials: Option<SharedCredentialsProvider>,
     ) -> Result<Self, String> {
         config.check()?;
-        let timeout = config
-            .timeout_seconds
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TIMEOUT);
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(config.region.clone()))
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(timeout)
-                    .operation_attempt_timeout(timeout)
-                    .build(),
-            );
-        if let Some(url) = &config.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(c) = credentials {
-            loader = loader.credentials_provider(c);
-        } else if let Some(profile) = &config.profile {
-            use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
-            let mut files = EnvConfigFiles::builder().include_default_config_file(true);
-            files = match &config.credentials_file {
-                Some(path) => files.with_file(EnvConfigFileKind::Credentials, path),
-                None => files.include_default_credentials_file(true),
-            };
-            let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
-                .profile_files(files.build())
-                .profile_name(profile)
-                .build();
-            loader = loader.credentials_provider(provider);
-        }
         Ok(AwsProvider {
             name: name.to_owned(),
             config: config.clone(),
-            base: loader.load().await,
+            base: super::sdk_config(config, credentials).await,
             accounts: Mutex::new(HashMap::new()),
             denies: Mutex::new(HashMap::new()),
         })
@@ -162,6 +126,13 @@ impl AwsProvider {
 
     fn lock_accounts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Account>>> {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn store<'a>(&'a self, acct: &'a Account) -> Store<'a> {
+        Store {
+            provider: &self.name,
+            iam: &acct.iam,
+        }
     }
 
     fn deny_state(&self, account: &str, role: &str) -> DenyState {
@@ -255,120 +226,7 @@ impl AwsProvider {
         request_id: Uuid,
     ) -> Result<Vec<(Record, String)>, ProviderError> {
         let prefix = format!("{}{request_id}/", records::role_prefix(role));
-        self.list(acct, &prefix).await
-    }
-
-    /// Every record under `prefix`, all pages, with each policy's ARN.
-    async fn list(
-        &self,
-        acct: &Account,
-        prefix: &str,
-    ) -> Result<Vec<(Record, String)>, ProviderError> {
-        let mut out = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let (records, next) = self.page(acct, prefix, 1000, marker.take()).await?;
-            out.extend(records);
-            match next {
-                Some(m) => marker = Some(m),
-                None => return Ok(out),
-            }
-        }
-    }
-
-    /// One page of the records under `prefix` (and the marker of the next, if any).
-    async fn page(
-        &self,
-        acct: &Account,
-        prefix: &str,
-        max: i32,
-        marker: Option<String>,
-    ) -> Result<(Vec<(Record, String)>, Option<String>), ProviderError> {
-        let page = acct
-            .iam
-            .list_policies()
-            .scope(PolicyScopeType::Local)
-            .path_prefix(prefix)
-            .max_items(max)
-            .set_marker(marker)
-            .send()
-            .await
-            .map_err(|e| {
-                map(
-                    &self.name,
-                    "listing jitsudo's records (ListPolicies)",
-                    Call::Read,
-                    e,
-                )
-            })?;
-        let records = page
-            .policies()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    Record::parse(p.policy_name()?, p.path()?)?,
-                    p.arn()?.to_owned(),
-                ))
-            })
-            .collect();
-        let next = match (page.is_truncated(), page.marker()) {
-            (true, Some(m)) => Some(m.to_owned()),
-            _ => None,
-        };
-        Ok((records, next))
-    }
-
-    /// Creates one record; an existing one of that name is success (a repeat or a race).
-    async fn write_record(&self, acct: &Account, record: &Record) -> Result<(), ProviderError> {
-        let path = record.path().map_err(|e| self.invalid("subject", e))?;
-        let kind = if record.tombstone {
-            "tombstone"
-        } else {
-            "grant"
-        };
-        let res = acct
-            .iam
-            .create_policy()
-            .policy_name(record.name())
-            .path(path)
-            .policy_document(records::document(kind))
-            .description(format!(
-                "jitsudo {kind} record of request {} (never attached; grants nothing)",
-                record.request_id
-            ))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("EntityAlreadyExists") => Ok(()),
-            Err(e) => Err(map(
-                &self.name,
-                &format!(
-                    "writing the {kind} record of grant {} (CreatePolicy)",
-                    record.grant_id
-                ),
-                Call::Write,
-                e,
-            )),
-        }
-    }
-
-    async fn delete_record(
-        &self,
-        acct: &Account,
-        arn: &str,
-        grant_id: Uuid,
-    ) -> Result<(), ProviderError> {
-        match acct.iam.delete_policy().policy_arn(arn).send().await {
-            Ok(_) => Ok(()),
-            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(()),
-            Err(e) => Err(map(
-                &self.name,
-                &format!("deleting the record of grant {grant_id} (DeletePolicy)"),
-                Call::Write,
-                e,
-            )),
-        }
+        self.store(acct).list(&prefix).await
     }
 
     async fn get_role(
@@ -416,7 +274,8 @@ impl AwsProvider {
         for _ in 0..DENY_ROUNDS {
             let now = Utc::now();
             let (live, ended): (Vec<Record>, Vec<Record>) = self
-                .list(acct, &records::role_prefix(role))
+                .store(acct)
+                .list::<Record>(&records::role_prefix(role))
                 .await?
                 .into_iter()
                 .map(|(r, _)| r)
@@ -600,7 +459,7 @@ impl Provider for AwsProvider {
             return Ok(self.to_record(&spec.role, &r, &arn, &spec.scope));
         }
         let record = record_of(spec, &role, false);
-        self.write_record(&acct, &record).await?;
+        self.store(&acct).write(&record).await?;
         // From here the record may exist: any failure leaves the outcome unknown.
         let unknown = |e: ProviderError| match e {
             e @ ProviderError::Unknown { .. } => e,
@@ -618,7 +477,8 @@ impl Provider for AwsProvider {
         let live = mine(&found, false);
         if mine(&found, true).is_some() {
             if let Some((_, arn)) = &live {
-                self.delete_record(&acct, arn, spec.grant_id)
+                self.store(&acct)
+                    .delete(arn, spec.grant_id)
                     .await
                     .map_err(unknown)?;
             }
@@ -655,7 +515,7 @@ impl Provider for AwsProvider {
                     tombstone: false,
                 });
                 t.tombstone = true;
-                self.write_record(&acct, &t).await?;
+                self.store(&acct).write(&t).await?;
                 t
             }
         };
@@ -672,7 +532,7 @@ impl Provider for AwsProvider {
             });
         }
         if let Some((_, arn)) = mine(&found, false) {
-            self.delete_record(&acct, &arn, grant.grant_id).await?;
+            self.store(&acct).delete(&arn, grant.grant_id).await?;
         }
         if tombstone.not_after > Utc::now() {
             self.sync_deny(&acct, &grant.scope, &role, Some(grant.grant_id), None)
@@ -792,7 +652,10 @@ impl Provider for AwsProvider {
             return Ok(ManagedPage::default());
         };
         let acct = self.account(account).await;
-        let (records, more) = self.page(&acct, records::ROOT, PAGE_SIZE, marker).await?;
+        let (records, more) = self
+            .store(&acct)
+            .page::<Record>(records::ROOT, PAGE_SIZE, marker)
+            .await?;
         let grants = records
             .into_iter()
             .map(|(r, arn)| ManagedGrant {
@@ -840,7 +703,7 @@ impl Provider for AwsProvider {
             self.sync_deny(&acct, &tombstone.scope, &role, None, Some(record.grant_id))
                 .await?;
         }
-        self.delete_record(&acct, &arn, record.grant_id).await?;
+        self.store(&acct).delete(&arn, record.grant_id).await?;
         Ok(())
     }
 
@@ -852,14 +715,6 @@ impl Provider for AwsProvider {
             native_expiry: false,
         }
     }
-}
-
-/// The live record (`tombstone = false`) or the tombstone of a grant among `found`.
-fn find(found: &[(Record, String)], grant_id: Uuid, tombstone: bool) -> Option<(Record, String)> {
-    found
-        .iter()
-        .find(|(r, _)| r.grant_id == grant_id && r.tombstone == tombstone)
-        .cloned()
 }
 
 /// The role session name of every session of a grant.

@@ -34,7 +34,7 @@ fn keys(id: &str, secret: &str, token: Option<String>) -> SharedCredentialsProvi
     SharedCredentialsProvider::new(AwsKeys::new(id, secret, token, None, "jitsudo-tests"))
 }
 
-async fn sdk(url: &str, creds: SharedCredentialsProvider) -> aws_config::SdkConfig {
+pub async fn sdk(url: &str, creds: SharedCredentialsProvider) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .endpoint_url(url)
@@ -44,7 +44,7 @@ async fn sdk(url: &str, creds: SharedCredentialsProvider) -> aws_config::SdkConf
 }
 
 /// Keys of a role session in `account`: moto files every call made with them there.
-async fn keys_in(url: &str, account: &str, role: &str) -> SharedCredentialsProvider {
+pub async fn keys_in(url: &str, account: &str, role: &str) -> SharedCredentialsProvider {
     let sts = aws_sdk_sts::Client::new(&sdk(url, keys("testing", "testing", None)).await);
     let out = sts
         .assume_role()
@@ -102,6 +102,9 @@ pub fn config(account: &str, hub: bool) -> AwsConfig {
         credentials_file: None,
         endpoint_url: Some(moto::moto().expect("moto").url.clone()),
         timeout_seconds: Some(5),
+        instance_arn: None,
+        identity_store_id: None,
+        start_url: None,
     }
 }
 
@@ -254,7 +257,9 @@ async fn a_revoke_denies_exactly_that_grants_sessions_and_leaves_the_others() {
 #[tokio::test]
 async fn two_hundred_concurrent_revocations_on_one_role_all_land_in_a_valid_policy() {
     let a = account().await;
-    let p = Arc::new(provider(&a, false, |_| {}).await);
+    // 400 calls at once queue up in moto (one Python process, shared with the other tests):
+    // a call's timeout is longer here than a real AWS call would need.
+    let p = Arc::new(provider(&a, false, |c| c.timeout_seconds = Some(60)).await);
     let mut records = Vec::new();
     let grants: Vec<_> = (0..200)
         .map(|i| {
@@ -674,7 +679,16 @@ fn the_shipped_examples_are_valid() {
                 .unwrap_or_else(|e| panic!("cluster-config/aws/providers.toml: {e}"));
         assert_eq!(section.kind.kind(), "aws");
     }
-    for f in ["jitsudod-policy.json", "target-role-trust.json"] {
+    let modes: Vec<_> = tables
+        .iter()
+        .filter_map(|t| t.get("mode")?.as_str())
+        .collect();
+    assert_eq!(modes, ["sts", "identity_center"], "an example of each mode");
+    for f in [
+        "jitsudod-policy.json",
+        "target-role-trust.json",
+        "jitsudod-identity-center-policy.json",
+    ] {
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap())
                 .unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -696,6 +710,32 @@ fn the_shipped_examples_are_valid() {
         assert!(
             policy.contains(action),
             "jitsudod-policy.json lacks {action}"
+        );
+    }
+    // Mode identity_center: every call the provider makes.
+    let policy = std::fs::read_to_string(dir.join("jitsudod-identity-center-policy.json")).unwrap();
+    for action in [
+        "sso:ListInstances",
+        "sso:ListPermissionSets",
+        "sso:DescribePermissionSet",
+        "sso:ListAccountAssignments",
+        "sso:CreateAccountAssignment",
+        "sso:DeleteAccountAssignment",
+        "sso:DescribeAccountAssignmentCreationStatus",
+        "sso:DescribeAccountAssignmentDeletionStatus",
+        "sso:GetInlinePolicyForPermissionSet",
+        "sso:PutInlinePolicyToPermissionSet",
+        "sso:DeleteInlinePolicyFromPermissionSet",
+        "sso:ProvisionPermissionSet",
+        "sso:DescribePermissionSetProvisioningStatus",
+        "identitystore:GetUserId",
+        "iam:ListPolicies",
+        "iam:CreatePolicy",
+        "iam:DeletePolicy",
+    ] {
+        assert!(
+            policy.contains(action),
+            "jitsudod-identity-center-policy.json lacks {action}"
         );
     }
 }
