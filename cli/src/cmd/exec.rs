@@ -221,10 +221,17 @@ fn aws_process_json(r: &v1::Request, c: &v1::Credentials) -> CliResult<String> {
         c.env.get(k).cloned().ok_or_else(|| {
             CliError::new(
                 Exit::Failure,
-                format!(
-                    "request {} (provider {}) carries no {k}: credential-process is for AWS providers; use `jitsudo exec` for others",
-                    r.id, r.provider
-                ),
+                match Some(c.notice.as_str()).filter(|n| !n.is_empty()) {
+                    // The provider says why and what to do instead (Identity Center).
+                    Some(notice) => format!(
+                        "request {} (provider {}) carries no {k}: {notice}",
+                        r.id, r.provider
+                    ),
+                    None => format!(
+                        "request {} (provider {}) carries no {k}: credential-process is for AWS providers that mint keys; use `jitsudo exec` for others",
+                        r.id, r.provider
+                    ),
+                },
             )
         })
     };
@@ -290,5 +297,13 @@ mod tests {
             "{}",
             e.message
         );
+        // A provider that says why it mints no keys (Identity Center): its words are shown.
+        let sso = v1::Credentials {
+            notice: "no keys are minted for IAM Identity Center: sign in at $AWS_SSO_START_URL"
+                .into(),
+            ..k8s
+        };
+        let e = aws_process_json(&r, &sso).unwrap_err();
+        assert!(e.message.contains("sign in at"), "{}", e.message);
     }
 }
