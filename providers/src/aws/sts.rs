@@ -281,7 +281,8 @@ impl AwsProvider {
                 .map(|(r, _)| r)
                 .filter(|r| r.tombstone)
                 .partition(|r| r.not_after > now);
-            let current = self.read_deny(acct, role).await?;
+            let placed = self.read_deny(acct, role).await?;
+            let current = placed.all();
             let mut wanted: BTreeSet<Uuid> = current.clone();
             wanted.extend(live.iter().map(|r| r.grant_id));
             wanted.extend(add);
@@ -295,17 +296,20 @@ impl AwsProvider {
                 *confirmed = current;
                 return Ok(());
             }
-            if !deny::room_for(wanted.len()) {
+            let Some(next) = placed.place(&wanted) else {
                 return Err(ProviderError::Unavailable {
                     provider: self.name.clone(),
                     reason: format!(
-                        "role {role} in account {account} has {} revoked grants whose sessions may still be live; one inline statement holds {}. Entries leave as those grants reach their end; the revoke is retried until then",
+                        "role {role} in account {account} has {} revoked grants whose sessions may still be live; its deny holds {} ({} inline, {} in each of {} managed policies). Entries leave as those grants reach their end; the revoke is retried until then",
                         wanted.len(),
-                        deny::MAX_IDS
+                        deny::CAPACITY,
+                        deny::MAX_IDS,
+                        deny::PER_MANAGED,
+                        deny::MAX_MANAGED
                     ),
                 });
-            }
-            if !self.write_deny(acct, role, &wanted).await? {
+            };
+            if !self.write_deny(acct, account, role, &placed, &next).await? {
                 return Ok(());
             }
         }
@@ -317,7 +321,62 @@ impl AwsProvider {
         })
     }
 
-    async fn read_deny(&self, acct: &Account, role: &str) -> Result<BTreeSet<Uuid>, ProviderError> {
+    /// Where the role's deny holds which ids: its inline policy and the managed deny
+    /// policies attached to it.
+    async fn read_deny(
+        &self,
+        acct: &Account,
+        role: &str,
+    ) -> Result<deny::Placement, ProviderError> {
+        let mut placed = deny::Placement {
+            inline: self.read_inline_deny(acct, role).await?,
+            managed: Vec::new(),
+        };
+        let what = format!("reading the managed denies of role {role}");
+        let attached = match acct
+            .iam
+            .list_attached_role_policies()
+            .role_name(role)
+            .path_prefix(deny::MANAGED_PATH)
+            .send()
+            .await
+        {
+            Ok(out) => out.attached_policies().to_vec(),
+            Err(e) if code(&e) == Some("NoSuchEntity") => return Ok(placed),
+            Err(e) => {
+                return Err(map(
+                    &self.name,
+                    &format!("{what} (ListAttachedRolePolicies)"),
+                    Call::Read,
+                    e,
+                ));
+            }
+        };
+        for k in 1..=deny::MAX_MANAGED {
+            let name = deny::managed_name(role, k);
+            let Some(arn) = attached
+                .iter()
+                .find(|p| p.policy_name() == Some(name.as_str()))
+                .and_then(|p| p.policy_arn())
+            else {
+                placed.managed.push(BTreeSet::new());
+                continue;
+            };
+            placed
+                .managed
+                .push(self.read_managed(acct, arn, &what).await?);
+        }
+        while placed.managed.last().is_some_and(|m| m.is_empty()) {
+            placed.managed.pop();
+        }
+        Ok(placed)
+    }
+
+    async fn read_inline_deny(
+        &self,
+        acct: &Account,
+        role: &str,
+    ) -> Result<BTreeSet<Uuid>, ProviderError> {
         let res = acct
             .iam
             .get_role_policy()
@@ -340,9 +399,232 @@ impl AwsProvider {
         }
     }
 
-    /// Writes the deny; `false` when the role itself is gone (none of its sessions can
-    /// live on, so there is nothing left to deny).
+    /// The ids of a managed deny policy's default version.
+    async fn read_managed(
+        &self,
+        acct: &Account,
+        arn: &str,
+        what: &str,
+    ) -> Result<BTreeSet<Uuid>, ProviderError> {
+        let policy = match acct.iam.get_policy().policy_arn(arn).send().await {
+            Ok(out) => out.policy,
+            Err(e) if code(&e) == Some("NoSuchEntity") => None,
+            Err(e) => {
+                return Err(map(
+                    &self.name,
+                    &format!("{what} (GetPolicy)"),
+                    Call::Read,
+                    e,
+                ));
+            }
+        };
+        let Some(version) = policy.and_then(|p| p.default_version_id) else {
+            return Ok(BTreeSet::new());
+        };
+        match acct
+            .iam
+            .get_policy_version()
+            .policy_arn(arn)
+            .version_id(version)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .policy_version()
+                .and_then(|v| v.document())
+                .map(|d| deny::denied(&percent_encoding::percent_decode_str(d).decode_utf8_lossy()))
+                .unwrap_or_default()),
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(BTreeSet::new()),
+            Err(e) => Err(map(
+                &self.name,
+                &format!("{what} (GetPolicyVersion)"),
+                Call::Read,
+                e,
+            )),
+        }
+    }
+
+    /// Writes the policies whose ids change from `from` to `to`; `false` when the role
+    /// itself is gone (none of its sessions can live on, so there is nothing left to deny).
+    /// No id moves between policies, so the order of the writes leaves no gap.
     async fn write_deny(
+        &self,
+        acct: &Account,
+        account: &str,
+        role: &str,
+        from: &deny::Placement,
+        to: &deny::Placement,
+    ) -> Result<bool, ProviderError> {
+        if from.inline != to.inline && !self.write_inline_deny(acct, role, &to.inline).await? {
+            return Ok(false);
+        }
+        let empty = BTreeSet::new();
+        for k in 1..=deny::MAX_MANAGED {
+            let before = from.managed.get(k - 1).unwrap_or(&empty);
+            let after = to.managed.get(k - 1).unwrap_or(&empty);
+            if before != after && !self.write_managed(acct, account, role, k, after).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One managed deny policy: created or given a new default version, and attached; with
+    /// no ids, detached and deleted.
+    async fn write_managed(
+        &self,
+        acct: &Account,
+        account: &str,
+        role: &str,
+        k: usize,
+        ids: &BTreeSet<Uuid>,
+    ) -> Result<bool, ProviderError> {
+        let name = deny::managed_name(role, k);
+        let arn = format!(
+            "arn:{}:iam::{account}:policy{}{name}",
+            partition(&self.config.region),
+            deny::MANAGED_PATH
+        );
+        let what = format!("writing the managed deny {name} of role {role}");
+        let Some(doc) = deny::document(ids) else {
+            match acct
+                .iam
+                .detach_role_policy()
+                .role_name(role)
+                .policy_arn(&arn)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if code(&e) == Some("NoSuchEntity") => {}
+                Err(e) => {
+                    return Err(map(
+                        &self.name,
+                        &format!("{what} (DetachRolePolicy)"),
+                        Call::Write,
+                        e,
+                    ));
+                }
+            }
+            self.delete_old_versions(acct, &arn, &what).await?;
+            return match acct.iam.delete_policy().policy_arn(&arn).send().await {
+                Ok(_) => Ok(true),
+                Err(e) if code(&e) == Some("NoSuchEntity") => Ok(true),
+                Err(e) => Err(map(
+                    &self.name,
+                    &format!("{what} (DeletePolicy)"),
+                    Call::Write,
+                    e,
+                )),
+            };
+        };
+        match acct
+            .iam
+            .create_policy()
+            .policy_name(&name)
+            .path(deny::MANAGED_PATH)
+            .policy_document(&doc)
+            .description(format!(
+                "jitsudo: ends the sessions of revoked grants of role {role}"
+            ))
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if code(&e) == Some("EntityAlreadyExists") => {
+                // IAM keeps five versions: the old ones go first.
+                self.delete_old_versions(acct, &arn, &what).await?;
+                acct.iam
+                    .create_policy_version()
+                    .policy_arn(&arn)
+                    .policy_document(&doc)
+                    .set_as_default(true)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        map(
+                            &self.name,
+                            &format!("{what} (CreatePolicyVersion)"),
+                            Call::Write,
+                            e,
+                        )
+                    })?;
+            }
+            Err(e) => {
+                return Err(map(
+                    &self.name,
+                    &format!("{what} (CreatePolicy)"),
+                    Call::Write,
+                    e,
+                ));
+            }
+        }
+        match acct
+            .iam
+            .attach_role_policy()
+            .role_name(role)
+            .policy_arn(&arn)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            // The role is gone: so is any use of the policy.
+            Err(e) if code(&e) == Some("NoSuchEntity") => Ok(false),
+            Err(e) => Err(map(
+                &self.name,
+                &format!("{what} (AttachRolePolicy)"),
+                Call::Write,
+                e,
+            )),
+        }
+    }
+
+    /// Deletes a managed policy's versions but the default one.
+    async fn delete_old_versions(
+        &self,
+        acct: &Account,
+        arn: &str,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let versions = match acct.iam.list_policy_versions().policy_arn(arn).send().await {
+            Ok(out) => out.versions().to_vec(),
+            Err(e) if code(&e) == Some("NoSuchEntity") => return Ok(()),
+            Err(e) => {
+                return Err(map(
+                    &self.name,
+                    &format!("{what} (ListPolicyVersions)"),
+                    Call::Read,
+                    e,
+                ));
+            }
+        };
+        for v in versions.iter().filter(|v| !v.is_default_version()) {
+            let Some(id) = v.version_id() else { continue };
+            match acct
+                .iam
+                .delete_policy_version()
+                .policy_arn(arn)
+                .version_id(id)
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if code(&e) == Some("NoSuchEntity") => {}
+                Err(e) => {
+                    return Err(map(
+                        &self.name,
+                        &format!("{what} (DeletePolicyVersion)"),
+                        Call::Write,
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the inline deny; `false` when the role itself is gone.
+    async fn write_inline_deny(
         &self,
         acct: &Account,
         role: &str,
@@ -698,6 +980,7 @@ impl Provider for AwsProvider {
         if self
             .read_deny(&acct, &role)
             .await?
+            .all()
             .contains(&record.grant_id)
         {
             self.sync_deny(&acct, &tombstone.scope, &role, None, Some(record.grant_id))
@@ -750,6 +1033,17 @@ fn parse_role_arn(arn: &str) -> Option<(&str, &str)> {
     }
     let path = resource.strip_prefix("role/")?;
     Some((account, path.rsplit('/').next()?))
+}
+
+/// The ARN partition of a region.
+fn partition(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    }
 }
 
 /// A role pattern: a name, or a prefix ending in `*`.

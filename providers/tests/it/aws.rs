@@ -495,6 +495,125 @@ async fn the_reconciler_drops_a_deny_entry_once_its_grant_has_ended() {
     );
 }
 
+#[tokio::test]
+async fn past_the_inline_statement_revoked_grants_go_to_an_attached_managed_policy_and_leave_it() {
+    use jitsudo_providers::reconcile::Expected;
+    let a = account().await;
+    let p = provider(&a, false, |_| {}).await;
+    // The inline statement holds 210: 208 entries of earlier revokes (written as jitsudod
+    // writes them), then two grants of ours fill it.
+    let earlier: Vec<String> = (0..208).map(|_| Uuid::new_v4().to_string()).collect();
+    let seeded = serde_json::json!({"Version": "2012-10-17", "Statement": [{
+        "Sid": "JitsudoRevokedSessions", "Effect": "Deny", "Action": "*", "Resource": "*",
+        "Condition": {"StringEquals": {"aws:PrincipalTag/jitsudo-grant": earlier}}}]});
+    a.iam
+        .put_role_policy()
+        .role_name(ROLE)
+        .policy_name(DENY_POLICY)
+        .policy_document(seeded.to_string())
+        .send()
+        .await
+        .unwrap();
+    for who in ["alice", "bob"] {
+        let r = p.grant(&spec(&a, who, TimeDelta::hours(1))).await.unwrap();
+        p.revoke(&r).await.unwrap();
+    }
+    // Three more, one at a time (a new version of the managed policy each), ending soon.
+    let mut short = Vec::new();
+    for who in ["carol", "dave", "erin"] {
+        let r = p
+            .grant(&spec(&a, who, TimeDelta::seconds(4)))
+            .await
+            .unwrap();
+        p.revoke(&r).await.unwrap();
+        short.push(r);
+    }
+    let inline = denied(&deny_document(&a, ROLE).await.unwrap().to_string());
+    assert_eq!(inline.len(), 210, "the inline statement is full");
+    let attached = a
+        .iam
+        .list_attached_role_policies()
+        .role_name(ROLE)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<_> = attached
+        .attached_policies()
+        .iter()
+        .filter_map(|p| p.policy_name())
+        .collect();
+    assert_eq!(names, ["jitsudo-deny-readonly-1"]);
+    let arn = attached.attached_policies()[0]
+        .policy_arn()
+        .unwrap()
+        .to_owned();
+    let policy = a.iam.get_policy().policy_arn(&arn).send().await.unwrap();
+    let version = policy
+        .policy()
+        .unwrap()
+        .default_version_id()
+        .unwrap()
+        .to_owned();
+    let doc = a
+        .iam
+        .get_policy_version()
+        .policy_arn(&arn)
+        .version_id(version)
+        .send()
+        .await
+        .unwrap();
+    let text =
+        percent_encoding::percent_decode_str(doc.policy_version().unwrap().document().unwrap())
+            .decode_utf8()
+            .unwrap()
+            .into_owned();
+    let managed = denied(&text);
+    assert_eq!(
+        managed,
+        short.iter().map(|r| r.grant_id).collect::<BTreeSet<_>>(),
+        "the overflow holds exactly the three later revokes"
+    );
+    assert!(inline.is_disjoint(&managed), "each id is in one policy");
+    let versions = a
+        .iam
+        .list_policy_versions()
+        .policy_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        versions.versions().len() <= 2,
+        "old versions are deleted: {versions:?}"
+    );
+    // Once those grants have ended, the reconciler's pass takes them out: the managed
+    // policy is detached and deleted; the inline entries stay.
+    let expected = short
+        .iter()
+        .map(|r| (r.grant_id, Expected::Ended))
+        .collect();
+    let wait = (short[2].not_after - Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(1100)).await;
+    jitsudo_providers::conformance::pass(&p, &expected, &[]).await;
+    let attached = a
+        .iam
+        .list_attached_role_policies()
+        .role_name(ROLE)
+        .send()
+        .await
+        .unwrap();
+    assert!(attached.attached_policies().is_empty(), "{attached:?}");
+    assert!(
+        a.iam.get_policy().policy_arn(&arn).send().await.is_err(),
+        "deleted"
+    );
+    assert_eq!(
+        denied(&deny_document(&a, ROLE).await.unwrap().to_string()),
+        inline
+    );
+}
+
 /// A provider whose every AWS call goes through a fault proxy in front of moto.
 async fn through_proxy(a: &Account) -> (AwsProvider, AwsFaultProxy) {
     let proxy = AwsFaultProxy::start(&moto::moto().unwrap().url).expect("the proxy starts");
@@ -703,6 +822,14 @@ fn the_shipped_examples_are_valid() {
         "iam:GetRolePolicy",
         "iam:PutRolePolicy",
         "iam:DeleteRolePolicy",
+        "iam:ListAttachedRolePolicies",
+        "iam:AttachRolePolicy",
+        "iam:DetachRolePolicy",
+        "iam:GetPolicy",
+        "iam:GetPolicyVersion",
+        "iam:CreatePolicyVersion",
+        "iam:DeletePolicyVersion",
+        "iam:ListPolicyVersions",
         "sts:AssumeRole",
         "sts:SetSourceIdentity",
         "sts:TagSession",
