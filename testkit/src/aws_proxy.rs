@@ -39,6 +39,9 @@ pub enum AwsFault {
     Unavailable,
     /// Forwarded to moto and applied there; the connection is then closed without an answer.
     DropAfterApply,
+    /// Another operation on the same thing is under way: `ConflictException` (HTTP 400) in the
+    /// JSON protocol, `ConcurrentModification` (HTTP 409) in IAM's; nothing applied.
+    Conflict,
 }
 
 /// One call that reached the proxy.
@@ -354,6 +357,12 @@ fn error(service: &str, fault: AwsFault, action: &str) -> Response<Full<Bytes>> 
     }
     let (status, code, message) = match fault {
         AwsFault::Throttle => (400, "Throttling", "Rate exceeded".to_owned()),
+        AwsFault::Conflict => (
+            409,
+            "ConcurrentModification",
+            "The request was rejected because multiple requests to change this object were submitted simultaneously."
+                .to_owned(),
+        ),
         AwsFault::AccessDenied => (
             403,
             "AccessDenied",
@@ -394,6 +403,11 @@ fn error(service: &str, fault: AwsFault, action: &str) -> Response<Full<Bytes>> 
 fn json_error(fault: AwsFault, action: &str) -> Response<Full<Bytes>> {
     let (status, code, message) = match fault {
         AwsFault::Throttle => (400, "ThrottlingException", "Rate exceeded".to_owned()),
+        AwsFault::Conflict => (
+            400,
+            "ConflictException",
+            "Another operation on this permission set is in progress.".to_owned(),
+        ),
         AwsFault::AccessDenied => (
             400,
             "AccessDeniedException",

@@ -74,17 +74,18 @@ where
                     provider,
                     retry_after: None,
                 },
+                // ConflictException: Identity Center is busy with the same assignment or
+                // permission set (another provisioning or edit); nothing was applied.
                 "ConcurrentModification"
                 | "ConcurrentModificationException"
-                | "EntityTemporarilyUnmodifiable" => {
-                    ProviderError::Unavailable { provider, reason }
-                }
+                | "EntityTemporarilyUnmodifiable"
+                | "ConflictException" => ProviderError::Unavailable { provider, reason },
                 // A quota (managed policies per account, inline policy size per role): retried
                 // until something leaves, or the quota is raised.
-                "LimitExceeded" => ProviderError::Unavailable {
+                "LimitExceeded" | "ServiceQuotaExceededException" => ProviderError::Unavailable {
                     provider,
                     reason: format!(
-                        "{reason}: an IAM quota is reached (customer managed policies per account, or inline policy size per role); raise it in the account or wait for grants to end"
+                        "{reason}: a quota is reached (IAM: customer managed policies per account, inline policy size per role; Identity Center: assignments, permission sets); raise it or wait for grants to end"
                     ),
                 },
                 _ if status >= 500 && call == Call::Write => {

@@ -43,7 +43,7 @@ use crate::{
 /// Records per page of the reconciler's listing.
 const PAGE_SIZE: i32 = 100;
 /// How long a grant or revoke waits for an assignment's creation or deletion, or for a
-/// permission set's provisioning, before it fails (retryably, outcome unknown).
+/// permission set's provisioning, before it fails (outcome unknown: retried).
 const POLL_FOR: Duration = Duration::from_secs(60);
 const POLL_FIRST: Duration = Duration::from_millis(200);
 const POLL_MOST: Duration = Duration::from_secs(4);
@@ -242,7 +242,8 @@ impl IdentityCenterProvider {
                 let session = set
                     .session_duration()
                     .and_then(parse_iso_duration)
-                    .unwrap_or(TimeDelta::hours(1));
+                    // Unreadable: the longest AWS allows, so no deny leaves early.
+                    .unwrap_or(TimeDelta::hours(12));
                 if let Some(n) = set.name() {
                     found.insert(
                         n.to_owned(),
@@ -561,6 +562,7 @@ impl IdentityCenterProvider {
         let lock = Self::lock_of(&self.policies, &set.arn);
         let _turn = lock.lock().await;
         let instance = self.instance().await?;
+        let mut provisioned = false;
         for _ in 0..DENY_ROUNDS {
             let now = Utc::now();
             let live = |t: &DateTime<Utc>| *t + set.session > now;
@@ -583,6 +585,11 @@ impl IdentityCenterProvider {
             }
             wanted.retain(|_, t| live(t));
             if wanted == current {
+                // The stored policy is not what the accounts have until it is provisioned:
+                // a revoke provisions even when an earlier attempt wrote its entry.
+                if add.is_some() && !provisioned {
+                    self.provision(set_name, set).await?;
+                }
                 return Ok(());
             }
             let doc = ic_deny::merged(&current_doc, &wanted).map_err(|e| {
@@ -627,6 +634,7 @@ impl IdentityCenterProvider {
                     })?,
             }
             self.provision(set_name, set).await?;
+            provisioned = true;
         }
         Err(self.unavailable(format!(
             "the session denies of permission set {set_name} kept changing under concurrent writers for {DENY_ROUNDS} rounds; retried"
@@ -693,11 +701,12 @@ impl IdentityCenterProvider {
             failure = s.and_then(|s| s.failure_reason()).map(str::to_owned);
         }
         match state {
+            Some(StatusValues::Succeeded) => Ok(()),
             Some(StatusValues::Failed) => Err(self.unknown(format!(
                 "{what}: FAILED: {}",
                 failure.unwrap_or_else(|| "no reason given".into())
             ))),
-            _ => Ok(()),
+            other => Err(self.unknown(format!("{what}: status {other:?}"))),
         }
     }
 
@@ -731,15 +740,7 @@ impl IdentityCenterProvider {
             // The permission set is gone, and with it every assignment and session role.
             return Ok(());
         };
-        let others = |rs: &[Assignment]| {
-            let now = Utc::now();
-            rs.iter().any(|r| {
-                r.grant_id != a.grant_id
-                    && !r.tombstone
-                    && r.not_after > now
-                    && !rs.iter().any(|t| t.tombstone && t.grant_id == r.grant_id)
-            })
-        };
+        let others = |rs: &[Assignment]| live_among(rs, Some(a.grant_id));
         if others(
             &self
                 .records_of_user(&a.account, &a.permission_set, &a.user_id)
@@ -770,14 +771,18 @@ impl IdentityCenterProvider {
             issued_before,
         };
         self.store().write(&ended).await?;
-        // What is recorded wins: an earlier attempt's time, if there was one.
-        let recorded = self
-            .ended_of(&a.permission_set)
-            .await?
-            .into_iter()
-            .find(|e| e.grant_id == a.grant_id)
-            .map(|e| e.issued_before)
-            .unwrap_or(issued_before);
+        // An earlier release of this grant (a revoke that overtook the assignment's
+        // creation) left an older time: sessions since would not be matched by it, so the
+        // record is written again with this deletion's time.
+        let listed = self.store().list::<Ended>(records::ENDED_ROOT).await?;
+        if let Some((old, arn)) = listed
+            .iter()
+            .find(|(e, _)| e.grant_id == a.grant_id && e.issued_before < issued_before)
+        {
+            self.store().delete(arn, old.grant_id).await?;
+            self.store().write(&ended).await?;
+        }
+        let recorded = issued_before;
         self.sync_denies(
             &a.permission_set,
             &set,
@@ -792,10 +797,49 @@ impl IdentityCenterProvider {
         .await
     }
 
+    /// Releases the assignment of `grant_id` as its live record or tombstone among `found`
+    /// names it (nothing when neither names a user).
+    async fn release_of(
+        &self,
+        found: &[Listed<Assignment>],
+        grant_id: Uuid,
+    ) -> Result<(), ProviderError> {
+        let named = find(found, grant_id, false)
+            .or_else(|| find(found, grant_id, true))
+            .filter(|(r, _)| r.user_id != NO_USER);
+        match named {
+            Some((r, _)) => self.release(&r).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until no deny of this user's sessions in this account names a time still to
+    /// come (a revoke a moment ago adds a few seconds for AWS's clock).
+    async fn await_denies_of(&self, a: &Assignment) -> Result<(), ProviderError> {
+        let latest = self
+            .ended_of(&a.permission_set)
+            .await?
+            .into_iter()
+            .filter(|e| e.user_id == a.user_id && e.account == a.account)
+            .map(|e| e.issued_before)
+            .max();
+        if let Some(t) = latest
+            && let Ok(wait) = (t - Utc::now()).to_std()
+        {
+            let most = (ISSUE_MARGIN + TimeDelta::seconds(2))
+                .to_std()
+                .unwrap_or(Duration::from_secs(7));
+            tokio::time::sleep(wait.min(most)).await;
+        }
+        Ok(())
+    }
+
     /// The reconciler's upkeep, at the start of each listing: denies whose sessions have all
     /// expired leave their permission sets, then their "ended" records go; live records
     /// past their end that hold no assignment (a grant that never got one) go too.
     async fn tidy(&self) -> Result<(), ProviderError> {
+        // Session lengths read afresh: one raised since would otherwise end denies early.
+        self.lock_sets().clear();
         let now = Utc::now();
         let ended = self.store().list::<Ended>(records::ENDED_ROOT).await?;
         let names: BTreeSet<&str> = ended
@@ -896,6 +940,8 @@ impl Provider for IdentityCenterProvider {
             .records_of(&spec.scope, &spec.role, spec.request_id)
             .await?;
         if mine(&found, true).is_some() {
+            // An earlier attempt may have made the assignment after the revoke looked.
+            self.release_of(&found, spec.grant_id).await?;
             return Err(tombstoned());
         }
         let Some(set) = self.permission_set(&spec.role).await? else {
@@ -925,7 +971,15 @@ impl Provider for IdentityCenterProvider {
             let known = self
                 .records_of_user(&spec.scope, &spec.role, &user_id)
                 .await?;
-            if known.is_empty() && self.assigned(&spec.scope, &set, &user_id).await? {
+            if !live_among(&known, None) && self.assigned(&spec.scope, &set, &user_id).await? {
+                // No live grant of jitsudo's holds it. With a tombstone of the user's beside
+                // it, a revoke may still be removing it: retried. Without, it is standing.
+                if known.iter().any(|r| r.tombstone) {
+                    return Err(self.unavailable(format!(
+                        "user {} holds permission set {} in account {} with no live grant of jitsudo's: a revoke may still be removing it, or it is an assignment jitsudo did not make (then it is never taken over); retried",
+                        spec.subject, spec.role, spec.scope
+                    )));
+                }
                 return Err(self.invalid(
                     "role",
                     format!(
@@ -966,6 +1020,9 @@ impl Provider for IdentityCenterProvider {
         };
         if mine(&found, true).is_some() {
             drop(turn);
+            self.release_of(&found, spec.grant_id)
+                .await
+                .map_err(unknown)?;
             self.store()
                 .delete(&arn, spec.grant_id)
                 .await
@@ -982,6 +1039,9 @@ impl Provider for IdentityCenterProvider {
                 .map_err(unknown)?;
         }
         drop(turn);
+        // Sessions issued before an earlier revoke's deny time would be refused: the grant
+        // is only done once that time has passed (seconds at most).
+        self.await_denies_of(&live).await.map_err(unknown)?;
         // A revoke that overtook the assignment's creation: the assignment it could not
         // see goes now.
         let found = self
@@ -1004,8 +1064,9 @@ impl Provider for IdentityCenterProvider {
         let tombstone = match (mine(&found, true), mine(&found, false)) {
             (Some((t, _)), _) => t,
             (None, live) => {
-                // Without a live record the grant never got an assignment (the record comes
-                // first): the tombstone names no user, and a release has nothing to do.
+                // Without a live record the tombstone names no user: a grant writing its
+                // record meanwhile is seen by the listing below (and releases itself when it
+                // finds the tombstone).
                 let mut t = match live {
                     Some((r, _)) => r,
                     None => Assignment {
@@ -1033,10 +1094,17 @@ impl Provider for IdentityCenterProvider {
                 grant.grant_id
             )));
         }
-        if let Some((_, arn)) = mine(&found, false) {
-            self.store().delete(&arn, grant.grant_id).await?;
+        // The live record, if one is still listed (a grant that wrote it after this revoke
+        // first looked), names the user; it goes only once the assignment is released, so
+        // a retry after a failure here still knows whose assignment it was.
+        match mine(&found, false) {
+            Some((live, arn)) => {
+                self.release(&live).await?;
+                self.store().delete(&arn, grant.grant_id).await?;
+                Ok(())
+            }
+            None => self.release(&tombstone).await,
         }
-        self.release(&tombstone).await
     }
 
     async fn inspect(&self, grant: &GrantRecord) -> Result<GrantState, ProviderError> {
@@ -1160,6 +1228,19 @@ impl Provider for IdentityCenterProvider {
             native_expiry: false,
         }
     }
+}
+
+/// Whether a live grant (no tombstone, end ahead) other than `except` is among `records`.
+fn live_among(records: &[Assignment], except: Option<Uuid>) -> bool {
+    let now = Utc::now();
+    records.iter().any(|r| {
+        Some(r.grant_id) != except
+            && !r.tombstone
+            && r.not_after > now
+            && !records
+                .iter()
+                .any(|t| t.tombstone && t.grant_id == r.grant_id)
+    })
 }
 
 fn put(denies: &mut Denies, d: SessionDeny, t: DateTime<Utc>) {

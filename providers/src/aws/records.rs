@@ -134,8 +134,8 @@ pub const IC_ROOT: &str = "/jitsudo-ic/";
 /// `/jitsudo-ic/<account>/<permission set>/<request_id>/<user id>/<not_after>/<principal>/`,
 /// keeps one request's records under one prefix and every record of an account and
 /// permission set under another (what a revoke reads to learn whether another grant still
-/// needs the assignment). `user_id` is `-` in a tombstone written for a user Identity Center
-/// does not know.
+/// needs the assignment). `user_id` is `-` in a tombstone a revoke wrote when it found no
+/// live record of the grant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
     pub grant_id: Uuid,

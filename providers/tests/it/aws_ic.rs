@@ -443,3 +443,64 @@ fn each_mode_refuses_the_other_modes_keys_by_name() {
     ))
     .expect("a table of mode identity_center");
 }
+
+#[tokio::test]
+async fn a_revoke_whose_provisioning_met_a_conflict_is_retried_and_provisions_on_the_retry() {
+    let c = Center::new("PT1H").await;
+    let proxy = AwsFaultProxy::start(&moto::moto().unwrap().url).expect("the proxy starts");
+    let p = c.provider_at(&proxy.url).await;
+    let a = p.grant(&spec_for(&c, "alice")).await.expect("grant");
+    proxy.fail("ProvisionPermissionSet", AwsFault::Conflict, 1);
+    let e = p
+        .revoke(&a)
+        .await
+        .expect_err("the provisioning was refused");
+    assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
+    assert!(e.to_string().contains("ConflictException"), "{e}");
+    // The deny is stored but not provisioned: the retry provisions it, though it has
+    // nothing to write.
+    assert_eq!(session_denies(&c.policy().await).len(), 1);
+    p.revoke(&a).await.expect("the retry completes");
+    let sent = proxy.seen("ProvisionPermissionSet");
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].fault, None);
+    assert_eq!(
+        sent[1].param("TargetType"),
+        Some("ALL_PROVISIONED_ACCOUNTS")
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_revoking_users_of_one_permission_set_at_once_keep_both_denies() {
+    let c = Center::new("PT1H").await;
+    let (p1, p2) = (c.provider().await, c.provider().await);
+    let users = ["alice", "bob"];
+    let mut records = Vec::new();
+    for u in users {
+        records.push(p1.grant(&spec_for(&c, u)).await.expect("grant"));
+    }
+    let (r1, r2) = tokio::join!(p1.revoke(&records[0]), p2.revoke(&records[1]));
+    r1.expect("revoke on the first");
+    r2.expect("revoke on the second");
+    let denies = session_denies(&c.policy().await);
+    let denied: std::collections::BTreeSet<&str> =
+        denies.keys().map(|d| d.user_id.as_str()).collect();
+    assert_eq!(
+        denied,
+        [c.alice.as_str(), c.bob.as_str()].into(),
+        "{denies:?}"
+    );
+    assert!(c.assigned().await.is_empty());
+    // A new grant right after is refused nothing: it waits out the deny's few seconds.
+    let again = p2.grant(&spec_for(&c, "alice")).await.expect("a new grant");
+    assert_eq!(p2.inspect(&again).await.unwrap(), GrantState::Active);
+    let t = denies
+        .iter()
+        .find(|(d, _)| d.user_id == c.alice)
+        .map(|(_, t)| *t)
+        .unwrap();
+    assert!(
+        Utc::now() >= t,
+        "the grant returned before the deny's time {t}"
+    );
+}
