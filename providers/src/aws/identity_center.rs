@@ -446,14 +446,9 @@ impl IdentityCenterProvider {
             .send()
             .await
             .map_err(|e| map(&self.name, &what, Call::Write, e))?;
-        let status = out.account_assignment_creation_status();
-        let mut state = status.and_then(|s| s.status()).cloned();
-        let mut failure = status.and_then(|s| s.failure_reason()).map(str::to_owned);
-        let request = status.and_then(|s| s.request_id()).map(str::to_owned);
-        let mut wait = Poll::new();
-        while state == Some(StatusValues::InProgress) {
-            let Some(request) = &request else { break };
-            wait.next(&what).map_err(|r| self.unknown(r))?.await;
+        let first = OpStatus::of_assignment(out.account_assignment_creation_status());
+        let what = what.as_str();
+        self.settle(what, first, |request| async move {
             let out = self
                 .sso
                 .describe_account_assignment_creation_status()
@@ -461,19 +456,12 @@ impl IdentityCenterProvider {
                 .account_assignment_creation_request_id(request)
                 .send()
                 .await
-                .map_err(|e| map(&self.name, &what, Call::Read, e))?;
-            let s = out.account_assignment_creation_status();
-            state = s.and_then(|s| s.status()).cloned();
-            failure = s.and_then(|s| s.failure_reason()).map(str::to_owned);
-        }
-        match state {
-            Some(StatusValues::Succeeded) => Ok(()),
-            Some(StatusValues::Failed) => Err(self.unknown(format!(
-                "{what}: FAILED: {}",
-                failure.unwrap_or_else(|| "no reason given".into())
-            ))),
-            other => Err(self.unknown(format!("{what}: status {other:?}"))),
-        }
+                .map_err(|e| map(&self.name, what, Call::Read, e))?;
+            Ok(OpStatus::of_assignment(
+                out.account_assignment_creation_status(),
+            ))
+        })
+        .await
     }
 
     /// Deletes the assignment and waits until it is gone (also when it was not there).
@@ -509,14 +497,9 @@ impl IdentityCenterProvider {
                 Err(e) if code(&e) == Some("ResourceNotFoundException") => continue,
                 Err(e) => return Err(map(&self.name, &what, Call::Write, e)),
             };
-            let status = out.account_assignment_deletion_status();
-            let mut state = status.and_then(|s| s.status()).cloned();
-            let mut failure = status.and_then(|s| s.failure_reason()).map(str::to_owned);
-            let request = status.and_then(|s| s.request_id()).map(str::to_owned);
-            let mut wait = Poll::new();
-            while state == Some(StatusValues::InProgress) {
-                let Some(request) = &request else { break };
-                wait.next(&what).map_err(|r| self.unknown(r))?.await;
+            let first = OpStatus::of_assignment(out.account_assignment_deletion_status());
+            let what = &what;
+            self.settle(what, first, |request| async move {
                 let out = self
                     .sso
                     .describe_account_assignment_deletion_status()
@@ -524,17 +507,12 @@ impl IdentityCenterProvider {
                     .account_assignment_deletion_request_id(request)
                     .send()
                     .await
-                    .map_err(|e| map(&self.name, &what, Call::Read, e))?;
-                let s = out.account_assignment_deletion_status();
-                state = s.and_then(|s| s.status()).cloned();
-                failure = s.and_then(|s| s.failure_reason()).map(str::to_owned);
-            }
-            if state == Some(StatusValues::Failed) {
-                return Err(self.unknown(format!(
-                    "{what}: FAILED: {}",
-                    failure.unwrap_or_else(|| "no reason given".into())
-                )));
-            }
+                    .map_err(|e| map(&self.name, what, Call::Read, e))?;
+                Ok(OpStatus::of_assignment(
+                    out.account_assignment_deletion_status(),
+                ))
+            })
+            .await?;
         }
         if self.assigned(account, set, user_id).await? {
             return Err(self.unknown(format!("{what}: still listed after three deletions")));
@@ -680,14 +658,9 @@ impl IdentityCenterProvider {
             .send()
             .await
             .map_err(|e| map(&self.name, &what, Call::Write, e))?;
-        let status = out.permission_set_provisioning_status();
-        let mut state = status.and_then(|s| s.status()).cloned();
-        let mut failure = status.and_then(|s| s.failure_reason()).map(str::to_owned);
-        let request = status.and_then(|s| s.request_id()).map(str::to_owned);
-        let mut wait = Poll::new();
-        while state == Some(StatusValues::InProgress) {
-            let Some(request) = &request else { break };
-            wait.next(&what).map_err(|r| self.unknown(r))?.await;
+        let first = OpStatus::of_provisioning(out.permission_set_provisioning_status());
+        let what = what.as_str();
+        self.settle(what, first, |request| async move {
             let out = self
                 .sso
                 .describe_permission_set_provisioning_status()
@@ -695,16 +668,44 @@ impl IdentityCenterProvider {
                 .provision_permission_set_request_id(request)
                 .send()
                 .await
-                .map_err(|e| map(&self.name, &what, Call::Read, e))?;
-            let s = out.permission_set_provisioning_status();
-            state = s.and_then(|s| s.status()).cloned();
-            failure = s.and_then(|s| s.failure_reason()).map(str::to_owned);
+                .map_err(|e| map(&self.name, what, Call::Read, e))?;
+            Ok(OpStatus::of_provisioning(
+                out.permission_set_provisioning_status(),
+            ))
+        })
+        .await
+    }
+
+    /// Waits for an asynchronous operation: asks again while it is IN_PROGRESS, with growing
+    /// pauses, for up to a minute. Only SUCCEEDED is done; anything else leaves the outcome
+    /// unknown (retried).
+    async fn settle<F, Fut>(
+        &self,
+        what: &str,
+        mut status: OpStatus,
+        mut describe: F,
+    ) -> Result<(), ProviderError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<OpStatus, ProviderError>>,
+    {
+        let mut wait = Poll::new();
+        while status.state == Some(StatusValues::InProgress) {
+            let Some(request) = status.request.clone() else {
+                break;
+            };
+            wait.next(what).map_err(|r| self.unknown(r))?.await;
+            let next = describe(request.clone()).await?;
+            status = OpStatus {
+                request: next.request.or(Some(request)),
+                ..next
+            };
         }
-        match state {
+        match status.state {
             Some(StatusValues::Succeeded) => Ok(()),
             Some(StatusValues::Failed) => Err(self.unknown(format!(
                 "{what}: FAILED: {}",
-                failure.unwrap_or_else(|| "no reason given".into())
+                status.failure.unwrap_or_else(|| "no reason given".into())
             ))),
             other => Err(self.unknown(format!("{what}: status {other:?}"))),
         }
@@ -1293,6 +1294,36 @@ fn parse_iso_duration(s: &str) -> Option<TimeDelta> {
         };
     }
     (number.is_empty() && (total > TimeDelta::zero())).then_some(total)
+}
+
+/// What an asynchronous Identity Center operation reports.
+struct OpStatus {
+    state: Option<StatusValues>,
+    failure: Option<String>,
+    /// The id to ask about it again with.
+    request: Option<String>,
+}
+
+impl OpStatus {
+    fn of_assignment(
+        s: Option<&aws_sdk_ssoadmin::types::AccountAssignmentOperationStatus>,
+    ) -> Self {
+        OpStatus {
+            state: s.and_then(|s| s.status()).cloned(),
+            failure: s.and_then(|s| s.failure_reason()).map(str::to_owned),
+            request: s.and_then(|s| s.request_id()).map(str::to_owned),
+        }
+    }
+
+    fn of_provisioning(
+        s: Option<&aws_sdk_ssoadmin::types::PermissionSetProvisioningStatus>,
+    ) -> Self {
+        OpStatus {
+            state: s.and_then(|s| s.status()).cloned(),
+            failure: s.and_then(|s| s.failure_reason()).map(str::to_owned),
+            request: s.and_then(|s| s.request_id()).map(str::to_owned),
+        }
+    }
 }
 
 /// Waiting for an asynchronous Identity Center operation: growing pauses, bounded in all.
