@@ -1,3 +1,4 @@
 //! testkit's integration tests, one binary (one link on two cores).
 
+mod gcp_fake;
 mod kube_fake;
