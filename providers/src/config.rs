@@ -23,6 +23,8 @@ const BUILT: &[&str] = &[
     "kubernetes",
     #[cfg(feature = "aws")]
     "aws",
+    #[cfg(feature = "gcp")]
+    "gcp",
     "http",
     "demo",
 ];
@@ -75,6 +77,8 @@ pub enum KindConfig {
     /// Boxed: the largest table by far, and a configuration is built once.
     #[cfg(feature = "aws")]
     Aws(Box<crate::aws::AwsConfig>),
+    #[cfg(feature = "gcp")]
+    Gcp(crate::gcp::GcpConfig),
 }
 
 impl KindConfig {
@@ -86,6 +90,8 @@ impl KindConfig {
             KindConfig::Kubernetes(_) => "kubernetes",
             #[cfg(feature = "aws")]
             KindConfig::Aws(_) => "aws",
+            #[cfg(feature = "gcp")]
+            KindConfig::Gcp(_) => "gcp",
         }
     }
 }
@@ -177,6 +183,12 @@ impl ProviderSection {
                 c.check().map_err(|m| err(Some(kind), m))?;
                 KindConfig::Aws(Box::new(c))
             }
+            #[cfg(feature = "gcp")]
+            "gcp" => {
+                let c: crate::gcp::GcpConfig = parse(rest).map_err(keys_of)?;
+                c.check().map_err(|m| err(Some(kind), m))?;
+                KindConfig::Gcp(c)
+            }
             k if KINDS.contains(&k) => {
                 return Err(err(
                     Some(k),
@@ -238,6 +250,13 @@ impl ProviderSection {
                 let each = Duration::from_secs(c.timeout_seconds.unwrap_or(10));
                 Some(each * 12 + Duration::from_secs(5))
             }
+            // A change is a read and a write per round; rounds repeat only on a concurrent
+            // change, and a slow one is retried idempotently by the engine.
+            #[cfg(feature = "gcp")]
+            KindConfig::Gcp(c) => {
+                let each = Duration::from_secs(c.timeout_seconds.unwrap_or(10));
+                Some(each * 6 + Duration::from_secs(20))
+            }
         }
     }
 
@@ -273,6 +292,12 @@ impl ProviderSection {
             KindConfig::Aws(c) => crate::aws::build(&self.name, c)
                 .await
                 .map_err(|m| self.error(m))?,
+            #[cfg(feature = "gcp")]
+            KindConfig::Gcp(c) => Arc::new(
+                crate::gcp::GcpProvider::from_config(&self.name, c)
+                    .await
+                    .map_err(|m| self.error(m))?,
+            ),
         };
         Ok(Entry {
             provider,

@@ -21,6 +21,8 @@ pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod demo;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod http;
 pub mod identity;
 #[cfg(feature = "kubernetes")]

@@ -8,6 +8,8 @@ mod aws_ic;
 mod conformance;
 mod demo;
 mod features;
+#[cfg(feature = "gcp")]
+mod gcp;
 mod http;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
