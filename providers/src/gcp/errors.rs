@@ -78,6 +78,17 @@ pub(super) fn map(provider: &str, what: &str, scope: &str, call: Call, e: Error)
             };
         }
         if e.is_authentication() {
+            let transient = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<google_cloud_gax::error::CredentialsError>())
+                .is_some_and(|c| c.is_transient());
+            if transient {
+                return ProviderError::Unavailable {
+                    provider,
+                    reason: format!(
+                        "{what}: jitsudod's Google credentials could not make a token for now (the metadata server or token source did not answer)"
+                    ),
+                };
+            }
             return ProviderError::Forbidden {
                 provider,
                 reason: format!(

@@ -39,6 +39,10 @@ use errors::Call;
 
 /// How many read-modify-write rounds a change may take before it gives up (retryable).
 const MAX_ROUNDS: u32 = 12;
+/// jitsudo bindings this long past their end are removed by any change to the policy:
+/// they grant nothing (the condition has ended) and IAM's limits count them. The margin
+/// covers replicas' clocks.
+const PURGE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// The member prefixes IAM accepts for a principal.
 const MEMBER_TYPES: [&str; 6] = [
@@ -166,10 +170,7 @@ impl GcpProvider {
                 ),
             ));
         }
-        if !MEMBER_TYPES
-            .iter()
-            .any(|t| member.starts_with(t) && member.len() > t.len())
-        {
+        if !member_ok(member) {
             return Err(self.invalid(
                 "subject",
                 format!(
@@ -273,13 +274,26 @@ impl GcpProvider {
         mut edit: impl FnMut(&mut Vec<Binding>) -> Result<Round<T>, ProviderError>,
     ) -> Result<T, ProviderError> {
         let lock = self.lock_of(scope);
-        let _held = lock.lock().await;
-        let mut unknown = None;
+        let mut unknown: Option<ProviderError> = None;
         for round in 0..MAX_ROUNDS {
-            let policy = self
-                .read(scope)
-                .await
-                .map_err(|e| errors::map(&self.name, what, scope, Call::Read, e))?;
+            // Held for one read and one write, not across the pause.
+            let held = lock.lock().await;
+            let policy = match self.read(scope).await {
+                Ok(p) => p,
+                // A write of an earlier round may have landed: say so.
+                Err(e) => {
+                    let e = errors::map(&self.name, what, scope, Call::Read, e);
+                    return Err(match unknown {
+                        Some(_) if e.is_retryable() => ProviderError::Unknown {
+                            provider: self.name.clone(),
+                            reason: format!(
+                                "{what}: an earlier write's outcome is unknown and the policy cannot be read back: {e}"
+                            ),
+                        },
+                        _ => e,
+                    });
+                }
+            };
             if policy.etag.is_empty() {
                 return Err(ProviderError::Unavailable {
                     provider: self.name.clone(),
@@ -293,13 +307,20 @@ impl GcpProvider {
                 Round::Done(t) => return Ok(t),
                 Round::Write(t) => t,
             };
+            let purged = bindings::purge_ended(&mut bindings, Utc::now(), PURGE_AFTER);
+            if purged > 0 {
+                tracing::debug!(provider = %self.name, scope, purged, "removing ended jitsudo bindings");
+            }
             let edited = policy.set_version(3).set_bindings(bindings);
-            match self.write(scope, edited).await {
+            let written = self.write(scope, edited).await;
+            drop(held);
+            match written {
                 Ok(_) => return Ok(answer),
                 Err(e) if errors::is_conflict(&e) => {
                     tracing::debug!(provider = %self.name, scope, round, "concurrent policy change; reading again");
                 }
-                Err(e) if errors::outcome_unknown(&e) => {
+                // The answer, not the write, failed (or it timed out): the next read tells.
+                Err(e) if errors::outcome_unknown(&e) || e.is_deserialization() => {
                     unknown = Some(errors::map(&self.name, what, scope, Call::Write, e));
                 }
                 Err(e) => return Err(errors::map(&self.name, what, scope, Call::Write, e)),
@@ -310,6 +331,22 @@ impl GcpProvider {
             provider: self.name.clone(),
             reason: format!("{what}: the policy of {scope} changed under every one of {MAX_ROUNDS} attempts; retrying later"),
         }))
+    }
+}
+
+/// An IAM member jitsudo can grant to: `user:`, `group:`, `serviceAccount:` with an email,
+/// `domain:` with a domain, or a workforce/workload identity principal.
+fn member_ok(member: &str) -> bool {
+    let Some(t) = MEMBER_TYPES.iter().find(|t| member.starts_with(*t)) else {
+        return false;
+    };
+    let v = &member[t.len()..];
+    match *t {
+        "domain:" => !v.is_empty() && !v.contains('@') && v.contains('.'),
+        "principal://" | "principalSet://" => !v.is_empty(),
+        _ => v.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+        }),
     }
 }
 
@@ -342,8 +379,22 @@ impl Provider for GcpProvider {
         let what = format!("granting {} on {}", spec.role, spec.scope);
         let tombstoned = self
             .change(&spec.scope, &what, |b| {
-                Ok(match bindings::grant(b, spec) {
-                    bindings::GrantEdit::Added => Round::Write(false),
+                Ok(match bindings::grant(b, spec, &self.name) {
+                    bindings::GrantEdit::Added => {
+                        bindings::purge_ended(b, Utc::now(), PURGE_AFTER);
+                        if let Some(why) =
+                            bindings::full(b, &spec.role, &bindings::member(&spec.subject))
+                        {
+                            return Err(self.invalid(
+                                "scope",
+                                format!(
+                                    "the IAM policy of {} has no room for this grant: {why}",
+                                    spec.scope
+                                ),
+                            ));
+                        }
+                        Round::Write(false)
+                    }
                     bindings::GrantEdit::Present => Round::Done(false),
                     bindings::GrantEdit::Tombstoned => Round::Done(true),
                 })
@@ -372,14 +423,32 @@ impl Provider for GcpProvider {
             ));
         }
         let what = format!("revoking grant {} on {}", grant.grant_id, grant.scope);
-        self.change(&grant.scope, &what, |b| {
-            Ok(if bindings::revoke(b, grant, Utc::now()) {
-                Round::Write(())
-            } else {
-                Round::Done(())
+        let tombstone_only = std::sync::atomic::AtomicBool::new(false);
+        let done = self
+            .change(&grant.scope, &what, |b| {
+                let edit = bindings::revoke(b, grant, &self.name, Utc::now());
+                tombstone_only.store(
+                    edit == bindings::RevokeEdit::TombstoneOnly,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Ok(match edit {
+                    bindings::RevokeEdit::Unchanged => Round::Done(()),
+                    _ => Round::Write(()),
+                })
             })
-        })
-        .await
+            .await;
+        match done {
+            // Google refused the tombstone of a grant that was never written (its role or
+            // member is one IAM does not take, or the policy is full): the grant itself
+            // can never land the same way, and native expiry bounds it anyway.
+            Err(ProviderError::Invalid { reason, .. })
+                if tombstone_only.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                tracing::warn!(provider = %self.name, grant = %grant.grant_id, %reason, "no tombstone written: IAM refused it");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn inspect(&self, grant: &GrantRecord) -> Result<GrantState, ProviderError> {
@@ -430,9 +499,23 @@ impl Provider for GcpProvider {
             return Ok(ManagedPage::default());
         };
         let what = format!("listing jitsudo's bindings on {scope}");
-        let b = self.bindings_of(scope, &what).await?;
+        let grants = match self.bindings_of(scope, &what).await {
+            Ok(b) => bindings::managed(&b, scope, &self.name),
+            // One unreadable scope (deleted, permission taken away) must not stop the
+            // reconciler's work on the others; every call there fails loudly anyway.
+            Err(e)
+                if matches!(
+                    e,
+                    ProviderError::Forbidden { .. } | ProviderError::Invalid { .. }
+                ) =>
+            {
+                tracing::warn!(provider = %self.name, scope, error = %e, "skipping an unreadable scope in this pass");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(ManagedPage {
-            grants: bindings::managed(&b, scope),
+            grants,
             next: (i + 1 < self.config.scopes.len()).then(|| (i + 1).to_string()),
         })
     }

@@ -142,7 +142,9 @@ async fn a_grant_is_a_conditional_binding_that_google_ends_at_not_after() {
 #[tokio::test]
 async fn fifty_concurrent_grants_and_revokes_from_two_replicas_all_land_and_lose_nothing() {
     let g = Gcp::new().await;
-    // A human's bindings, one plain and one conditional, must survive every write.
+    // A few milliseconds per call make the two replicas' read-modify-writes overlap.
+    g.fake.faults().latency(Duration::from_millis(5));
+    // A human's binding must survive every write.
     let human = Binding {
         role: "roles/browser".into(),
         members: vec!["user:carol@example.com".into()],
@@ -213,7 +215,22 @@ async fn fifty_concurrent_grants_and_revokes_from_two_replicas_all_land_and_lose
         .iter()
         .filter(|c| c.status == Some(409))
         .count();
-    println!("conflicts answered: {conflicts}");
+    assert!(
+        conflicts > 0,
+        "the replicas never raced: the etag path was not exercised"
+    );
+    let revoked: Vec<String> = gone
+        .iter()
+        .map(|s| format!("jitsudo-{}", s.grant_id))
+        .collect();
+    for b in &jit {
+        let c = b.condition.as_ref().unwrap();
+        assert_eq!(
+            revoked.contains(&c.title),
+            c.expression == jitsudo_providers::gcp::NEVER,
+            "{c:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -373,6 +390,98 @@ async fn throttling_and_outages_are_retryable_and_a_lost_answer_lands_once() {
         p.inspect(&GrantRecord::from_spec(&t)).await.unwrap(),
         GrantState::Active
     );
+}
+
+#[tokio::test]
+async fn members_are_matched_as_iam_stores_them() {
+    let g = Gcp::new().await;
+    let p = g.provider().await;
+    let s = spec("user:Alice@Example.COM", PROJECT, TimeDelta::hours(1));
+    let r = p.grant(&s).await.unwrap();
+    assert!(
+        g.fake
+            .has_role(PROJECT, "user:alice@example.com", ROLE, Utc::now())
+    );
+    assert_eq!(p.inspect(&r).await.unwrap(), GrantState::Active);
+    p.credentials(&r)
+        .await
+        .expect("credentials for the mixed-case principal");
+    let listed = jitsudo_providers::reconcile::list_all(&p).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].subject, s.subject,
+        "listed as requested: no drift from case"
+    );
+    // Another provider's binding on the same scope is not this one's to reap.
+    let other = GcpProvider::from_config("gcp-staging", &g.config())
+        .await
+        .unwrap();
+    assert!(
+        jitsudo_providers::reconcile::list_all(&other)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_full_policy_refuses_a_grant_by_name_and_its_revoke_still_completes() {
+    let g = Gcp::new().await;
+    let p = g.provider().await;
+    // 100 conditional bindings of people's own: Google's limit.
+    g.fake.edit(PROJECT, |b| {
+        for i in 0..100 {
+            b.push(Binding {
+                role: "roles/browser".into(),
+                members: vec![format!("user:h{i}@example.com")],
+                condition: Some(jitsudo_testkit::fakes::gcp::Expr {
+                    title: format!("office hours {i}"),
+                    expression: "request.time.getHours(\"Europe/Berlin\") < 18".into(),
+                    ..Default::default()
+                }),
+            });
+        }
+    });
+    let s = spec("user:alice@example.com", PROJECT, TimeDelta::hours(1));
+    let e = p.grant(&s).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Permanent);
+    let m = e.to_string();
+    assert!(m.contains("no room") && m.contains("limit of 100"), "{m}");
+    // The engine then revokes the grant that never landed: IAM refuses its tombstone for
+    // the same reason, and the revoke completes instead of being retried for ever.
+    p.revoke(&GrantRecord::from_spec(&s))
+        .await
+        .expect("the revoke completes");
+    assert_eq!(
+        g.fake.bindings(PROJECT).len(),
+        100,
+        "nothing of ours was written"
+    );
+}
+
+#[tokio::test]
+async fn a_throttled_write_and_a_lost_answer_that_cannot_be_read_back() {
+    let g = Gcp::new().await;
+    let p = g.provider().await;
+    let s = spec("user:alice@example.com", PROJECT, TimeDelta::hours(1));
+    g.fake.faults().throttle(1, 2, Rpc::Set);
+    assert!(matches!(
+        p.grant(&s).await,
+        Err(ProviderError::Throttled { retry_after: Some(d), .. }) if d == Duration::from_secs(2)
+    ));
+    assert!(ours(&g.fake.bindings(PROJECT)).is_empty());
+    // The write lands, its answer is lost, and the read back fails: the outcome is
+    // unknown (the engine retries idempotently), not "failed".
+    g.fake.faults().pass(1, Rpc::Get);
+    g.fake.faults().unavailable(1, Rpc::Get);
+    g.fake.faults().drop_after_apply(1, Rpc::Set);
+    let t = spec("user:bob@example.com", PROJECT, TimeDelta::hours(1));
+    let e = p.grant(&t).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Unknown, "{e}");
+    assert_eq!(ours(&g.fake.bindings(PROJECT)).len(), 1, "it did land");
+    // The engine's retry finds it.
+    p.grant(&t).await.expect("the retry reads it back");
+    assert_eq!(ours(&g.fake.bindings(PROJECT)).len(), 1);
 }
 
 #[tokio::test]
