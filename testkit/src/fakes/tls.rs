@@ -1,5 +1,5 @@
-//! A CA per fake and a serving certificate for 127.0.0.1 and localhost, as a cluster's own CA
-//! signs the API server's certificate. Both carry the extensions strict verifiers want (key
+//! A CA per fake and a serving certificate for 127.0.0.1, localhost and the names a fake
+//! answers for, as a cluster's own CA signs its API server's certificate. Both carry the extensions strict verifiers want (key
 //! usages, authority key identifier), so Go, Python's ssl and rustls all accept them.
 
 use std::sync::Arc;
@@ -17,11 +17,13 @@ pub(crate) struct Tls {
     pub config: Arc<ServerConfig>,
 }
 
-pub(crate) fn generate() -> Result<Tls> {
+/// `name` names the CA and the server (`testkit-fake-<name>-ca`, CN `<name>`); `dns` are
+/// the server's names besides `localhost`.
+pub(crate) fn generate(name: &str, dns: &[&str]) -> Result<Tls> {
     let ca_key = KeyPair::generate().context("generating the CA key")?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "testkit-fake-kubernetes-ca");
+    dn.push(DnType::CommonName, format!("testkit-fake-{name}-ca"));
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![
@@ -33,11 +35,13 @@ pub(crate) fn generate() -> Result<Tls> {
     let issuer = Issuer::new(ca, ca_key);
 
     let key = KeyPair::generate().context("generating the server key")?;
-    let mut srv = CertificateParams::new(vec!["localhost".to_string(), "kubernetes".to_string()])?;
+    let mut names = vec!["localhost".to_string()];
+    names.extend(dns.iter().map(|d| d.to_string()));
+    let mut srv = CertificateParams::new(names)?;
     srv.subject_alt_names
         .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "kube-apiserver");
+    dn.push(DnType::CommonName, name);
     srv.distinguished_name = dn;
     srv.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -58,7 +62,7 @@ pub(crate) fn generate() -> Result<Tls> {
         .with_no_client_auth()
         .with_single_cert(chain, private)
         .context("building the rustls server config")?;
-    // The real server offers HTTP/2 (Go clients use it) and HTTP/1.1 (urllib3 does).
+    // Real servers offer HTTP/2 (Go clients use it) and HTTP/1.1 (urllib3 does).
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Tls {
         ca_pem: ca_cert.pem(),

@@ -25,22 +25,18 @@ mod policy;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+
+use super::serve::{self, Answer, ResponseLost};
 
 use policy::Stored;
 pub use policy::{Binding, Expr};
@@ -66,6 +62,8 @@ impl Rpc {
 
 #[derive(Clone, Debug)]
 enum Fault {
+    /// Answered as usual: lets a later fault aim past some calls.
+    Pass,
     Throttle(u32),
     Unavailable,
     DropAfterApply,
@@ -111,9 +109,7 @@ impl Shared {
 /// The running fake; stops when dropped.
 pub struct FakeGcp {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    server: serve::Server,
 }
 
 /// Switches faults on the running fake.
@@ -148,6 +144,12 @@ impl Faults {
             .lock()
             .faults
             .push((Fault::DropAfterApply, n, rpc));
+    }
+
+    /// The next `n` matching calls are answered as usual (a fault armed after this one
+    /// then applies to the calls after them).
+    pub fn pass(&self, n: usize, rpc: Rpc) {
+        self.shared.lock().faults.push((Fault::Pass, n, rpc));
     }
 
     /// The next `n` matching calls are answered, then another writer adds `binding` to the
@@ -189,54 +191,21 @@ impl ServiceAccountKey {
 impl FakeGcp {
     /// Starts the fake on 127.0.0.1 (a free port), served from a thread of its own.
     pub fn start() -> Result<FakeGcp> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the GCP fake")?;
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
         });
-        let (shutdown, mut stop) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the fake's runtime")?;
         let served = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("fake-gcp-crm".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    loop {
-                        tokio::select! {
-                            _ = &mut stop => break,
-                            accepted = listener.accept() => {
-                                let Ok((tcp, _)) = accepted else { continue };
-                                let shared = served.clone();
-                                tokio::spawn(async move {
-                                    let svc = service_fn(move |req| serve(shared.clone(), req));
-                                    let _ = hyper::server::conn::http1::Builder::new()
-                                        .serve_connection(TokioIo::new(tcp), svc)
-                                        .await;
-                                });
-                            }
-                        }
-                    }
-                });
-            })
-            .context("spawning the fake's thread")?;
-        Ok(FakeGcp {
-            shared,
-            addr,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = serve::spawn(
+            "fake-gcp-crm",
+            None,
+            Arc::new(move |req| Box::pin(serve(served.clone(), req))),
+        )?;
+        Ok(FakeGcp { shared, server })
     }
 
     /// The endpoint to give a client (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr)
     }
 
     /// Makes `projects/ID`, `folders/ID` or `organizations/ID` exist, with an empty policy.
@@ -332,17 +301,6 @@ impl FakeGcp {
     }
 }
 
-impl Drop for FakeGcp {
-    fn drop(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn next_etag(s: &mut State) -> Vec<u8> {
     s.next_etag += 1;
     // Real etags are 8 opaque bytes ("BwXk..."): a version marker and a counter.
@@ -354,18 +312,6 @@ fn next_etag(s: &mut State) -> Vec<u8> {
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
-
-/// Returned by the service to make hyper close the connection instead of answering.
-#[derive(Debug)]
-struct ResponseLost;
-
-impl std::fmt::Display for ResponseLost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("response dropped by fault injection")
-    }
-}
-
-impl std::error::Error for ResponseLost {}
 
 /// A verified caller: its email and the scopes its token carries (`None`: an audience).
 struct Caller {
@@ -423,19 +369,11 @@ fn respond(http: u16, body: &Value) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-async fn serve(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> std::result::Result<Response<Full<Bytes>>, ResponseLost> {
+async fn serve(shared: Arc<Shared>, req: Request<Bytes>) -> Answer {
     let post = req.method() == http::Method::POST;
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = req.into_body();
     let latency = shared.lock().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -90,6 +90,12 @@ pub fn check(
     }
     let mut merged: Vec<Binding> = Vec::new();
     for b in bindings {
+        // IAM keeps the emails of members in lower case, whatever was sent.
+        let mut b = b.clone();
+        for m in &mut b.members {
+            *m = lower_email(m);
+        }
+        let b = &b;
         check_role(&b.role)?;
         if b.members.is_empty() {
             return Err(ApiError::invalid(format!(
@@ -138,6 +144,27 @@ pub fn check(
     }
     check_limits(&merged)?;
     Ok(merged)
+}
+
+fn lower_email(member: &str) -> String {
+    let (deleted, plain) = match member.strip_prefix("deleted:") {
+        Some(p) => ("deleted:", p),
+        None => ("", member),
+    };
+    match plain.split_once(':') {
+        Some((t @ ("user" | "group" | "serviceAccount" | "domain"), v)) => {
+            let (v, uid) = v
+                .split_once("?uid=")
+                .map_or((v, None), |(a, b)| (a, Some(b)));
+            let mut out = format!("{deleted}{t}:{}", v.to_lowercase());
+            if let Some(uid) = uid {
+                out.push_str("?uid=");
+                out.push_str(uid);
+            }
+            out
+        }
+        _ => member.to_owned(),
+    }
 }
 
 fn check_role(role: &str) -> Result<(), ApiError> {
@@ -358,6 +385,7 @@ mod tests {
         let a = timed("t", "2030-01-01T00:00:00Z");
         let mut b = a.clone();
         b.members = vec!["user:b@example.com".into(), "user:a@example.com".into()];
+        b.members = vec!["user:b@example.com".into(), "user:A@Example.com".into()];
         let merged = check("projects/p", 3, &[a.clone(), b], 1, true).unwrap();
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].members.len(), 2);

@@ -27,7 +27,6 @@ mod selector;
 mod server;
 mod status;
 mod store;
-mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -207,7 +206,7 @@ impl FakeKube {
     /// [`FakeKube::start`] for synchronous tests: the fake serves from its own thread.
     pub fn start_blocking() -> Result<FakeKube> {
         crate::init_crypto();
-        let tls = tls::generate()?;
+        let tls = super::tls::generate("kube-apiserver", &["kubernetes"])?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
