@@ -75,6 +75,26 @@ impl Debug for GcpProvider {
     }
 }
 
+/// The same call on the client of the scope's kind (the three clients share no trait).
+macro_rules! on_client {
+    ($self:ident, $scope:expr, $c:ident => $call:expr) => {
+        match config::scope_kind($scope) {
+            Some("folders") => {
+                let $c = &$self.folders;
+                $call
+            }
+            Some("organizations") => {
+                let $c = &$self.organizations;
+                $call
+            }
+            _ => {
+                let $c = &$self.projects;
+                $call
+            }
+        }
+    };
+}
+
 /// What one round of a change decided.
 enum Round<T> {
     /// Write the edited bindings, then answer `T`.
@@ -189,35 +209,13 @@ impl GcpProvider {
     async fn read(&self, scope: &str) -> Result<Policy, google_cloud_gax::error::Error> {
         let options = GetPolicyOptions::new().set_requested_policy_version(3);
         let t = self.timeout;
-        match config::scope_kind(scope) {
-            Some("folders") => {
-                self.folders
-                    .get_iam_policy()
-                    .set_resource(scope)
-                    .set_options(options)
-                    .with_attempt_timeout(t)
-                    .send()
-                    .await
-            }
-            Some("organizations") => {
-                self.organizations
-                    .get_iam_policy()
-                    .set_resource(scope)
-                    .set_options(options)
-                    .with_attempt_timeout(t)
-                    .send()
-                    .await
-            }
-            _ => {
-                self.projects
-                    .get_iam_policy()
-                    .set_resource(scope)
-                    .set_options(options)
-                    .with_attempt_timeout(t)
-                    .send()
-                    .await
-            }
-        }
+        on_client!(self, scope, c => c
+            .get_iam_policy()
+            .set_resource(scope)
+            .set_options(options)
+            .with_attempt_timeout(t)
+            .send()
+            .await)
     }
 
     async fn write(
@@ -226,35 +224,13 @@ impl GcpProvider {
         policy: Policy,
     ) -> Result<Policy, google_cloud_gax::error::Error> {
         let t = self.timeout;
-        match config::scope_kind(scope) {
-            Some("folders") => {
-                self.folders
-                    .set_iam_policy()
-                    .set_resource(scope)
-                    .set_policy(policy)
-                    .with_attempt_timeout(t)
-                    .send()
-                    .await
-            }
-            Some("organizations") => {
-                self.organizations
-                    .set_iam_policy()
-                    .set_resource(scope)
-                    .set_policy(policy)
-                    .with_attempt_timeout(t)
-                    .send()
-                    .await
-            }
-            _ => {
-                self.projects
-                    .set_iam_policy()
-                    .set_resource(scope)
-                    .set_policy(policy)
-                    .with_attempt_timeout(t)
-                    .send()
-                    .await
-            }
-        }
+        on_client!(self, scope, c => c
+            .set_iam_policy()
+            .set_resource(scope)
+            .set_policy(policy)
+            .with_attempt_timeout(t)
+            .send()
+            .await)
     }
 
     async fn bindings_of(&self, scope: &str, what: &str) -> Result<Vec<Binding>, ProviderError> {

@@ -646,6 +646,20 @@ fn definition_json(scope: &str, d: &super::RoleDefinition) -> Value {
     })
 }
 
+/// The role definition a body names, by its GUID, when the fake has it.
+fn known_role(s: &State, role_id: &str) -> Result<String, Reply> {
+    let role = definition_guid(role_id).to_ascii_lowercase();
+    if s.definitions.iter().any(|d| d.id == role) {
+        Ok(role)
+    } else {
+        Err(err(
+            400,
+            "RoleDefinitionDoesNotExist",
+            &format!("The specified role definition with ID '{role}' does not exist."),
+        ))
+    }
+}
+
 /// The GUID at the end of a role definition id (or the GUID itself).
 fn definition_guid(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
@@ -684,14 +698,10 @@ fn put_assignment(s: &mut State, token: &Token, scope: &str, name: &str, body: &
             "The request content was invalid: properties.roleDefinitionId and properties.principalId are required.",
         );
     };
-    let role = definition_guid(role_id).to_ascii_lowercase();
-    if !s.definitions.iter().any(|d| d.id == role) {
-        return err(
-            400,
-            "RoleDefinitionDoesNotExist",
-            &format!("The specified role definition with ID '{role}' does not exist."),
-        );
-    }
+    let role = match known_role(s, role_id) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     // With principalType given, ARM skips the directory look-up (the documented way past
     // the replication delay); without it, a principal not yet replicated is not found.
     let principal_type = match p["principalType"].as_str() {
@@ -860,14 +870,10 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
             "The request content was invalid: properties.requestType, properties.roleDefinitionId and properties.principalId are required.",
         );
     };
-    let role = definition_guid(role_id).to_ascii_lowercase();
-    if !s.definitions.iter().any(|d| d.id == role) {
-        return err(
-            400,
-            "RoleDefinitionDoesNotExist",
-            &format!("The specified role definition with ID '{role}' does not exist."),
-        );
-    }
+    let role = match known_role(s, role_id) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let kind = match principal_check(s, principal) {
         Ok(k) => k,
         Err(r) => return r,
