@@ -361,3 +361,69 @@ fn microsofts_python_libraries_run_assignments_and_pim_against_the_fake() {
         "ended at its expiration"
     );
 }
+
+#[tokio::test]
+async fn moving_the_clock_ends_pim_assignments_but_not_the_tokens_clients_cache() {
+    jitsudo_testkit::init_crypto();
+    let az = FakeAzure::start().unwrap();
+    let sub = az.add_subscription();
+    let app = az.add_application("jitsudod");
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(az.ca_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let token: Value = http
+        .post(format!("{}/{}/oauth2/v2.0/token", az.url(), az.tenant()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            [
+                ("grant_type", "client_credentials"),
+                ("client_id", app.client_id.as_str()),
+                ("client_secret", app.secret.as_str()),
+                ("scope", "https://management.azure.com/.default"),
+            ]
+            .iter()
+            .map(|(k, v)| {
+                let v =
+                    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC);
+                format!("{k}={v}")
+            })
+            .collect::<Vec<_>>()
+            .join("&"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(token["expires_in"], 3599);
+    az.advance(Duration::from_secs(3 * 3600));
+    let listed = http
+        .get(format!(
+            "{}/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions?api-version=2022-04-01",
+            az.url()
+        ))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.status(),
+        200,
+        "a token still valid by the real clock"
+    );
+    let missing = http
+        .get(format!(
+            "{}/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions",
+            az.url()
+        ))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 400);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "MissingApiVersionParameter");
+}

@@ -89,14 +89,14 @@ pub(super) fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Token
             401,
             error_body("InvalidAuthenticationToken", "The access token is invalid."),
         )),
-        Some(t) if t.expires <= s.now() => Err((
+        Some(t) if t.expires <= Utc::now() => Err((
             401,
             error_body(
                 "ExpiredAuthenticationToken",
                 &format!(
                     "The access token expiry UTC time '{}' is earlier than current UTC time '{}'.",
                     t.expires.format("%-m/%-d/%Y %-I:%M:%S %p"),
-                    s.now().format("%-m/%-d/%Y %-I:%M:%S %p")
+                    Utc::now().format("%-m/%-d/%Y %-I:%M:%S %p")
                 ),
             ),
         )),

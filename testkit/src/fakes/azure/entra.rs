@@ -166,7 +166,9 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Reply {
         }
     }
     let access = format!("eyJ0eXAiOiJKV1QifQ.{}.fake", uuid::Uuid::new_v4().simple());
-    let expires = s.now() + chrono::TimeDelta::seconds(TOKEN_LIFETIME);
+    // Tokens live by the real clock, as clients cache them by it: moving the fake's clock
+    // (to end PIM assignments) must not expire every cached token.
+    let expires = Utc::now() + chrono::TimeDelta::seconds(TOKEN_LIFETIME);
     s.tokens.insert(
         access.clone(),
         Token {
