@@ -54,15 +54,20 @@ impl Drop for Server {
     }
 }
 
-/// Serves `handler` on 127.0.0.1 (a free port), with TLS when `tls` is given. Each request
-/// reaches the handler with its body read whole.
+/// A listener on 127.0.0.1 at a free port, for [`spawn`] (bound first, so a fake can know
+/// its address before it serves).
+pub(crate) fn bind() -> Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 for a fake")
+}
+
+/// Serves `handler` on `listener`, with TLS when `tls` is given. Each request reaches the
+/// handler with its body read whole.
 pub(crate) fn spawn(
     name: &str,
+    listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     handler: Handler,
 ) -> Result<Server> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").with_context(|| format!("binding the {name}"))?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let (shutdown, mut stop) = oneshot::channel::<()>();

@@ -293,6 +293,7 @@ impl FakeAzure {
         let served = shared.clone();
         let server = serve::spawn(
             "fake-azure",
+            serve::bind()?,
             Some(tls.config),
             Arc::new(move |req| Box::pin(serve(served.clone(), req))),
         )?;

@@ -197,6 +197,7 @@ impl FakeGcp {
         let served = shared.clone();
         let server = serve::spawn(
             "fake-gcp-crm",
+            serve::bind()?,
             None,
             Arc::new(move |req| Box::pin(serve(served.clone(), req))),
         )?;

@@ -191,7 +191,7 @@ pub struct FakeKube {
     shared: Arc<Shared>,
     ca_pem: String,
     admin_token: String,
-    running: Option<server::Running>,
+    _server: super::serve::Server,
 }
 
 const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-node-lease", "kube-public", "kube-system"];
@@ -239,7 +239,7 @@ impl FakeKube {
             shared,
             ca_pem: tls.ca_pem,
             admin_token,
-            running: Some(running),
+            _server: running,
         })
     }
 
@@ -401,13 +401,4 @@ fn seed_role_body(kind: Kind, ns: Option<&str>, name: &str) -> Value {
         "kind": kind.name(), "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": meta,
         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]
     })
-}
-
-impl Drop for FakeKube {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            let _ = running.shutdown.send(());
-            let _ = running.thread.join();
-        }
-    }
 }

@@ -1,87 +1,32 @@
-//! TLS connections driven by hand (tokio-rustls + hyper-util's auto server) on a private
-//! thread and runtime, so the fake keeps serving while a test blocks on a child process, and
-//! so a service error can abort a connection without an answer ("applied, response lost").
+//! The API server's request handling on the fakes' shared server loop (TLS, HTTP/2 and
+//! HTTP/1.1, its own thread; a dropped answer for "applied, response lost").
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::sync::oneshot;
-use tokio_rustls::TlsAcceptor;
+use http_body_util::Full;
+
+use super::super::serve::{self, Answer, ResponseLost};
 
 use super::api::{self, ApiRequest, ApiResponse};
 use super::faults::{Fault, LoggedRequest, Throttle};
 use super::status::ApiError;
 use super::{Shared, User};
 
-/// Returned by the service to make hyper drop the connection (HTTP/1.1) or reset the stream
-/// (HTTP/2) instead of answering.
-#[derive(Debug)]
-struct ResponseLost;
-
-impl std::fmt::Display for ResponseLost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("response dropped by fault injection")
-    }
-}
-
-impl std::error::Error for ResponseLost {}
-
-pub(crate) struct Running {
-    pub shutdown: oneshot::Sender<()>,
-    pub thread: JoinHandle<()>,
-}
-
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-) -> Result<Running> {
-    listener.set_nonblocking(true)?;
-    let (shutdown, mut stop) = oneshot::channel::<()>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the fake's runtime")?;
-    let thread = std::thread::Builder::new()
-        .name("fake-kube-apiserver".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let acceptor = TlsAcceptor::from(tls);
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        accepted = listener.accept() => {
-                            let Ok((tcp, _)) = accepted else { continue };
-                            let acceptor = acceptor.clone();
-                            let shared = shared.clone();
-                            tokio::spawn(async move {
-                                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                                let svc = service_fn(move |req| serve(shared.clone(), req));
-                                let _ = auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(tls), svc)
-                                    .await;
-                            });
-                        }
-                    }
-                }
-            });
-            // Dropping the runtime here cancels every connection task.
-            drop(runtime);
-        })
-        .context("spawning the fake's thread")?;
-    Ok(Running { shutdown, thread })
+) -> Result<serve::Server> {
+    serve::spawn(
+        "fake-kube-apiserver",
+        listener,
+        Some(tls),
+        Arc::new(move |req| Box::pin(serve(shared.clone(), req))),
+    )
 }
 
 fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<User> {
@@ -123,20 +68,12 @@ fn fault_response(fault: &Fault) -> ApiResponse {
     }
 }
 
-async fn serve(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> std::result::Result<Response<Full<Bytes>>, ResponseLost> {
+async fn serve(shared: Arc<Shared>, req: Request<Bytes>) -> Answer {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let headers = req.headers().clone();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = req.into_body();
 
     let latency = shared.faults.current_latency();
     if !latency.is_zero() {
