@@ -25,6 +25,8 @@ const BUILT: &[&str] = &[
     "aws",
     #[cfg(feature = "gcp")]
     "gcp",
+    #[cfg(feature = "azure")]
+    "azure",
     "http",
     "demo",
 ];
@@ -79,6 +81,8 @@ pub enum KindConfig {
     Aws(Box<crate::aws::AwsConfig>),
     #[cfg(feature = "gcp")]
     Gcp(crate::gcp::GcpConfig),
+    #[cfg(feature = "azure")]
+    Azure(crate::azure::AzureConfig),
 }
 
 impl KindConfig {
@@ -92,6 +96,8 @@ impl KindConfig {
             KindConfig::Aws(_) => "aws",
             #[cfg(feature = "gcp")]
             KindConfig::Gcp(_) => "gcp",
+            #[cfg(feature = "azure")]
+            KindConfig::Azure(_) => "azure",
         }
     }
 }
@@ -189,6 +195,12 @@ impl ProviderSection {
                 c.check().map_err(|m| err(Some(kind), m))?;
                 KindConfig::Gcp(c)
             }
+            #[cfg(feature = "azure")]
+            "azure" => {
+                let c: crate::azure::AzureConfig = parse(rest).map_err(keys_of)?;
+                c.check().map_err(|m| err(Some(kind), m))?;
+                KindConfig::Azure(c)
+            }
             k if KINDS.contains(&k) => {
                 return Err(err(
                     Some(k),
@@ -257,6 +269,17 @@ impl ProviderSection {
                 let each = Duration::from_secs(c.timeout_seconds.unwrap_or(10));
                 Some(each * 6 + Duration::from_secs(20))
             }
+            // A grant is up to eight calls (role, tombstone, record, assign, their checks),
+            // a revoke a listing and a few writes; PrincipalNotFound is waited out inside.
+            #[cfg(feature = "azure")]
+            KindConfig::Azure(c) => {
+                let each = Duration::from_secs(c.timeout_seconds.unwrap_or(10));
+                Some(
+                    each * 10
+                        + Duration::from_secs(c.replication_wait_seconds.unwrap_or(60))
+                        + Duration::from_secs(20),
+                )
+            }
         }
     }
 
@@ -295,6 +318,12 @@ impl ProviderSection {
             #[cfg(feature = "gcp")]
             KindConfig::Gcp(c) => Arc::new(
                 crate::gcp::GcpProvider::from_config(&self.name, c)
+                    .await
+                    .map_err(|m| self.error(m))?,
+            ),
+            #[cfg(feature = "azure")]
+            KindConfig::Azure(c) => Arc::new(
+                crate::azure::AzureProvider::from_config(&self.name, c)
                     .await
                     .map_err(|m| self.error(m))?,
             ),

@@ -607,7 +607,7 @@ pub fn is_loopback(url: &Url) -> bool {
 }
 
 /// The innermost cause (e.g. "Connection refused"), without the URL or request details.
-fn root_cause(e: &reqwest::Error) -> String {
+pub(crate) fn root_cause(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;
     while let Some(next) = cause.source() {
         cause = next;

@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;

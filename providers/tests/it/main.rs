@@ -5,6 +5,8 @@
 mod aws;
 #[cfg(feature = "aws")]
 mod aws_ic;
+#[cfg(feature = "azure")]
+mod azure;
 mod conformance;
 mod demo;
 mod features;

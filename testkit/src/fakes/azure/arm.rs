@@ -884,10 +884,8 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
         .assignments
         .values()
         .find(|a| {
-            a.schedule.is_some()
-                && a.scope.eq_ignore_ascii_case(scope)
-                && a.principal_id == principal
-                && a.role == role
+            // Assignments made outside PIM count too (PIM shows them as schedules).
+            a.scope.eq_ignore_ascii_case(scope) && a.principal_id == principal && a.role == role
         })
         .map(|a| a.name.clone());
     let info = &p["scheduleInfo"];
@@ -912,70 +910,10 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
                     "The following policy rules failed: [\"JustificationRule\"]",
                 );
             }
-            let start = match info["startDateTime"].as_str() {
-                Some(t) => match DateTime::parse_from_rfc3339(t) {
-                    Ok(t) => t.to_utc(),
-                    Err(_) => {
-                        return err(
-                            400,
-                            "InvalidRoleAssignmentRequest",
-                            &format!("The start date time '{t}' is not valid."),
-                        );
-                    }
-                },
-                None => now,
+            let (start, end) = match schedule_of(info, now, s.max_active) {
+                Ok(t) => t,
+                Err(r) => return r,
             };
-            let expiration = &info["expiration"];
-            let end = match expiration["type"].as_str().unwrap_or("NoExpiration") {
-                "AfterDateTime" => match expiration["endDateTime"]
-                    .as_str()
-                    .map(DateTime::parse_from_rfc3339)
-                {
-                    Some(Ok(t)) => Some(t.to_utc()),
-                    _ => {
-                        return err(
-                            400,
-                            "InvalidRoleAssignmentRequest",
-                            "expiration.endDateTime is required and must be a date-time for type AfterDateTime.",
-                        );
-                    }
-                },
-                "AfterDuration" => match expiration["duration"].as_str().and_then(iso_duration) {
-                    Some(d) => Some(start + d),
-                    None => {
-                        return err(
-                            400,
-                            "InvalidRoleAssignmentRequest",
-                            "expiration.duration must be an ISO 8601 duration for type AfterDuration.",
-                        );
-                    }
-                },
-                "NoExpiration" => None,
-                other => {
-                    return err(
-                        400,
-                        "InvalidRoleAssignmentRequest",
-                        &format!("The expiration type '{other}' is not valid."),
-                    );
-                }
-            };
-            match end {
-                Some(end) if end <= start => {
-                    return err(
-                        400,
-                        "InvalidRoleAssignmentRequest",
-                        "The end date time must be after the start date time.",
-                    );
-                }
-                Some(end) if end - start <= s.max_active => {}
-                _ => {
-                    return err(
-                        400,
-                        "RoleAssignmentRequestPolicyValidationFailed",
-                        "The following policy rules failed: [\"ExpirationRule\"]",
-                    );
-                }
-            }
             let schedule = guid();
             let assignment = guid();
             target_schedule = json!(schedule);
@@ -1011,8 +949,44 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
             s.assignments.remove(&a);
             status = "Revoked";
         }
-        "AdminUpdate" | "AdminExtend" | "AdminRenew" | "SelfActivate" | "SelfDeactivate"
-        | "SelfExtend" | "SelfRenew" => {
+        "AdminUpdate" => {
+            // A new schedule for the active assignment (jitsudo moves its end when grants
+            // that share it come and go).
+            let Some(a) = active else {
+                return err(
+                    400,
+                    "RoleAssignmentDoesNotExist",
+                    "The Role assignment does not exist.",
+                );
+            };
+            if p["justification"]
+                .as_str()
+                .is_none_or(|j| j.trim().is_empty())
+            {
+                return err(
+                    400,
+                    "RoleAssignmentRequestPolicyValidationFailed",
+                    "The following policy rules failed: [\"JustificationRule\"]",
+                );
+            }
+            let (start, end) = match schedule_of(info, now, s.max_active) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let schedule = guid();
+            target_schedule = json!(schedule);
+            if let Some(a) = s.assignments.get_mut(&a) {
+                a.updated = now;
+                a.schedule = Some(Schedule {
+                    name: schedule,
+                    request: name.to_owned(),
+                    start,
+                    end,
+                });
+            }
+        }
+        "AdminExtend" | "AdminRenew" | "SelfActivate" | "SelfDeactivate" | "SelfExtend"
+        | "SelfRenew" => {
             return err(
                 400,
                 "InvalidRoleAssignmentRequest",
@@ -1052,6 +1026,55 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
     });
     s.requests.insert(name.to_owned(), out.clone());
     Reply::json(201, out)
+}
+
+/// The start and end a schedule request asks for, checked as the role settings do.
+fn schedule_of(
+    info: &Value,
+    now: DateTime<Utc>,
+    max_active: TimeDelta,
+) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), Reply> {
+    let bad = |message: &str| Err(err(400, "InvalidRoleAssignmentRequest", message));
+    let start = match info["startDateTime"].as_str() {
+        Some(t) => match DateTime::parse_from_rfc3339(t) {
+            Ok(t) => t.to_utc(),
+            Err(_) => return bad(&format!("The start date time '{t}' is not valid.")),
+        },
+        None => now,
+    };
+    let expiration = &info["expiration"];
+    let end = match expiration["type"].as_str().unwrap_or("NoExpiration") {
+        "AfterDateTime" => match expiration["endDateTime"]
+            .as_str()
+            .map(DateTime::parse_from_rfc3339)
+        {
+            Some(Ok(t)) => Some(t.to_utc()),
+            _ => {
+                return bad(
+                    "expiration.endDateTime is required and must be a date-time for type AfterDateTime.",
+                );
+            }
+        },
+        "AfterDuration" => match expiration["duration"].as_str().and_then(iso_duration) {
+            Some(d) => Some(start + d),
+            None => {
+                return bad(
+                    "expiration.duration must be an ISO 8601 duration for type AfterDuration.",
+                );
+            }
+        },
+        "NoExpiration" => None,
+        other => return bad(&format!("The expiration type '{other}' is not valid.")),
+    };
+    match end {
+        Some(end) if end <= start => bad("The end date time must be after the start date time."),
+        Some(end) if end - start <= max_active => Ok((start, Some(end))),
+        _ => Err(err(
+            400,
+            "RoleAssignmentRequestPolicyValidationFailed",
+            "The following policy rules failed: [\"ExpirationRule\"]",
+        )),
+    }
 }
 
 #[cfg(test)]
