@@ -1,4 +1,5 @@
 mod auth;
+mod azure;
 
 mod admin;
 mod authz;

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// How a grant is made.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// Privileged Identity Management: a role assignment schedule request whose expiration
     /// is `not_after`; Azure ends the access itself (needs Entra ID P2 or Governance).
@@ -14,6 +13,18 @@ pub enum Mode {
     Pim,
     /// A plain role assignment; jitsudo's expiry and the reconciler take it away.
     Assignments,
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "pim" => Ok(Mode::Pim),
+            "assignments" => Ok(Mode::Assignments),
+            other => Err(serde::de::Error::custom(format!(
+                "mode = {other:?}: one of \"pim\" (PIM schedule requests; Azure ends the access) or \"assignments\" (plain role assignments; jitsudo ends them)"
+            ))),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

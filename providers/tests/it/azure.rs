@@ -421,3 +421,57 @@ async fn the_listing_pages_through_every_record() {
     assert_eq!(found, ids);
     assert!(listed.iter().all(|g| !g.tombstone && g.subject == a.alice));
 }
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config/azure");
+    let text = std::fs::read_to_string(dir.join("providers.toml")).unwrap();
+    let doc: toml::Table = text.parse().expect("providers.toml is TOML");
+    let tables = doc["providers"].as_array().expect("[[providers]]");
+    assert_eq!(tables.len(), 3);
+    for t in tables {
+        let section =
+            jitsudo_providers::config::ProviderSection::from_table(t.as_table().unwrap().clone())
+                .unwrap_or_else(|e| panic!("cluster-config/azure/providers.toml: {e}"));
+        assert_eq!(section.kind.kind(), "azure");
+    }
+    let role: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("jitsudod-role.json")).unwrap())
+            .expect("jitsudod-role.json is JSON");
+    let actions: Vec<&str> = role["Actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for a in [
+        "Microsoft.Authorization/roleAssignments/write",
+        "Microsoft.Authorization/roleAssignments/delete",
+        "Microsoft.Authorization/roleAssignmentScheduleRequests/write",
+        "Microsoft.Authorization/roleAssignmentSchedules/read",
+    ] {
+        assert!(actions.contains(&a), "{a}");
+    }
+}
+
+#[test]
+fn an_azure_table_names_what_is_wrong() {
+    let parse = |t: &str| {
+        jitsudo_providers::config::ProviderSection::from_table(t.parse::<toml::Table>().unwrap())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = parse(
+        "name = \"az\"\nkind = \"azure\"\nroles = [\"Reader\"]\nscopes = [\"/subscriptions/00000000-0000-0000-0000-000000000001\"]\n",
+    );
+    assert!(e.contains("no credentials"), "{e}");
+    let e = parse(
+        "name = \"az\"\nkind = \"azure\"\nmanaged_identity = true\nroles = [\"Reader\"]\nscopes = [\"subscriptions/x\"]\n",
+    );
+    assert!(e.contains("not an ARM scope"), "{e}");
+    let e = parse(
+        "name = \"az\"\nkind = \"azure\"\nmanaged_identity = true\nmode = \"eligible\"\nroles = [\"Reader\"]\nscopes = [\"/subscriptions/00000000-0000-0000-0000-000000000001\"]\n",
+    );
+    assert!(e.contains("mode"), "{e}");
+}
