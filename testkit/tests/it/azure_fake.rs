@@ -132,6 +132,15 @@ except HttpResponseError as e:
 keep = json.loads(json.dumps(pim))
 keep["properties"]["principalId"] = a["carol"]
 out("pim_carol", status=c.role_assignment_schedule_requests.create(scope, a["requests"][3], keep).status)
+# Carol's assignment moved to a later end (PIM's AdminUpdate), as jitsudo does for a second grant.
+update = json.loads(json.dumps(keep))
+update["properties"]["requestType"] = "AdminUpdate"
+update["properties"]["scheduleInfo"]["expiration"]["endDateTime"] = a["later"]
+u = c.role_assignment_schedule_requests.create(scope, a["requests"][6], update)
+moved = list(c.role_assignment_schedules.list_for_scope(scope, filter=f"principalId eq '{a['carol']}'"))
+out("pim_update", status=u.status, request_type=u.request_type,
+    end=[s.end_date_time.isoformat() for s in moved],
+    request=[s.role_assignment_schedule_request_id for s in moved])
 remove = {"properties": {"principalId": a["bob"], "roleDefinitionId": rd, "requestType": "AdminRemove"}}
 out("pim_remove", status=c.role_assignment_schedule_requests.create(scope, a["requests"][4], remove).status)
 try:
@@ -192,15 +201,17 @@ fn microsofts_python_libraries_run_assignments_and_pim_against_the_fake() {
     let guids =
         |n: usize| -> Vec<String> { (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect() };
     let names = guids(7);
-    let requests = guids(6);
+    let requests = guids(7);
     let start = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let end = (Utc::now() + TimeDelta::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let later =
+        (Utc::now() + TimeDelta::hours(2)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let args = serde_json::json!({
         "base": az.url(), "ca": ca, "sub": sub, "tenant": az.tenant(), "reader": READER,
         "client_id": app.client_id, "secret": app.secret,
         "denied_id": denied.client_id, "denied_secret": denied.secret,
         "alice": alice, "bob": bob, "carol": carol, "more": more, "fresh": fresh,
-        "names": names, "requests": requests, "start": start, "end": end,
+        "names": names, "requests": requests, "start": start, "end": end, "later": later,
     });
     let script = dir.path().join("xcheck.py");
     std::fs::write(&script, SCRIPT).unwrap();
@@ -326,6 +337,17 @@ fn microsofts_python_libraries_run_assignments_and_pim_against_the_fake() {
             .contains("ExpirationRule")
     );
     assert_eq!(step(&steps, "pim_carol")["status"], "Provisioned");
+    let u = step(&steps, "pim_update");
+    assert_eq!(u["status"], "Provisioned", "{u}");
+    assert_eq!(u["request_type"], "AdminUpdate");
+    assert!(
+        u["end"][0].as_str().unwrap().starts_with(&later[..19]),
+        "{u}"
+    );
+    assert!(
+        u["request"][0].as_str().unwrap().ends_with(&requests[6]),
+        "the schedule names the request that shaped it last: {u}"
+    );
     assert_eq!(step(&steps, "pim_remove")["status"], "Revoked");
     assert_eq!(
         step(&steps, "pim_remove_again")["code"],
