@@ -475,3 +475,23 @@ fn an_azure_table_names_what_is_wrong() {
     );
     assert!(e.contains("mode"), "{e}");
 }
+
+#[tokio::test]
+async fn a_token_for_another_cloud_s_arm_is_named_as_a_configuration_error() {
+    let a = Azure::new();
+    let mut c = a.config(Mode::Pim);
+    // The same server under another name: Entra's token is for `localhost`, ARM here
+    // answers as 127.0.0.1 and takes tokens for itself only.
+    c.arm_endpoint = Some(a.fake.url().replace("127.0.0.1", "localhost"));
+    let p = a.with(c).await;
+    let e = p
+        .grant(&spec(&a, "Reader", TimeDelta::hours(1)))
+        .await
+        .unwrap_err();
+    let m = e.to_string();
+    assert!(matches!(e, ProviderError::Forbidden { .. }), "{m}");
+    assert!(
+        m.contains("InvalidAuthenticationTokenAudience") && m.contains("same cloud"),
+        "{m}"
+    );
+}

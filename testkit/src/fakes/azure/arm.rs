@@ -100,6 +100,27 @@ pub(super) fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Token
                 ),
             ),
         )),
+        // ARM takes tokens for its own resource only (public ARM's two spellings, or this
+        // endpoint as a custom cloud's ARM).
+        Some(t)
+            if ![
+                "https://management.azure.com",
+                "https://management.core.windows.net",
+                shared.base().as_str(),
+            ]
+            .contains(&t.audience.trim_end_matches('/')) =>
+        {
+            Err((
+                401,
+                error_body(
+                    "InvalidAuthenticationTokenAudience",
+                    &format!(
+                        "The access token has been obtained for wrong audience or resource '{}'. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.core.windows.net','https://management.azure.com/','https://management.azure.com'.",
+                        t.audience
+                    ),
+                ),
+            ))
+        }
         Some(t) => Ok(t.clone()),
     }
 }

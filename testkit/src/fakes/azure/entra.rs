@@ -175,6 +175,12 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Reply {
             client_id: app.client_id.clone(),
             object_id: app.object_id.clone(),
             expires,
+            // The resource the token is for (`aud`): the scope without `/.default`.
+            audience: scope
+                .split(' ')
+                .find_map(|s| s.strip_suffix("/.default"))
+                .unwrap_or_default()
+                .to_owned(),
         },
     );
     Reply::json(

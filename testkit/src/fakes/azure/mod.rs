@@ -130,6 +130,7 @@ struct Token {
     client_id: String,
     object_id: String,
     expires: DateTime<Utc>,
+    audience: String,
 }
 
 #[derive(Clone, Debug)]
