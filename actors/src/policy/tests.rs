@@ -570,26 +570,56 @@ fn documented_input_example_matches_the_input_document() {
 
 #[test]
 fn refusals_say_what_to_do() {
-    let refusals = [
-        PolicyRefusal::NotEligible {
-            reasons: vec!["a".into(), "b".into()],
-        },
-        PolicyRefusal::DurationTooLong {
-            requested: 5400,
-            max: 3600,
-        },
-        PolicyRefusal::ReasonRequired,
-        PolicyRefusal::TicketRequired {
-            pattern: "^X-[0-9]+$".into(),
-        },
-        PolicyRefusal::TicketMalformed {
-            ticket: "x".into(),
-            pattern: "^X-[0-9]+$".into(),
-        },
-        PolicyRefusal::BreakGlassNotAllowed,
+    // Each refusal names what was wrong (the values involved) and what to do about it.
+    let cases: [(PolicyRefusal, &[&str]); 7] = [
+        (
+            PolicyRefusal::NotEligible {
+                reasons: vec!["role admin is for oncall".into(), "scope prod".into()],
+            },
+            &["role admin is for oncall; scope prod", "request a role you are eligible for"],
+        ),
+        (
+            PolicyRefusal::DurationTooLong {
+                requested: 5400,
+                max: 3600,
+            },
+            &["1h30m (5400s)", "allows (1h (3600s))", "request 1h (3600s) or less"],
+        ),
+        (
+            PolicyRefusal::TotalDurationTooLong {
+                granted: 3000,
+                requested_total: 4200,
+                max_total: 3600,
+            },
+            &["1h10m (4200s)", "extend by at most 10m (600s)"],
+        ),
+        (
+            PolicyRefusal::ReasonRequired,
+            &["requires a reason", "say what you need the access for"],
+        ),
+        (
+            PolicyRefusal::TicketRequired {
+                pattern: "^X-[0-9]+$".into(),
+            },
+            &["requires a ticket", "`^X-[0-9]+$`"],
+        ),
+        (
+            PolicyRefusal::TicketMalformed {
+                ticket: "x".into(),
+                pattern: "^X-[0-9]+$".into(),
+            },
+            &["ticket `x`", "`^X-[0-9]+$`", "give the full ticket reference"],
+        ),
+        (
+            PolicyRefusal::BreakGlassNotAllowed,
+            &["break-glass", "submit a normal request for approval instead"],
+        ),
     ];
-    for r in refusals {
-        println!("{r}");
+    for (refusal, says) in cases {
+        let message = refusal.to_string();
+        for part in says {
+            assert!(message.contains(part), "{message:?} lacks {part:?}");
+        }
     }
 }
 
