@@ -43,8 +43,17 @@ impl WebhookSink {
         };
         // The URL is not echoed: webhook URLs often embed a token.
         let url = Url::parse(url).map_err(|_| invalid("the url is not a valid URL"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid("the url must be http:// or https://"));
+        match url.scheme() {
+            "https" => {}
+            // Notices name people, roles and reasons, and the signature is no secret from a
+            // network observer: plain HTTP only where no network is crossed.
+            "http" if jitsudo_providers::http::is_loopback(&url) => {}
+            "http" => {
+                return Err(invalid(
+                    "the url must use https:// (plain http:// is accepted only for a loopback host such as 127.0.0.1 or localhost)",
+                ));
+            }
+            _ => return Err(invalid("the url must be https:// (or http:// on loopback)")),
         }
         if secret.is_empty() {
             return Err(invalid("the secret must not be empty"));
@@ -183,6 +192,27 @@ mod tests {
                     .err()
                     .expect("refused");
             assert!(!err.to_string().contains("token-abc"), "{err}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        let new = |url: &str| {
+            WebhookSink::new("hook", url, vec![1], crate::config::DEFAULT_WEBHOOK_TIMEOUT)
+        };
+        let err = new("http://hooks.example.com/token-abc")
+            .err()
+            .expect("plain http to another host is refused");
+        let m = err.to_string();
+        assert!(m.contains("https://") && m.contains("loopback"), "{m}");
+        assert!(!m.contains("token-abc"), "{m}");
+        for ok in [
+            "https://hooks.example.com/x",
+            "http://127.0.0.1:8080/x",
+            "http://localhost/x",
+            "http://[::1]:9/x",
+        ] {
+            assert!(new(ok).is_ok(), "{ok}");
         }
     }
 }
