@@ -8,6 +8,7 @@ mod ids;
 mod principal;
 mod request;
 mod step;
+mod text;
 
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ pub use step::{
     TimerKind, Transition, check_text, create, outstanding_calls, probe_spec, repeats_own_decision,
     step, timers,
 };
+pub use text::{hidden_char, hidden_reason, nfc};
 
 /// Wall-clock instants. Deadlines are computed by the database clock (see [`Stamp`]).
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

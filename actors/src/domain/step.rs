@@ -556,8 +556,8 @@ fn check_requester_load(
     Ok(())
 }
 
-/// The input rule for free text: at most `max` bytes, no control characters, and not blank
-/// when `required`.
+/// The input rule for free text: at most `max` bytes, no control or invisible formatting
+/// characters, and not blank when `required`.
 pub fn check_text(field: &'static str, v: &str, max: usize, required: bool) -> Result<(), Refusal> {
     if required && v.trim().is_empty() {
         return Err(Refusal::Invalid {
@@ -571,11 +571,8 @@ pub fn check_text(field: &'static str, v: &str, max: usize, required: bool) -> R
             reason: format!("is {} bytes long; the limit is {max}", v.len()),
         });
     }
-    if v.chars().any(char::is_control) {
-        return Err(Refusal::Invalid {
-            field,
-            reason: "must not contain control characters".into(),
-        });
+    if let Some(reason) = super::text::hidden_reason(v, false) {
+        return Err(Refusal::Invalid { field, reason });
     }
     Ok(())
 }

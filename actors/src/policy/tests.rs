@@ -576,14 +576,21 @@ fn refusals_say_what_to_do() {
             PolicyRefusal::NotEligible {
                 reasons: vec!["role admin is for oncall".into(), "scope prod".into()],
             },
-            &["role admin is for oncall; scope prod", "request a role you are eligible for"],
+            &[
+                "role admin is for oncall; scope prod",
+                "request a role you are eligible for",
+            ],
         ),
         (
             PolicyRefusal::DurationTooLong {
                 requested: 5400,
                 max: 3600,
             },
-            &["1h30m (5400s)", "allows (1h (3600s))", "request 1h (3600s) or less"],
+            &[
+                "1h30m (5400s)",
+                "allows (1h (3600s))",
+                "request 1h (3600s) or less",
+            ],
         ),
         (
             PolicyRefusal::TotalDurationTooLong {
@@ -608,11 +615,18 @@ fn refusals_say_what_to_do() {
                 ticket: "x".into(),
                 pattern: "^X-[0-9]+$".into(),
             },
-            &["ticket `x`", "`^X-[0-9]+$`", "give the full ticket reference"],
+            &[
+                "ticket `x`",
+                "`^X-[0-9]+$`",
+                "give the full ticket reference",
+            ],
         ),
         (
             PolicyRefusal::BreakGlassNotAllowed,
-            &["break-glass", "submit a normal request for approval instead"],
+            &[
+                "break-glass",
+                "submit a normal request for approval instead",
+            ],
         ),
     ];
     for (refusal, says) in cases {

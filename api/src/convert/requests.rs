@@ -10,9 +10,10 @@ use super::{opt_ts, state, ts};
 /// The spec and the idempotency key (if any) of a create.
 pub fn create(r: v1::CreateRequestRequest) -> (RequestSpec, Option<String>) {
     let spec = RequestSpec {
-        provider: r.provider,
-        role: r.role,
-        scope: r.scope,
+        // Names compare as NFC: "café" typed on two keyboards is one role.
+        provider: domain::nfc(&r.provider),
+        role: domain::nfc(&r.role),
+        scope: domain::nfc(&r.scope),
         duration_seconds: r.duration_seconds,
         reason: r.reason,
         ticket: (!r.ticket.is_empty()).then_some(r.ticket),

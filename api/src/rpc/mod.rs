@@ -119,12 +119,26 @@ fn required(field: &str, v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Free text and names: at most `max` bytes, no control or invisible formatting characters.
 fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    check(field, v, max, false)
+}
+
+/// Source text (Rego, JSON input): line breaks and tabs allowed, invisible formatting not
+/// (a bidirectional override makes code read differently from what runs).
+fn check_code(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    check(field, v, max, true)
+}
+
+fn check(field: &str, v: &str, max: usize, layout: bool) -> Result<(), ApiError> {
     if v.len() > max {
         return Err(ApiError::invalid(format!(
             "{field} is {} bytes long; the limit is {max}",
             v.len()
         )));
+    }
+    if let Some(why) = jitsudo_actors::domain::hidden_reason(v, layout) {
+        return Err(ApiError::invalid(format!("{field} {why}")));
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use jitsudo_proto::v1;
 use jitsudo_proto::v1::policy_service_server::PolicyService;
 use tonic::{Request, Response, Status};
 
-use super::{Api, Rpc, check_text, required};
+use super::{Api, Rpc, check_code, check_text, required};
 use crate::convert;
 use crate::error::ApiError;
 use crate::state::{AppState, Caller};
@@ -31,6 +31,7 @@ impl AppState {
         c.require_admin_or_auditor("reading policies")?;
         required("name", name)?;
         check_text("name", name, 128)?;
+        let name = &jitsudo_actors::domain::nfc(name);
         match self.engine.stored_policy(name).await? {
             Some((p, at)) => Ok(convert::policies::policy(&p, at)),
             None => Err(ApiError::no_policy(name)),
@@ -43,11 +44,15 @@ impl AppState {
         r: v1::ApplyPolicyRequest,
     ) -> Result<v1::Policy, ApiError> {
         c.require_admin("changing policies")?;
+        let r = v1::ApplyPolicyRequest {
+            name: jitsudo_actors::domain::nfc(&r.name),
+            ..r
+        };
         if r.name.is_empty() {
             return Err(ApiError::invalid("name is required"));
         }
         check_text("name", &r.name, 128)?;
-        check_text("rego", &r.rego, 256 * 1024)?;
+        check_code("rego", &r.rego, 256 * 1024)?;
         let version = self
             .engine
             .policy()
@@ -71,6 +76,7 @@ impl AppState {
         c.require_admin("changing policies")?;
         required("name", name)?;
         check_text("name", name, 128)?;
+        let name = &jitsudo_actors::domain::nfc(name);
         let deleted = self.engine.policy().delete(name, c.subject()).await?;
         if !deleted {
             return Err(ApiError::no_policy(name));
@@ -84,7 +90,7 @@ impl AppState {
         r: v1::EvalPolicyRequest,
     ) -> Result<v1::EvalPolicyResponse, ApiError> {
         c.require_admin_or_auditor("evaluating policies")?;
-        check_text("input_json", &r.input_json, 64 * 1024)?;
+        check_code("input_json", &r.input_json, 64 * 1024)?;
         let input: PolicyInput = serde_json::from_str(&r.input_json).map_err(|e| {
             ApiError::invalid(format!(
                 "input_json is not a policy input document (docs/policy.md): {e}"

@@ -43,6 +43,16 @@ async fn create_refuses_bad_input_with_a_reason_and_stores_nothing() {
             |r| r.reason = "ring\u{7}the bell".into(),
             "reason",
         ),
+        (
+            "a bidirectional override",
+            |r| r.reason = "fix \u{202E}gnp.exe".into(),
+            "U+202E",
+        ),
+        (
+            "a zero-width space",
+            |r| r.scope = "staging\u{200B}".into(),
+            "U+200B",
+        ),
         ("oversized ticket", |r| r.ticket = "T".repeat(129), "ticket"),
         (
             "too much metadata",
@@ -760,4 +770,53 @@ async fn policy_and_principal_rpcs_refuse_missing_and_oversized_fields() {
     assert_eq!(after.policies.len(), 2);
     assert_eq!(j.audit_log().await, log);
     j.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_formatting_is_refused_in_comments_and_policies_and_names_are_nfc() {
+    let j = Jitsudo::start().await;
+    let pending = j.create("alice", "demo", "operator", 600).await;
+    let before = j.stored(&pending.id).await;
+    let mut bob = j.grpc("bob").requests;
+    let msg = refused(
+        bob.approve_request(v1::DecideRequest {
+            id: pending.id.clone(),
+            comment: "looks fine\u{202E}".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("comment") && msg.contains("U+202E"), "{msg}");
+    assert_eq!(j.stored(&pending.id).await, before, "nothing changed");
+
+    let mut carol = j.grpc("carol").policies;
+    let apply = |name: &str, rego: &str| v1::ApplyPolicyRequest {
+        name: name.into(),
+        rego: rego.into(),
+    };
+    // Trojan Source: code that reads differently from what runs.
+    let msg = refused(
+        carol
+            .apply_policy(apply(
+                "lib",
+                "package jitsudo.lib.trojan\n\nanswer := \"a\u{202E}b\"\n",
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("rego") && msg.contains("U+202E"), "{msg}");
+    // Tabs and line breaks are what source is made of.
+    ok(carol
+        .apply_policy(apply(
+            "cafe\u{301}",
+            "package jitsudo.lib.tabs\n\n\tanswer := 1\r\n",
+        ))
+        .await);
+    // The decomposed name was stored composed: either spelling finds it.
+    for name in ["caf\u{e9}", "cafe\u{301}"] {
+        let got = ok(carol
+            .get_policy(v1::GetPolicyRequest { name: name.into() })
+            .await);
+        assert_eq!(got.name, "caf\u{e9}");
+    }
 }
