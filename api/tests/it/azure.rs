@@ -136,6 +136,8 @@ async fn a_revoke_through_jitsudod_removes_the_pim_assignment() {
     let r = rig().await;
     let req = active(&r, 3600).await;
     assert_eq!(alice_holds(&r).len(), 1);
+    // PIM removes an assignment only after its first five minutes (ActiveDurationTooShort).
+    r.fake.advance(Duration::from_secs(301));
     let mut alice = r.j.grpc("alice").requests;
     ok(alice
         .revoke_request(v1::RevokeRequestRequest {
@@ -153,4 +155,28 @@ async fn a_revoke_through_jitsudod_removes_the_pim_assignment() {
             .is_some_and(|d| d.starts_with("jitsudo-tombstone"))
     }));
     assert_eq!(r.j.stored(&req.id.to_string()).await.state, State::Revoked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_in_pim_s_first_five_minutes_completes_when_pim_takes_it() {
+    let r = rig().await;
+    let req = active(&r, 3600).await;
+    let id = req.id.to_string();
+    let mut alice = r.j.grpc("alice").requests;
+    ok(alice
+        .revoke_request(v1::RevokeRequestRequest {
+            id: id.clone(),
+            reason: "done early".into(),
+        })
+        .await);
+    // PIM refuses the removal (ActiveDurationTooShort): the request stays ENDING, the
+    // engine retries, and the access is still there.
+    r.j.wait_state(&id, St::Ending).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.j.stored(&id).await.state, State::Ending);
+    assert!(r.fake.has_role(&r.scope, &r.alice, READER));
+    // Past the floor, the next retry goes through.
+    r.fake.advance(Duration::from_secs(301));
+    r.j.wait_state(&id, St::Revoked).await;
+    assert!(!r.fake.has_role(&r.scope, &r.alice, READER));
 }

@@ -33,6 +33,8 @@ impl HttpClient for EntraTransport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
         let answer = self.inner.execute_request(request).await?;
         if answer.status().is_success() {
+            // What an earlier, retried refusal said is no longer the story.
+            *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(answer);
         }
         let (status, headers, body) = answer.deconstruct();
@@ -75,8 +77,18 @@ impl Answer {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
 
-    pub fn message(&self) -> &str {
-        self.body["error"]["message"].as_str().unwrap_or("")
+    /// ARM's message, without control characters and cut to 400 characters.
+    pub fn message(&self) -> String {
+        let m = self.body["error"]["message"].as_str().unwrap_or("");
+        let mut out: String = m
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(400)
+            .collect();
+        if m.chars().count() > 400 {
+            out.push('…');
+        }
+        out
     }
 
     pub fn ok(&self) -> bool {
@@ -160,6 +172,13 @@ impl Arm {
         body: Option<&Value>,
         call: Call,
     ) -> Result<Answer, ProviderError> {
+        // The token goes to ARM only: a nextLink or an operation URL elsewhere is refused.
+        if !url.starts_with(&format!("{}/", self.base)) {
+            return Err(self.unavailable(format!(
+                "ARM pointed jitsudo at a URL outside {}; not following it",
+                self.base
+            )));
+        }
         // For messages: the path, without the endpoint or the query.
         let path = url
             .strip_prefix(&self.base)

@@ -90,6 +90,22 @@ impl Debug for AzureProvider {
     }
 }
 
+/// The live records (not tombstoned, not past their end) for a principal's role, but one.
+fn live(held: &Held, principal: &str, role_guid: &str, but: Option<Uuid>) -> Vec<Note> {
+    let now = Utc::now();
+    held.records
+        .iter()
+        .filter(|(n, role)| {
+            Some(n.grant) != but
+                && n.principal.eq_ignore_ascii_case(principal)
+                && role == role_guid
+                && n.until > now
+                && !held.tombstones.iter().any(|t| t.grant == n.grant)
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -237,7 +253,8 @@ impl AzureProvider {
                 ),
             ));
         };
-        if Uuid::parse_str(subject).is_err() {
+        // The hyphenated form ARM answers with (no braces, no urn:), so listings match it.
+        if subject.len() != 36 || Uuid::parse_str(subject).is_err() {
             return Err(self.invalid(
                 "subject",
                 format!(
@@ -268,7 +285,7 @@ impl AzureProvider {
                     "{said} — jitsudod's identity ({}) needs Microsoft.Authorization/roleAssignments/read, write and delete{} on {scope}: assign it the role \"Role Based Access Control Administrator\" (or \"User Access Administrator\") there",
                     self.arm.who,
                     if self.config.mode == Mode::Pim {
-                        ", roleAssignmentSchedules/read and roleAssignmentScheduleRequests/write"
+                        ", roleAssignmentSchedules/read and roleAssignmentScheduleRequests/read and write"
                     } else {
                         ""
                     }
@@ -287,12 +304,29 @@ impl AzureProvider {
                 "SubscriptionNotFound" | "InvalidSubscriptionId" | "ResourceGroupNotFound"
                 | "ResourceNotFound" | "InvalidScope" | "MissingSubscription",
             ) => self.invalid("scope", said),
+            (_, "RoleAssignmentRequestPolicyValidationFailed")
+                if a.message().contains("ExpirationRule") =>
+            {
+                self.invalid(
+                    "not_after",
+                    format!(
+                        "{said} (PIM's role settings refuse the end: it is beyond the role's maximum active assignment duration; raise it in PIM's settings for the role, or ask for less time)"
+                    ),
+                )
+            }
             (_, "RoleAssignmentRequestPolicyValidationFailed") => self.invalid(
-                "not_after",
+                "grant",
                 format!(
-                    "{said} (PIM's role settings refuse the request: an ExpirationRule means the end is beyond the role's maximum active assignment duration; raise it in PIM's settings for the role or ask for less time)"
+                    "{said} (PIM's role settings for this role ask for something jitsudo does not give on an assignment — MFA, a ticket, approval; relax the assignment rules in PIM's settings for the role)"
                 ),
             ),
+            // PIM keeps an assignment at least five minutes before it may be removed.
+            (_, "ActiveDurationTooShort") => ProviderError::Unavailable {
+                provider: self.name.clone(),
+                reason: format!(
+                    "{said} — PIM removes an assignment only after its first five minutes; retried until it does"
+                ),
+            },
             (409, _) => ProviderError::Unavailable {
                 provider: self.name.clone(),
                 reason: said,
@@ -531,7 +565,8 @@ impl AzureProvider {
         }
     }
 
-    /// The PIM schedule of the principal's role at exactly this scope, if any.
+    /// The PIM schedule of the principal's role at exactly this scope, if any (every page;
+    /// direct assignments only: one through a group is not the principal's own).
     async fn schedule(
         &self,
         scope: &str,
@@ -540,43 +575,56 @@ impl AzureProvider {
     ) -> Result<Option<Sched>, ProviderError> {
         let what = format!("listing the PIM schedules of {principal} at {scope}");
         let filter = format!("principalId eq '{principal}'");
-        let url = self.arm.url(
+        let mut url = self.arm.url(
             &format!("{scope}{AUTH}/roleAssignmentSchedules"),
             &[("$filter", &filter), ("api-version", PIM_API)],
         );
-        let (items, _) = match self.arm.page(&url).await? {
-            Ok(p) => p,
-            Err(a) => return Err(self.refused(&what, scope, &a)),
-        };
-        Ok(items
-            .iter()
-            .find(|i| {
+        loop {
+            let (items, next) = match self.arm.page(&url).await? {
+                Ok(p) => p,
+                Err(a) => return Err(self.refused(&what, scope, &a)),
+            };
+            let found = items.iter().find(|i| {
                 prop(i, "scope").eq_ignore_ascii_case(scope)
+                    && prop(i, "principalId").eq_ignore_ascii_case(principal)
                     && guid_of(prop(i, "roleDefinitionId")) == role_guid
-            })
-            .map(|i| Sched {
-                end: DateTime::parse_from_rfc3339(prop(i, "endDateTime"))
-                    .ok()
-                    .map(|t| t.to_utc()),
-                request: i["properties"]["roleAssignmentScheduleRequestId"]
-                    .as_str()
-                    .map(str::to_owned),
-            }))
+                    && matches!(prop(i, "memberType"), "" | "Direct")
+            });
+            if let Some(i) = found {
+                return Ok(Some(Sched {
+                    end: DateTime::parse_from_rfc3339(prop(i, "endDateTime"))
+                        .ok()
+                        .map(|t| t.to_utc()),
+                    request: i["properties"]["roleAssignmentScheduleRequestId"]
+                        .as_str()
+                        .map(str::to_owned),
+                }));
+            }
+            match next {
+                Some(n) => url = n,
+                None => return Ok(None),
+            }
+        }
     }
 
-    /// Whether jitsudo (this provider) made the request behind a PIM schedule.
-    async fn ours(&self, scope: &str, s: &Sched) -> Result<bool, ProviderError> {
+    /// Whether jitsudo (this provider) made the request behind a PIM schedule: `None` when
+    /// the request is gone (PIM keeps requests 45 days) and the caller must decide by its
+    /// records.
+    async fn ours(&self, scope: &str, s: &Sched) -> Result<Option<bool>, ProviderError> {
         let Some(request) = &s.request else {
-            return Ok(false);
+            // Made outside PIM (a standing assignment): never jitsudo's.
+            return Ok(Some(false));
         };
         let url = self.arm.url(request, &[("api-version", PIM_API)]);
         let a = self.arm.send(Method::GET, &url, None, Call::Read).await?;
         match a.status {
-            200 => Ok(records::is_request_of(
-                prop(&a.body, "justification"),
-                &self.name,
+            // An admin request with jitsudo's justification (a user's own activation is a
+            // Self* request, whatever it says).
+            200 => Ok(Some(
+                prop(&a.body, "requestType").starts_with("Admin")
+                    && records::is_request_of(prop(&a.body, "justification"), &self.name),
             )),
-            404 => Ok(false),
+            404 => Ok(None),
             _ => Err(self.refused("reading a PIM request", scope, &a)),
         }
     }
@@ -602,8 +650,8 @@ impl AzureProvider {
             "justification": justification,
         });
         if let Some(end) = end {
+            // No startDateTime: PIM starts the schedule now by its own clock.
             props["scheduleInfo"] = json!({
-                "startDateTime": ts(Utc::now()),
                 "expiration": {"type": "AfterDateTime", "endDateTime": ts(end)},
             });
         }
@@ -739,7 +787,7 @@ impl AzureProvider {
                 .pim(&target, &name, "AdminAssign", Some(spec.not_after))
                 .await?;
             if a.ok() {
-                return Ok(());
+                return self.provisioned(scope, &name, &a, &what).await;
             }
             match a.code() {
                 "PrincipalNotFound" | "SubjectNotFound" => {
@@ -752,30 +800,44 @@ impl AzureProvider {
             }
             // Assigned already: by an earlier attempt, another grant, or outside jitsudo.
             let Some(s) = self.schedule(scope, principal, &def.guid).await? else {
-                if !self.assigned(scope, principal, &def.guid).await?.is_empty() {
-                    return Err(self.standing(spec, scope));
+                if a.code() == "RoleAssignmentRequestExists" {
+                    // Our earlier request's assignment is gone (ended or removed): a new
+                    // request, under a new name.
+                    name = Uuid::new_v4().to_string();
+                    continue;
                 }
-                // Ended between the two calls (or our earlier request's assignment did):
-                // a new request, under a new name.
-                name = Uuid::new_v4().to_string();
-                continue;
+                // PIM lists a new assignment's schedule a moment after it answers.
+                return Err(ProviderError::Unavailable {
+                    provider: self.name.clone(),
+                    reason: format!(
+                        "{what}: PIM says the role is assigned but lists no schedule for it yet; retrying"
+                    ),
+                });
             };
-            if !self.ours(scope, &s).await? {
+            let ours = match self.ours(scope, &s).await? {
+                Some(o) => o,
+                // The request is gone: ours if another live grant of ours holds the access.
+                None => self
+                    .live_records(scope, principal, &def.guid, Some(spec.grant_id))
+                    .await?
+                    .next()
+                    .is_some(),
+            };
+            if !ours {
                 return Err(self.standing(spec, scope));
             }
-            if s.end.is_some_and(|end| end >= spec.not_after) {
+            // PIM keeps ends to the second.
+            if s.end
+                .is_some_and(|end| end.timestamp() >= spec.not_after.timestamp())
+            {
                 return Ok(());
             }
+            let update = Uuid::new_v4().to_string();
             let a = self
-                .pim(
-                    &target,
-                    &Uuid::new_v4().to_string(),
-                    "AdminUpdate",
-                    Some(spec.not_after),
-                )
+                .pim(&target, &update, "AdminUpdate", Some(spec.not_after))
                 .await?;
             if a.ok() {
-                return Ok(());
+                return self.provisioned(scope, &update, &a, &what).await;
             }
             if a.code() != "RoleAssignmentDoesNotExist" {
                 return Err(self.refused(&what, scope, &a));
@@ -787,8 +849,110 @@ impl AzureProvider {
         })
     }
 
+    /// A PIM request's answer is a success only once its status is `Provisioned`; one still
+    /// on its way is read again for a while.
+    async fn provisioned(
+        &self,
+        scope: &str,
+        name: &str,
+        first: &Answer,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let url = self.arm.url(
+            &format!("{scope}{AUTH}/roleAssignmentScheduleRequests/{name}"),
+            &[("api-version", PIM_API)],
+        );
+        let mut status = prop(&first.body, "status").to_owned();
+        for _ in 0..20 {
+            match status.as_str() {
+                "Provisioned" => return Ok(()),
+                "Failed"
+                | "Denied"
+                | "Canceled"
+                | "Revoked"
+                | "TimedOut"
+                | "Invalid"
+                | "ProvisioningFailed"
+                | "ScheduleCreationFailed"
+                | "AdminDenied" => {
+                    return Err(self.invalid(
+                        "grant",
+                        format!("{what}: PIM ended the request {name} as {status}"),
+                    ));
+                }
+                // Accepted, PendingProvisioning, Granted (scheduled), PendingScheduleCreation…
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let a = self.arm.send(Method::GET, &url, None, Call::Read).await?;
+            if !a.ok() {
+                return Err(self.refused(what, scope, &a));
+            }
+            status = prop(&a.body, "status").to_owned();
+        }
+        Err(ProviderError::Unknown {
+            provider: self.name.clone(),
+            reason: format!("{what}: PIM's request {name} is still {status}"),
+        })
+    }
+
+    /// The live records of this provider for a principal's role at a scope, but one grant's.
+    async fn live_records(
+        &self,
+        scope: &str,
+        principal: &str,
+        role_guid: &str,
+        but: Option<Uuid>,
+    ) -> Result<impl Iterator<Item = Note>, ProviderError> {
+        let held = self.held(scope).await?;
+        Ok(live(&held, principal, role_guid, but).into_iter())
+    }
+
+    /// Takes the principal's access to the role away (what jitsudo made of it).
+    async fn take_access(
+        &self,
+        held: &Held,
+        t: &Target<'_>,
+        what: &str,
+    ) -> Result<(), ProviderError> {
+        let Target {
+            scope,
+            def,
+            principal,
+            ..
+        } = *t;
+        match self.config.mode {
+            Mode::Assignments => {
+                for (name, p, role) in &held.access {
+                    if p.eq_ignore_ascii_case(principal) && *role == def.guid {
+                        self.delete(scope, name, what).await?;
+                    }
+                }
+                Ok(())
+            }
+            Mode::Pim => {
+                let Some(s) = self.schedule(scope, principal, &def.guid).await? else {
+                    return Ok(());
+                };
+                // A request PIM no longer keeps: the records say jitsudo held it.
+                if self.ours(scope, &s).await? == Some(false) {
+                    return Ok(());
+                }
+                let a = self
+                    .pim(t, &Uuid::new_v4().to_string(), "AdminRemove", None)
+                    .await?;
+                if a.ok() || a.code() == "RoleAssignmentDoesNotExist" {
+                    return Ok(());
+                }
+                Err(self.refused(what, scope, &a))
+            }
+        }
+    }
+
     /// Takes a grant's part of the access away: the access goes when no other live grant
-    /// needs it (in PIM, its end moves to the latest remaining grant's), then the record.
+    /// needs it (in PIM, its end moves to the latest remaining grant's), then the record. A
+    /// revoke racing another's on another replica ends in removal, never in access that no
+    /// record holds: after its record is gone, it looks again.
     async fn release(
         &self,
         scope: &str,
@@ -798,61 +962,40 @@ impl AzureProvider {
         justification: &str,
     ) -> Result<(), ProviderError> {
         let what = format!("revoking grant {grant_id} at {scope}");
+        let t = Target {
+            scope,
+            def,
+            principal,
+            justification,
+        };
         let held = self.held(scope).await?;
-        let now = Utc::now();
-        let others: Vec<DateTime<Utc>> = held
-            .records
-            .iter()
-            .filter(|(n, role)| {
-                n.grant != grant_id
-                    && n.principal.eq_ignore_ascii_case(principal)
-                    && *role == def.guid
-                    && n.until > now
-                    && !held.tombstones.iter().any(|t| t.grant == n.grant)
-            })
-            .map(|(n, _)| n.until)
-            .collect();
-        match self.config.mode {
-            Mode::Assignments => {
-                if others.is_empty() {
-                    for (name, p, role) in &held.access {
-                        if p.eq_ignore_ascii_case(principal) && *role == def.guid {
-                            self.delete(scope, name, &what).await?;
-                        }
-                    }
-                }
-            }
-            Mode::Pim => {
+        let others = live(&held, principal, &def.guid, Some(grant_id));
+        match others.iter().map(|n| n.until).max() {
+            None => self.take_access(&held, &t, &what).await?,
+            Some(keep) if self.config.mode == Mode::Pim => {
                 if let Some(s) = self.schedule(scope, principal, &def.guid).await?
-                    && self.ours(scope, &s).await?
+                    && self.ours(scope, &s).await? != Some(false)
+                    && s.end.is_none_or(|e| e.timestamp() > keep.timestamp())
                 {
-                    let keep = others.iter().max().copied();
-                    let change = match keep {
-                        None => Some(("AdminRemove", None)),
-                        Some(k) if s.end.is_none_or(|e| e > k + chrono::TimeDelta::seconds(1)) => {
-                            Some(("AdminUpdate", Some(k)))
-                        }
-                        Some(_) => None,
-                    };
-                    if let Some((kind, end)) = change {
-                        let target = Target {
-                            scope,
-                            def,
-                            principal,
-                            justification,
-                        };
-                        let a = self
-                            .pim(&target, &Uuid::new_v4().to_string(), kind, end)
-                            .await?;
-                        if !a.ok() && a.code() != "RoleAssignmentDoesNotExist" {
-                            return Err(self.refused(&what, scope, &a));
-                        }
+                    let a = self
+                        .pim(&t, &Uuid::new_v4().to_string(), "AdminUpdate", Some(keep))
+                        .await?;
+                    if !a.ok() && a.code() != "RoleAssignmentDoesNotExist" {
+                        return Err(self.refused(&what, scope, &a));
                     }
                 }
             }
+            Some(_) => {}
         }
         if held.records.iter().any(|(n, _)| n.grant == grant_id) {
             self.delete(scope, &record_name(grant_id), &what).await?;
+        }
+        if !others.is_empty() {
+            let again = self.held(scope).await?;
+            if live(&again, principal, &def.guid, Some(grant_id)).is_empty() {
+                tracing::debug!(provider = %self.name, scope, principal, "the grants sharing this access were revoked meanwhile; removing it");
+                self.take_access(&again, &t, &what).await?;
+            }
         }
         Ok(())
     }
@@ -862,7 +1005,8 @@ impl AzureProvider {
             provider: self.name.clone(),
             grant: g.grant_id,
             request: g.request_id,
-            principal: g.subject.to_ascii_lowercase(),
+            principal: g.subject.clone(),
+            scope: g.scope.clone(),
             role: g.role.clone(),
             until: g.not_after,
         }
@@ -883,7 +1027,12 @@ impl AzureProvider {
                 n.principal.clone()
             },
             role: n.role.clone(),
-            scope: scope.to_owned(),
+            // As requested (ARM's ids are case-insensitive; the store keeps the request's).
+            scope: if n.scope.eq_ignore_ascii_case(scope) {
+                n.scope.clone()
+            } else {
+                scope.to_owned()
+            },
             not_after: Some(n.until),
             provider_ref: format!("{scope}{AUTH}/roleAssignments/{name}"),
             tombstone,
@@ -998,8 +1147,17 @@ impl Provider for AzureProvider {
             .await?
         {
             let j = records::justification(&self.name, spec.grant_id, spec.request_id);
-            self.release(&scope, &def, &principal, spec.grant_id, &j)
-                .await?;
+            if let Err(e) = self
+                .release(&scope, &def, &principal, spec.grant_id, &j)
+                .await
+            {
+                // Nobody retries a grant whose request has ended: a record keeps the access
+                // in the reconciler's sight, which revokes it (an orphan) until it is gone.
+                tracing::warn!(provider = %self.name, grant = %spec.grant_id, error = %e, "a grant overtaken by its revoke could not undo itself yet; the reconciler will");
+                self.write_note(&scope, records::RECORD, spec.grant_id, &def, &note)
+                    .await
+                    .ok();
+            }
             return Err(tombstoned());
         }
         Ok(record)
@@ -1101,7 +1259,7 @@ impl Provider for AzureProvider {
             return Ok(ManagedPage::default());
         };
         if let Some(l) = &link
-            && !l.starts_with(&self.arm.base)
+            && !l.starts_with(&format!("{}/", self.arm.base))
         {
             return Err(self.invalid("page", format!("{l:?} is not a link of {}", self.arm.base)));
         }

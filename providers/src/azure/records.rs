@@ -61,6 +61,9 @@ pub struct Note {
     pub principal: String,
     /// The role as requested (name or GUID).
     pub role: String,
+    /// The scope as requested.
+    #[serde(default)]
+    pub scope: String,
     #[serde(with = "seconds")]
     pub until: DateTime<Utc>,
 }
@@ -139,6 +142,7 @@ mod tests {
             request: Uuid::now_v7(),
             principal: "11111111-1111-4111-8111-111111111111".into(),
             role: "Reader".into(),
+            scope: "/subscriptions/x".into(),
             until: DateTime::parse_from_rfc3339("2026-12-04T10:00:00.250Z")
                 .unwrap()
                 .to_utc(),

@@ -30,6 +30,10 @@ impl Azure {
             .install_default()
             .ok();
         let fake = FakeAzure::start().expect("the fake starts");
+        // PIM refuses to remove an assignment in its first five minutes; the suite revokes
+        // right after granting, so these tests take the floor away, and
+        // `pim_keeps_an_assignment_five_minutes_and_the_revoke_waits_for_it` puts it back.
+        fake.set_min_active(Duration::ZERO);
         let sub = fake.add_subscription();
         let app = fake.add_application("jitsudod");
         let alice = fake.add_user("alice@contoso.example");
@@ -156,6 +160,50 @@ async fn a_pim_grant_ends_at_not_after_by_azure_itself() {
     drop(p);
     a.fake.advance(Duration::from_secs(3601));
     assert!(!a.fake.has_role(&a.scope(), &a.alice, READER));
+}
+
+#[tokio::test]
+async fn pim_keeps_an_assignment_five_minutes_and_the_revoke_waits_for_it() {
+    let a = Azure::new();
+    a.fake.set_min_active(Duration::from_secs(300));
+    let p = a.provider(Mode::Pim).await;
+    let s = spec(&a, "Reader", TimeDelta::hours(1));
+    let r = p.grant(&s).await.unwrap();
+    let e = p.revoke(&r).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
+    assert!(e.to_string().contains("ActiveDurationTooShort"), "{e}");
+    // Meanwhile the tombstone keeps a late grant out, and the access is still there.
+    assert!(matches!(
+        p.grant(&s).await,
+        Err(ProviderError::Tombstoned { .. })
+    ));
+    assert!(a.fake.has_role(&a.scope(), &a.alice, READER));
+    // Five minutes on, the engine's retry takes it away.
+    a.fake.advance(Duration::from_secs(301));
+    p.revoke(&r).await.unwrap();
+    assert!(!a.fake.has_role(&a.scope(), &a.alice, READER));
+    assert_eq!(p.inspect(&r).await.unwrap(), GrantState::Gone);
+}
+
+#[tokio::test]
+async fn revokes_of_two_grants_sharing_access_on_two_replicas_leave_none_behind() {
+    for mode in [Mode::Assignments, Mode::Pim] {
+        let a = Azure::new();
+        // Two replicas: two providers, no lock in common.
+        let (p1, p2) = (a.provider(mode).await, a.provider(mode).await);
+        let s1 = spec(&a, "Reader", TimeDelta::hours(1));
+        let s2 = spec(&a, "Reader", TimeDelta::hours(2));
+        let r1 = p1.grant(&s1).await.unwrap();
+        let r2 = p2.grant(&s2).await.unwrap();
+        let (x, y) = tokio::join!(p1.revoke(&r1), p2.revoke(&r2));
+        x.unwrap();
+        y.unwrap();
+        assert!(
+            !a.fake.has_role(&a.scope(), &a.alice, READER),
+            "{mode:?}: {:?}",
+            a.held_by(&a.alice)
+        );
+    }
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ fn python() -> PathBuf {
 }
 
 const SCRIPT: &str = r#"
-import json, sys
+import json, sys, time
 from azure.identity import ClientSecretCredential
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
@@ -142,6 +142,13 @@ out("pim_update", status=u.status, request_type=u.request_type,
     end=[s.end_date_time.isoformat() for s in moved],
     request=[s.role_assignment_schedule_request_id for s in moved])
 remove = {"properties": {"principalId": a["bob"], "roleDefinitionId": rd, "requestType": "AdminRemove"}}
+# PIM keeps an assignment a minimum time (five minutes in Azure; two seconds here) before removal.
+try:
+    c.role_assignment_schedule_requests.create(scope, a["requests"][4], remove)
+    out("pim_remove_early", accepted=True)
+except HttpResponseError as e:
+    out("pim_remove_early", **error(e))
+time.sleep(2.2)
 out("pim_remove", status=c.role_assignment_schedule_requests.create(scope, a["requests"][4], remove).status)
 try:
     c.role_assignment_schedule_requests.create(scope, a["requests"][5], remove)
@@ -193,6 +200,7 @@ fn microsofts_python_libraries_run_assignments_and_pim_against_the_fake() {
     az.set_replication_delay(Duration::from_secs(60));
     let fresh = az.add_user("new@contoso.example");
     az.set_page_size(2);
+    az.set_min_active(Duration::from_secs(2));
     az.faults()
         .throttle(1, 1, Filter::method("PUT").and_path("/roleAssignments/"));
     let dir = tempfile::tempdir().unwrap();
@@ -348,6 +356,8 @@ fn microsofts_python_libraries_run_assignments_and_pim_against_the_fake() {
         u["request"][0].as_str().unwrap().ends_with(&requests[6]),
         "the schedule names the request that shaped it last: {u}"
     );
+    let early = step(&steps, "pim_remove_early");
+    assert_eq!(early["code"], "ActiveDurationTooShort", "{early}");
     assert_eq!(step(&steps, "pim_remove")["status"], "Revoked");
     assert_eq!(
         step(&steps, "pim_remove_again")["code"],

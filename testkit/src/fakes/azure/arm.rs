@@ -623,10 +623,11 @@ pub(super) fn handle(
             let items = s
                 .assignments
                 .values()
+                // Assignments made outside PIM are listed too (memberType Direct, no end).
                 .filter(|a| {
                     a.schedule
                         .as_ref()
-                        .is_some_and(|sc| sc.start <= now || !instances)
+                        .is_none_or(|sc| sc.start <= now || !instances)
                 })
                 .filter(|a| {
                     let at = a.scope.to_ascii_lowercase();
@@ -830,7 +831,15 @@ fn iso_duration(d: &str) -> Option<TimeDelta> {
 }
 
 fn schedule_json(a: &Assignment, instance: bool) -> Value {
-    let sc = a.schedule.as_ref().expect("a PIM assignment");
+    // An assignment made outside PIM: a schedule from its creation, without an end or a
+    // request; its schedule is named after the assignment.
+    let standing = Schedule {
+        name: a.name.clone(),
+        request: String::new(),
+        start: a.created,
+        end: None,
+    };
+    let sc = a.schedule.as_ref().unwrap_or(&standing);
     let mut props = json!({
         "scope": a.scope,
         "roleDefinitionId": definition_id(&a.scope, &a.role),
@@ -856,10 +865,14 @@ fn schedule_json(a: &Assignment, instance: bool) -> Value {
         ));
         ("RoleAssignmentScheduleInstances", a.name.clone())
     } else {
-        props["roleAssignmentScheduleRequestId"] = json!(format!(
-            "{}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{}",
-            a.scope, sc.request
-        ));
+        props["roleAssignmentScheduleRequestId"] = if sc.request.is_empty() {
+            Value::Null
+        } else {
+            json!(format!(
+                "{}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{}",
+                a.scope, sc.request
+            ))
+        };
         props["updatedOn"] = json!(ts(a.updated));
         ("RoleAssignmentSchedules", sc.name.clone())
     };
@@ -967,6 +980,16 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
                     "The Role assignment does not exist.",
                 );
             };
+            // PIM keeps an assignment for a minimum time before it may be removed.
+            if let Some(sc) = s.assignments.get(&a).and_then(|x| x.schedule.as_ref())
+                && now - sc.start < s.min_active
+            {
+                return err(
+                    400,
+                    "ActiveDurationTooShort",
+                    "The Active duration is too short. Miniumum Required is 5 minutes.",
+                );
+            }
             s.assignments.remove(&a);
             status = "Revoked";
         }

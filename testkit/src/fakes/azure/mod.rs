@@ -168,6 +168,8 @@ struct State {
     replication_delay: TimeDelta,
     /// The longest active PIM assignment the role settings allow.
     max_active: TimeDelta,
+    /// How long a PIM assignment must have been active before `AdminRemove` is taken.
+    min_active: TimeDelta,
     page_size: usize,
     latency: Duration,
     faults: Vec<(Fault, usize, Filter)>,
@@ -284,6 +286,7 @@ impl FakeAzure {
                 offset: TimeDelta::zero(),
                 replication_delay: TimeDelta::zero(),
                 max_active: TimeDelta::days(180),
+                min_active: TimeDelta::minutes(5),
                 page_size: 100,
                 latency: Duration::ZERO,
                 faults: Vec::new(),
@@ -399,6 +402,12 @@ impl FakeAzure {
     /// The longest active PIM assignment allowed (the role settings' expiration rule).
     pub fn set_max_active(&self, max: Duration) {
         self.shared.lock().max_active = TimeDelta::from_std(max).unwrap_or_default();
+    }
+
+    /// How long a PIM assignment must be active before it may be removed (`AdminRemove`
+    /// answers `ActiveDurationTooShort` before): five minutes, as in Azure.
+    pub fn set_min_active(&self, min: Duration) {
+        self.shared.lock().min_active = TimeDelta::from_std(min).unwrap_or_default();
     }
 
     /// Items per list page before a `nextLink`.
