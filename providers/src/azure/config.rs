@@ -42,6 +42,9 @@ pub struct AzureConfig {
     /// A file holding a client secret of the application.
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
+    /// A PEM file with a certificate registered on the application and its RSA private key.
+    #[serde(default)]
+    pub client_certificate_file: Option<PathBuf>,
     /// Workload identity federation: a file holding a token of another issuer that Entra
     /// trusts for the application (AKS projects one at `AZURE_FEDERATED_TOKEN_FILE`).
     #[serde(default)]
@@ -80,13 +83,14 @@ impl AzureConfig {
     pub fn check(&self) -> Result<(), String> {
         let ways = [
             self.client_secret_file.is_some(),
+            self.client_certificate_file.is_some(),
             self.federated_token_file.is_some(),
             self.managed_identity,
         ];
         match ways.iter().filter(|w| **w).count() {
-            0 => return Err("no credentials: set client_secret_file (with tenant_id and client_id), federated_token_file (workload identity federation, with tenant_id and client_id) or managed_identity = true".into()),
+            0 => return Err("no credentials: set client_secret_file or client_certificate_file (with tenant_id and client_id), federated_token_file (workload identity federation, with tenant_id and client_id) or managed_identity = true".into()),
             1 => {}
-            _ => return Err("set only one of client_secret_file, federated_token_file and managed_identity".into()),
+            _ => return Err("set only one of client_secret_file, client_certificate_file, federated_token_file and managed_identity".into()),
         }
         if !self.managed_identity {
             for (key, v) in [
@@ -96,7 +100,7 @@ impl AzureConfig {
                 match v.as_deref() {
                     None | Some("") => {
                         return Err(format!(
-                            "{key} is required with client_secret_file or federated_token_file (the application's {}: Entra admin center, App registrations, Overview)",
+                            "{key} is required with client_secret_file, client_certificate_file or federated_token_file (the application's {}: Entra admin center, App registrations, Overview)",
                             if key == "tenant_id" {
                                 "Directory (tenant) ID"
                             } else {
@@ -199,6 +203,7 @@ mod tests {
             tenant_id: Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into()),
             client_id: Some("04b07795-8ddb-461a-bbee-02f9e1bf7b46".into()),
             client_secret_file: Some("/etc/secret".into()),
+            client_certificate_file: None,
             federated_token_file: None,
             managed_identity: false,
             roles: vec!["Reader".into()],

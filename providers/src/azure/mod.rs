@@ -11,6 +11,7 @@
 //! keep their own Entra identity.
 
 mod arm;
+mod certificate;
 mod config;
 mod records;
 
@@ -170,6 +171,30 @@ impl AzureProvider {
                 Some(o),
             )
             .map_err(|e| format!("client_secret_file: {e}"))?
+        } else if let Some(path) = &c.client_certificate_file {
+            let pem = crate::config::read_secret(path, "client_certificate_file")?;
+            let authority = c
+                .authority_host
+                .as_deref()
+                .unwrap_or("https://login.microsoftonline.com")
+                .trim_end_matches('/');
+            let assertion = certificate::CertificateAssertion::from_pem(
+                &pem,
+                &client,
+                format!("{authority}/{tenant}/oauth2/v2.0/token"),
+            )
+            .map_err(|e| format!("client_certificate_file {}: {e}", path.display()))?;
+            who = format!("client {client} of tenant {tenant} (certificate)");
+            let o = azure_identity::ClientAssertionCredentialOptions {
+                client_options: options,
+            };
+            azure_identity::ClientAssertionCredential::new(
+                tenant.clone(),
+                client.clone(),
+                assertion,
+                Some(o),
+            )
+            .map_err(|e| format!("client_certificate_file: {e}"))?
         } else if let Some(path) = &c.federated_token_file {
             who = format!("client {client} of tenant {tenant} (workload identity federation)");
             let mut o = azure_identity::WorkloadIdentityCredentialOptions::default();

@@ -59,6 +59,7 @@ impl Azure {
             tenant_id: Some(self.fake.tenant()),
             client_id: Some(self.app.client_id.clone()),
             client_secret_file: Some(self.dir.path().join("secret")),
+            client_certificate_file: None,
             federated_token_file: None,
             managed_identity: false,
             roles: vec!["Reader".into(), "Contributor".into(), READER.into()],
@@ -542,4 +543,52 @@ async fn a_token_for_another_cloud_s_arm_is_named_as_a_configuration_error() {
         m.contains("InvalidAuthenticationTokenAudience") && m.contains("same cloud"),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn a_certificate_or_a_federated_token_authenticates_as_the_application() {
+    let a = Azure::new();
+    let file = |name: &str, text: &str| {
+        let path = a.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let works = async |c: AzureConfig| {
+        let p = a.with(c).await;
+        let r = p.grant(&spec(&a, "Reader", TimeDelta::hours(1))).await?;
+        p.revoke(&r).await
+    };
+
+    let cert = file("cert.pem", &a.fake.add_certificate(&a.app.client_id));
+    let mut c = a.config(Mode::Assignments);
+    c.client_secret_file = None;
+    c.client_certificate_file = Some(cert);
+    works(c.clone()).await.unwrap();
+
+    // Another application's certificate: Entra does not know its thumbprint for this one.
+    let other = a.fake.add_application("other");
+    c.client_certificate_file = Some(file("other.pem", &a.fake.add_certificate(&other.client_id)));
+    let e = works(c).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Forbidden { .. }), "{e}");
+    assert!(e.to_string().contains("AADSTS700027"), "{e}");
+
+    // Workload identity federation: a Kubernetes service account's token, trusted by Entra.
+    let issuer = "https://oidc.aks.example/7c1b";
+    let token = a.fake.add_federated_credential(
+        &a.app.client_id,
+        issuer,
+        "system:serviceaccount:jitsudo:jitsudod",
+    );
+    let mut c = a.config(Mode::Assignments);
+    c.client_secret_file = None;
+    c.federated_token_file = Some(file("token", &token));
+    works(c.clone()).await.unwrap();
+
+    // A token of a subject Entra has no federated credential for.
+    let stranger =
+        a.fake
+            .add_federated_credential(&other.client_id, issuer, "system:serviceaccount:x:y");
+    c.federated_token_file = Some(file("stranger", &stranger));
+    let e = works(c).await.unwrap_err();
+    assert!(e.to_string().contains("AADSTS70021"), "{e}");
 }

@@ -38,7 +38,7 @@ fn python() -> PathBuf {
 
 const SCRIPT: &str = r#"
 import json, sys, time
-from azure.identity import ClientSecretCredential
+from azure.identity import ClientAssertionCredential, CertificateCredential, ClientSecretCredential
 from azure.mgmt.authorization import AuthorizationManagementClient
 from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
                                    ResourceExistsError, ResourceNotFoundError)
@@ -142,9 +142,12 @@ out("pim_update", status=u.status, request_type=u.request_type,
     end=[s.end_date_time.isoformat() for s in moved],
     request=[s.role_assignment_schedule_request_id for s in moved])
 remove = {"properties": {"principalId": a["bob"], "roleDefinitionId": rd, "requestType": "AdminRemove"}}
-# PIM keeps an assignment a minimum time (five minutes in Azure; two seconds here) before removal.
+# PIM keeps an assignment a minimum time (five minutes in Azure; two seconds here) before
+# removal: Carol's, made just now, is refused; Bob's, older than that, goes.
+early = json.loads(json.dumps(remove))
+early["properties"]["principalId"] = a["carol"]
 try:
-    c.role_assignment_schedule_requests.create(scope, a["requests"][4], remove)
+    c.role_assignment_schedule_requests.create(scope, a["requests"][4], early)
     out("pim_remove_early", accepted=True)
 except HttpResponseError as e:
     out("pim_remove_early", **error(e))
@@ -164,6 +167,18 @@ try:
     out("denied", accepted=True)
 except HttpResponseError as e:
     out("denied", **error(e))
+# A certificate registered on the application, and a federated token Entra trusts for it.
+for step, cred in [
+    ("certificate", CertificateCredential(tenant, a["client_id"], certificate_path=a["cert"],
+                                          authority=base, disable_instance_discovery=True,
+                                          connection_verify=ca)),
+    ("federated", ClientAssertionCredential(tenant, a["client_id"], lambda: a["federated"],
+                                            authority=base, disable_instance_discovery=True,
+                                            connection_verify=ca)),
+]:
+    m = AuthorizationManagementClient(cred, sub, base_url=base,
+        credential_scopes=["https://management.azure.com/.default"], connection_verify=ca)
+    out(step, n=len(list(m.role_definitions.list(scope, filter="roleName eq 'Reader'"))))
 w = client(a["client_id"], "wrong-secret")
 try:
     list(w.role_definitions.list(scope))
@@ -221,6 +236,16 @@ fn microsofts_python_libraries_run_assignments_and_pim_against_the_fake() {
         "alice": alice, "bob": bob, "carol": carol, "more": more, "fresh": fresh,
         "names": names, "requests": requests, "start": start, "end": end, "later": later,
     });
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, az.add_certificate(&app.client_id)).unwrap();
+    let federated = az.add_federated_credential(
+        &app.client_id,
+        "https://token.actions.githubusercontent.com",
+        "repo:example/infra:environment:prod",
+    );
+    let mut args = args;
+    args["cert"] = serde_json::json!(cert);
+    args["federated"] = serde_json::json!(federated);
     let script = dir.path().join("xcheck.py");
     std::fs::write(&script, SCRIPT).unwrap();
     let out = Command::new(python())
@@ -371,6 +396,16 @@ fn microsofts_python_libraries_run_assignments_and_pim_against_the_fake() {
             .as_str()
             .unwrap()
             .contains("Microsoft.Authorization/roleAssignments/write")
+    );
+    assert_eq!(
+        step(&steps, "certificate")["n"],
+        1,
+        "MSAL's certificate assertion is taken"
+    );
+    assert_eq!(
+        step(&steps, "federated")["n"],
+        1,
+        "a federated token is taken"
     );
     let w = step(&steps, "wrong_secret");
     assert_eq!(w["cls"], "ClientAuthenticationError");

@@ -92,7 +92,119 @@ pub(super) fn handle(
     }
 }
 
+/// A client assertion as Entra checks it: a certificate's (signed by the application, for
+/// the token endpoint) or a federated token (another issuer's, matched by issuer and
+/// subject, for `api://AzureADTokenExchange`).
+fn check_assertion(
+    assertion: &str,
+    client_id: &str,
+    endpoint: &str,
+    keys: &[super::AssertionKey],
+) -> Result<(), (u16, &'static str, u32, String)> {
+    use super::AssertionKey;
+    let invalid = |code: u32, text: String| (401, "invalid_client", code, text);
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| {
+        (
+            400,
+            "invalid_request",
+            50027,
+            "JWT token is invalid or malformed.".to_owned(),
+        )
+    })?;
+    // Who it claims to be decides which key checks it.
+    let claims: serde_json::Value = {
+        use base64::Engine as _;
+        assertion
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or((
+                400,
+                "invalid_request",
+                50027,
+                "JWT token is invalid or malformed.".to_owned(),
+            ))?
+    };
+    let verify = |pem: &str, aud: &str| -> bool {
+        let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()) else {
+            return false;
+        };
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.set_audience(&[aud]);
+        v.leeway = 300;
+        jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &v).is_ok()
+    };
+    let iss = claims["iss"].as_str().unwrap_or_default();
+    if iss == client_id {
+        let Some(thumbprint) = header.x5t_s256.clone().or(header.x5t.clone()) else {
+            return Err(invalid(
+                700027,
+                "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '']".into(),
+            ));
+        };
+        let Some(pem) = keys.iter().find_map(|k| match k {
+            AssertionKey::Certificate {
+                thumbprints,
+                public_pem,
+                // MSAL pads its base64url thumbprints; Entra takes both spellings.
+            } if thumbprints
+                .iter()
+                .any(|t| t == thumbprint.trim_end_matches('=')) =>
+            {
+                Some(public_pem)
+            }
+            _ => None,
+        }) else {
+            return Err(invalid(
+                700027,
+                format!(
+                    "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{thumbprint}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]"
+                ),
+            ));
+        };
+        if claims["sub"].as_str() != Some(client_id) || !verify(pem, endpoint) {
+            return Err(invalid(
+                700027,
+                "Client assertion failed signature validation.".into(),
+            ));
+        }
+        return Ok(());
+    }
+    let sub = claims["sub"].as_str().unwrap_or_default();
+    let Some(pem) = keys.iter().find_map(|k| match k {
+        AssertionKey::Federated {
+            issuer,
+            subject,
+            public_pem,
+        } if issuer == iss && subject == sub => Some(public_pem),
+        _ => None,
+    }) else {
+        return Err((
+            400,
+            "invalid_request",
+            70021,
+            format!(
+                "No matching federated identity record found for presented assertion. Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'. Assertion Audience: 'api://AzureADTokenExchange'."
+            ),
+        ));
+    };
+    if !verify(pem, "api://AzureADTokenExchange") {
+        return Err(invalid(
+            700024,
+            "Client assertion is not within its valid time range or failed signature validation."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Reply {
+    let base = shared.base();
     let f = form(body);
     let get = |k: &str| f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     match get("grant_type") {
@@ -144,25 +256,47 @@ fn token(shared: &Shared, tenant: &str, body: &Bytes) -> Reply {
             ),
         );
     };
-    match get("client_secret") {
-        Some(secret) if secret == app.secret => {}
-        Some(_) => {
+    if let Some(assertion) = get("client_assertion") {
+        if get("client_assertion_type")
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
             return oauth_error(
-                401,
-                "invalid_client",
-                7000215,
-                &format!(
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
-                ),
+                400,
+                "invalid_request",
+                90014,
+                "The required field 'client_assertion_type' is missing or is not urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
             );
         }
-        None => {
-            return oauth_error(
-                401,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-            );
+        let keys = s.assertion_keys.get(client_id).cloned().unwrap_or_default();
+        if let Err((status, error, code, text)) = check_assertion(
+            assertion,
+            client_id,
+            &format!("{base}/{tenant}/oauth2/v2.0/token"),
+            &keys,
+        ) {
+            return oauth_error(status, error, code, &text);
+        }
+    } else {
+        match get("client_secret") {
+            Some(secret) if secret == app.secret => {}
+            Some(_) => {
+                return oauth_error(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    &format!(
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                    ),
+                );
+            }
+            None => {
+                return oauth_error(
+                    401,
+                    "invalid_client",
+                    7000218,
+                    "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                );
+            }
         }
     }
     let access = format!("eyJ0eXAiOiJKV1QifQ.{}.fake", uuid::Uuid::new_v4().simple());

@@ -152,9 +152,28 @@ pub struct LoggedRequest {
     pub caller: Option<String>,
 }
 
+/// A key an application may sign client assertions with.
+#[derive(Clone, Debug)]
+enum AssertionKey {
+    /// A certificate registered on the application: its SHA-256 and SHA-1 thumbprints
+    /// (`x5t#S256` and `x5t`, base64url) and public key.
+    Certificate {
+        thumbprints: [String; 2],
+        public_pem: String,
+    },
+    /// A federated identity credential: tokens of `issuer` for `subject` (audience
+    /// `api://AzureADTokenExchange`), signed by the issuer's key.
+    Federated {
+        issuer: String,
+        subject: String,
+        public_pem: String,
+    },
+}
+
 struct State {
     tenant: String,
     apps: HashMap<String, Application>,
+    assertion_keys: HashMap<String, Vec<AssertionKey>>,
     denied: BTreeSet<(String, String)>,
     tokens: HashMap<String, Token>,
     principals: HashMap<String, Principal>,
@@ -267,6 +286,7 @@ impl FakeAzure {
             state: Mutex::new(State {
                 tenant: guid(),
                 apps: HashMap::new(),
+                assertion_keys: HashMap::new(),
                 denied: BTreeSet::new(),
                 tokens: HashMap::new(),
                 principals: HashMap::new(),
@@ -333,6 +353,64 @@ impl FakeAzure {
 
     pub fn add_management_group(&self, name: &str) {
         self.shared.lock().management_groups.insert(name.to_owned());
+    }
+
+    /// Registers a new certificate on an application; its PEM (certificate, then private
+    /// key), as `az ad sp credential reset --create-cert` writes it.
+    pub fn add_certificate(&self, client_id: &str) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .expect("aws-lc-rs generates RSA keys");
+        let mut params =
+            rcgen::CertificateParams::new(vec![format!("{client_id}.fake")]).expect("valid names");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).expect("a self-signed certificate");
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let thumbprints = [
+            b64.encode(sha2::Sha256::digest(cert.der())),
+            b64.encode(<sha1::Sha1 as sha1::Digest>::digest(cert.der())),
+        ];
+        self.shared
+            .lock()
+            .assertion_keys
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(AssertionKey::Certificate {
+                thumbprints,
+                public_pem: key.public_key_pem(),
+            });
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
+    /// Trusts tokens of `issuer` for `subject` as the application (workload identity
+    /// federation); returns a token of that issuer, valid for an hour, as AKS projects it.
+    pub fn add_federated_credential(&self, client_id: &str, issuer: &str, subject: &str) -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .expect("aws-lc-rs generates RSA keys");
+        self.shared
+            .lock()
+            .assertion_keys
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(AssertionKey::Federated {
+                issuer: issuer.to_owned(),
+                subject: subject.to_owned(),
+                public_pem: key.public_key_pem(),
+            });
+        let now = Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "iss": issuer, "sub": subject, "aud": ["api://AzureADTokenExchange"],
+            "iat": now, "nbf": now, "exp": now + 3600,
+        });
+        let signing = jsonwebtoken::EncodingKey::from_rsa_pem(key.serialize_pem().as_bytes())
+            .expect("an RSA key");
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &signing,
+        )
+        .expect("the token signs")
     }
 
     /// A new application with a client secret; its service principal may do everything
