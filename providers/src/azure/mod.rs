@@ -511,27 +511,43 @@ impl AzureProvider {
         Err(self.refused(what, scope, &a))
     }
 
+    /// Visits every item of an ARM list, page by page, until `visit` says stop.
+    async fn each(
+        &self,
+        mut url: String,
+        what: &str,
+        scope: &str,
+        mut visit: impl FnMut(&Value) -> bool,
+    ) -> Result<(), ProviderError> {
+        loop {
+            let (items, next) = match self.arm.page(&url).await? {
+                Ok(p) => p,
+                Err(a) => return Err(self.refused(what, scope, &a)),
+            };
+            if items.iter().any(&mut visit) {
+                return Ok(());
+            }
+            match next {
+                Some(n) => url = n,
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// Everything of this provider's at a scope (every page of `atScope()`).
     async fn held(&self, scope: &str) -> Result<Held, ProviderError> {
         let what = format!("listing the role assignments at {scope}");
-        let mut url = self.arm.url(
+        let url = self.arm.url(
             &format!("{scope}{AUTH}/roleAssignments"),
             &[("$filter", "atScope()"), ("api-version", ASSIGNMENTS_API)],
         );
         let mut held = Held::default();
-        loop {
-            let (items, next) = match self.arm.page(&url).await? {
-                Ok(p) => p,
-                Err(a) => return Err(self.refused(&what, scope, &a)),
-            };
-            for item in &items {
-                self.sort(scope, item, &mut held);
-            }
-            match next {
-                Some(n) => url = n,
-                None => return Ok(held),
-            }
-        }
+        self.each(url, &what, scope, |item| {
+            self.sort(scope, item, &mut held);
+            false
+        })
+        .await?;
+        Ok(held)
     }
 
     fn sort(&self, scope: &str, item: &Value, held: &mut Held) {
@@ -571,23 +587,18 @@ impl AzureProvider {
             &format!("{scope}{AUTH}/roleAssignments"),
             &[("$filter", &filter), ("api-version", ASSIGNMENTS_API)],
         );
-        let mut url = url;
         let mut out = Vec::new();
-        loop {
-            let (items, next) = match self.arm.page(&url).await? {
-                Ok(p) => p,
-                Err(a) => return Err(self.refused(&what, scope, &a)),
-            };
-            out.extend(items.into_iter().filter(|i| {
-                prop(i, "scope").eq_ignore_ascii_case(scope)
-                    && prop(i, "principalId").eq_ignore_ascii_case(principal)
-                    && guid_of(prop(i, "roleDefinitionId")) == role_guid
-            }));
-            match next {
-                Some(n) => url = n,
-                None => return Ok(out),
+        self.each(url, &what, scope, |i| {
+            if prop(i, "scope").eq_ignore_ascii_case(scope)
+                && prop(i, "principalId").eq_ignore_ascii_case(principal)
+                && guid_of(prop(i, "roleDefinitionId")) == role_guid
+            {
+                out.push(i.clone());
             }
-        }
+            false
+        })
+        .await?;
+        Ok(out)
     }
 
     /// The PIM schedule of the principal's role at exactly this scope, if any (every page;
@@ -600,36 +611,30 @@ impl AzureProvider {
     ) -> Result<Option<Sched>, ProviderError> {
         let what = format!("listing the PIM schedules of {principal} at {scope}");
         let filter = format!("principalId eq '{principal}'");
-        let mut url = self.arm.url(
+        let url = self.arm.url(
             &format!("{scope}{AUTH}/roleAssignmentSchedules"),
             &[("$filter", &filter), ("api-version", PIM_API)],
         );
-        loop {
-            let (items, next) = match self.arm.page(&url).await? {
-                Ok(p) => p,
-                Err(a) => return Err(self.refused(&what, scope, &a)),
-            };
-            let found = items.iter().find(|i| {
-                prop(i, "scope").eq_ignore_ascii_case(scope)
-                    && prop(i, "principalId").eq_ignore_ascii_case(principal)
-                    && guid_of(prop(i, "roleDefinitionId")) == role_guid
-                    && matches!(prop(i, "memberType"), "" | "Direct")
-            });
-            if let Some(i) = found {
-                return Ok(Some(Sched {
+        let mut found = None;
+        self.each(url, &what, scope, |i| {
+            let hit = prop(i, "scope").eq_ignore_ascii_case(scope)
+                && prop(i, "principalId").eq_ignore_ascii_case(principal)
+                && guid_of(prop(i, "roleDefinitionId")) == role_guid
+                && matches!(prop(i, "memberType"), "" | "Direct");
+            if hit {
+                found = Some(Sched {
                     end: DateTime::parse_from_rfc3339(prop(i, "endDateTime"))
                         .ok()
                         .map(|t| t.to_utc()),
                     request: i["properties"]["roleAssignmentScheduleRequestId"]
                         .as_str()
                         .map(str::to_owned),
-                }));
+                });
             }
-            match next {
-                Some(n) => url = n,
-                None => return Ok(None),
-            }
-        }
+            hit
+        })
+        .await?;
+        Ok(found)
     }
 
     /// Whether jitsudo (this provider) made the request behind a PIM schedule: `None` when

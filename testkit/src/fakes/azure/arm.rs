@@ -934,17 +934,8 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
                     "The Role assignment already exists.",
                 );
             }
-            if p["justification"]
-                .as_str()
-                .is_none_or(|j| j.trim().is_empty())
+            let (start, end) = match justified(p).and_then(|_| schedule_of(info, now, s.max_active))
             {
-                return err(
-                    400,
-                    "RoleAssignmentRequestPolicyValidationFailed",
-                    "The following policy rules failed: [\"JustificationRule\"]",
-                );
-            }
-            let (start, end) = match schedule_of(info, now, s.max_active) {
                 Ok(t) => t,
                 Err(r) => return r,
             };
@@ -980,9 +971,10 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
                     "The Role assignment does not exist.",
                 );
             };
-            // PIM keeps an assignment for a minimum time before it may be removed.
-            if let Some(sc) = s.assignments.get(&a).and_then(|x| x.schedule.as_ref())
-                && now - sc.start < s.min_active
+            // PIM keeps an assignment for a minimum time, from when it was made, before it
+            // may be removed (whatever start the request named).
+            if let Some(x) = s.assignments.get(&a).filter(|x| x.schedule.is_some())
+                && now - x.created < s.min_active
             {
                 return err(
                     400,
@@ -1003,17 +995,8 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
                     "The Role assignment does not exist.",
                 );
             };
-            if p["justification"]
-                .as_str()
-                .is_none_or(|j| j.trim().is_empty())
+            let (start, end) = match justified(p).and_then(|_| schedule_of(info, now, s.max_active))
             {
-                return err(
-                    400,
-                    "RoleAssignmentRequestPolicyValidationFailed",
-                    "The following policy rules failed: [\"JustificationRule\"]",
-                );
-            }
-            let (start, end) = match schedule_of(info, now, s.max_active) {
                 Ok(t) => t,
                 Err(r) => return r,
             };
@@ -1070,6 +1053,21 @@ fn schedule_request(s: &mut State, token: &Token, scope: &str, name: &str, body:
     });
     s.requests.insert(name.to_owned(), out.clone());
     Reply::json(201, out)
+}
+
+/// The role settings' justification rule (on by default for assignments).
+fn justified(p: &Value) -> Result<(), Reply> {
+    if p["justification"]
+        .as_str()
+        .is_none_or(|j| j.trim().is_empty())
+    {
+        return Err(err(
+            400,
+            "RoleAssignmentRequestPolicyValidationFailed",
+            "The following policy rules failed: [\"JustificationRule\"]",
+        ));
+    }
+    Ok(())
 }
 
 /// The start and end a schedule request asks for, checked as the role settings do.
