@@ -399,7 +399,17 @@ impl Engine {
         })?;
         let now = ctx.now();
         let input = PolicyInput::new(requester.policy_input(), spec.policy_input(), now);
-        let decision = ctx.policy.evaluate(&input)?;
+        let mut decision = ctx.policy.evaluate(&input)?;
+        if decision.auto_approve {
+            // The authors' verified emails, for the same-person rule's self-benefit check.
+            for p in &mut decision.policies {
+                p.author_email = ctx
+                    .store
+                    .verified_email_of(&p.author)
+                    .await?
+                    .map(|e| e.to_lowercase());
+            }
+        }
         let id = self.new_local_id()?;
         let probe = domain::probe_spec(id, &spec, &principal, now, ctx.rules());
         let load = self.requester_load(&subject, spec.break_glass).await?;
@@ -1013,5 +1023,10 @@ impl Engine {
             self.notifier.nudge();
         }
         Ok(redriven)
+    }
+
+    /// The cluster's page token key (hex), stored by the first node to start with `seed`.
+    pub async fn page_token_key(&self, seed: &str) -> Result<String, EngineError> {
+        Ok(self.ctx.store.cluster_value("page_token_key", seed).await?)
     }
 }

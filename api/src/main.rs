@@ -49,16 +49,6 @@ enum Command {
         #[arg(long, default_value = "jitsudo-client")]
         client_name: String,
     },
-    /// Serve only the demo OpenID issuer of dev mode, for load and chaos tests against a
-    /// production-mode jitsudod (its users are the demo users). Never in production.
-    TestIssuer {
-        #[arg(long, default_value = "127.0.0.1:8444")]
-        listen: std::net::SocketAddr,
-        #[arg(long, default_value = ".jitsudo-test-issuer")]
-        dir: PathBuf,
-        #[arg(long, default_value = "jitsudo")]
-        audience: String,
-    },
     /// Generate the Ed25519 key that signs audit checkpoints (PKCS#8 PEM, mode 0600).
     AuditKey {
         #[arg(long)]
@@ -91,31 +81,6 @@ async fn main() -> anyhow::Result<()> {
         }) => {
             let files = certs::generate(&out, &hosts, &client_name)?;
             println!("wrote {files:#?}");
-            return Ok(());
-        }
-        Some(Command::TestIssuer {
-            listen,
-            dir,
-            audience,
-        }) => {
-            anyhow::ensure!(
-                listen.ip().is_loopback(),
-                "the test issuer listens on a loopback address only"
-            );
-            let url = format!(
-                "http://{listen}{}",
-                jitsudo_api::auth::DevIssuer::MOUNT_PATH
-            );
-            let issuer = std::sync::Arc::new(jitsudo_api::auth::DevIssuer::load_or_create(
-                &dir, &url, &audience,
-            )?);
-            let app =
-                axum::Router::new().nest(jitsudo_api::auth::DevIssuer::MOUNT_PATH, issuer.router());
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            println!("test issuer at {url} (audience {audience})");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
             return Ok(());
         }
         Some(Command::AuditKey { out }) => {

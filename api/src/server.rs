@@ -43,6 +43,8 @@ pub struct DevExtras {
 pub struct Server {
     pub state: Arc<AppState>,
     router: Router,
+    /// grpc.health.v1: follows readiness (`/readyz`), NOT_SERVING while stopping.
+    health: tonic_health::server::HealthReporter,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     grace: Duration,
@@ -238,13 +240,32 @@ impl Server {
         let local = listener.local_addr()?;
         let auth_cfg = auth_config(&config, dev.as_ref(), local, tls.is_some())?;
         let auth = Authenticator::new(auth_cfg)?;
-        let page_key = match &config.server.page_token_key_file {
+        // One key per cluster, kept in the database: a page token from one node continues
+        // on any other. A configured file seeds it at the cluster's first start and must
+        // match it later.
+        let seed: [u8; 32] = match &config.server.page_token_key_file {
             Some(p) => {
                 use sha2::Digest;
                 sha2::Sha256::digest(read_secret(p, "page token")?).into()
             }
             None => rand::random(),
         };
+        let stored = engine
+            .page_token_key(&hex::encode(seed))
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the cluster's page token key: {e}"))?;
+        let page_key: [u8; 32] = hex::decode(&stored)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cluster_meta holds a page_token_key that is not 32 bytes of hex: delete that row to make a new key (open page tokens stop working)"
+                )
+            })?;
+        anyhow::ensure!(
+            config.server.page_token_key_file.is_none() || page_key == seed,
+            "server.page_token_key_file differs from the page token key this cluster's database holds: give every node the same file, or remove the setting (the key is kept in the database)"
+        );
         let state = Arc::new(AppState {
             engine,
             config: config.clone(),
@@ -262,11 +283,13 @@ impl Server {
                 config.limits.auth_failures_per_minute,
             ),
         });
-        let router = router(state.clone(), dev.map(|d| d.issuer)).await?;
+        let (router, health) = router(state.clone(), dev.map(|d| d.issuer)).await?;
         state.ready.store(true, Ordering::Relaxed);
+        set_health(&health, ready_check(&state).await.is_none()).await;
         Ok(Server {
             state,
             router,
+            health,
             listener,
             tls,
             grace: Duration::from_secs(config.server.shutdown_grace_seconds),
@@ -288,10 +311,12 @@ impl Server {
         let Server {
             state,
             router,
+            health,
             listener,
             tls,
             grace,
         } = self;
+        let health_watch = watch_health(Arc::downgrade(&state), health.clone());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let principals = Arc::new(state.config.server.client_principals.clone());
         tokio::pin!(shutdown);
@@ -351,6 +376,10 @@ impl Server {
             });
         }
         state.ready.store(false, Ordering::Relaxed);
+        health_watch.abort();
+        let _ = health_watch.await;
+        // Load balancers stop sending before the drain, not after it.
+        set_health(&health, false).await;
         // The router holds the state too: without dropping it the engine could never stop.
         drop(listener);
         drop(router);
@@ -485,28 +514,64 @@ async fn authenticate(
     }
 }
 
+/// The gRPC services health reports on (and `""`, the server as a whole).
+const HEALTH_SERVICES: [&str; 6] = [
+    "",
+    <v1::request_service_server::RequestServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <v1::policy_service_server::PolicyServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <v1::audit_service_server::AuditServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <v1::principal_service_server::PrincipalServiceServer<Api> as tonic::server::NamedService>::NAME,
+    <v1::admin_service_server::AdminServiceServer<Api> as tonic::server::NamedService>::NAME,
+];
+
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// grpc.health.v1 follows readiness, checked every second (a check that hangs counts as
+/// not ready). Holds the state weakly: it must not keep the engine from stopping.
+fn watch_health(
+    state: std::sync::Weak<AppState>,
+    health: tonic_health::server::HealthReporter,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let serving = match state.upgrade() {
+                None => return,
+                Some(s) => matches!(
+                    tokio::time::timeout(Duration::from_secs(3), ready_check(&s)).await,
+                    Ok(None)
+                ),
+            };
+            if last != Some(serving) {
+                if last.is_some() {
+                    tracing::info!(serving, "gRPC health changes with readiness");
+                }
+                set_health(&health, serving).await;
+                last = Some(serving);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
 async fn router(
     state: Arc<AppState>,
     dev_issuer: Option<Arc<DevIssuer>>,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<(Router, tonic_health::server::HealthReporter)> {
     let max = state.config.limits.max_message_bytes;
     let api = Api(state.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<v1::request_service_server::RequestServiceServer<Api>>()
-        .await;
-    health
-        .set_serving::<v1::policy_service_server::PolicyServiceServer<Api>>()
-        .await;
-    health
-        .set_serving::<v1::audit_service_server::AuditServiceServer<Api>>()
-        .await;
-    health
-        .set_serving::<v1::principal_service_server::PrincipalServiceServer<Api>>()
-        .await;
-    health
-        .set_serving::<v1::admin_service_server::AdminServiceServer<Api>>()
-        .await;
+    // Not serving until readiness says so (`Server::build` checks once at the end).
+    set_health(&health, false).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(jitsudo_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -543,10 +608,12 @@ async fn router(
     if let Some(issuer) = dev_issuer {
         app = app.nest("/dev/oidc", issuer.router());
     }
-    Ok(app
-        .layer(axum::middleware::from_fn_with_state(state, authenticate))
-        .layer(axum::middleware::map_response(json_payload_too_large))
-        .layer(axum::extract::DefaultBodyLimit::max(max)))
+    Ok((
+        app.layer(axum::middleware::from_fn_with_state(state, authenticate))
+            .layer(axum::middleware::map_response(json_payload_too_large))
+            .layer(axum::extract::DefaultBodyLimit::max(max)),
+        health,
+    ))
 }
 
 /// The body limit answers 413 in plain text; REST clients get the documented JSON error.
@@ -560,16 +627,24 @@ async fn json_payload_too_large(res: Response) -> Response {
 
 /// Ready when the store answers, migrations ran (the engine started) and the actor tree is up.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match ready_check(&state).await {
+        Some(not_ready) => not_ready,
+        None => (StatusCode::OK, "ready\n").into_response(),
+    }
+}
+
+/// `None` when this node should take traffic; else the answer `/readyz` gives.
+async fn ready_check(state: &AppState) -> Option<Response> {
     if !state.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response();
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "starting or stopping\n").into_response());
     }
     if let Err(e) = state.engine.db_now().await {
-        return ApiError::store_unreachable(&e).into_response();
+        return Some(ApiError::store_unreachable(&e).into_response());
     }
     if state.engine.shards_owned().is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no shard leases held\n").into_response();
+        return Some((StatusCode::SERVICE_UNAVAILABLE, "no shard leases held\n").into_response());
     }
-    (StatusCode::OK, "ready\n").into_response()
+    None
 }
 
 async fn metrics_page(State(state): State<Arc<AppState>>) -> Response {

@@ -27,7 +27,7 @@ max_live_requests_per_principal = 0
 name = "demo"
 kind = "demo"
 TOML
-$B/jitsudod test-issuer --listen 127.0.0.1:18600 --dir $D/issuer > $D/issuer.log 2>&1 &
+$B/jitsudo-test-issuer --listen 127.0.0.1:18600 --dir $D/issuer > $D/issuer.log 2>&1 &
 ISS=$!
 JITSUDOD_LOG=warn $B/jitsudod --config $D/jitsudod.toml > $D/server.log 2>&1 &
 SRV=$!

@@ -270,7 +270,7 @@ impl Request {
                 .decision
                 .policies
                 .iter()
-                .any(|p| p.author == self.requester.subject)
+                .any(|p| p.self_authored || p.author == self.requester.subject)
         {
             Some("auto-approved by a policy its requester wrote")
         } else {

@@ -457,13 +457,23 @@ pub fn create(
         req.approval_deadline = Some(now + timeout);
         if req.decision.auto_approve {
             effects.push(Effect::Followup(Event::AutoApprove));
-            // Admin self-benefit: a policy the requester wrote approves their own request.
-            // It still goes through (the policy says so), but never quietly.
+            // Admin self-benefit: a policy the requester wrote approves their own request —
+            // the requester by the same-person rule (a linked second login, the same
+            // verified email). It still goes through (the policy says so), never quietly.
+            let me = req.requester.person();
+            for p in &mut req.decision.policies {
+                let author = PersonRef {
+                    subject: p.author.clone(),
+                    verified_email: p.author_email.clone(),
+                    links: Vec::new(),
+                };
+                p.self_authored = same_person(&author, &me);
+            }
             let own: Vec<String> = req
                 .decision
                 .policies
                 .iter()
-                .filter(|p| p.author == req.requester.subject)
+                .filter(|p| p.self_authored)
                 .map(|p| format!("{}@{}", p.name, p.version))
                 .collect();
             if !own.is_empty() {

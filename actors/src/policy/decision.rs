@@ -21,6 +21,14 @@ pub struct PolicyStamp {
     pub name: String,
     pub version: i64,
     pub author: String,
+    /// The author's verified email as last seen on their tokens (filled in by the engine
+    /// for an auto-approved request, so the same-person rule can compare people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_email: Option<String>,
+    /// Set at create when the author is the requester by the same-person rule (the same
+    /// subject, a linked login, or the same verified email): admin self-benefit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_authored: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

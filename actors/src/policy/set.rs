@@ -250,6 +250,8 @@ impl PolicySet {
         let stamps: Vec<PolicyStamp> = sources
             .iter()
             .map(|s| PolicyStamp {
+                author_email: None,
+                self_authored: false,
                 name: s.name.clone(),
                 version: s.version,
                 author: s.author.clone(),

@@ -312,6 +312,10 @@ pub trait Store: AuditStore + OutboxStore + RequestStore + Send + Sync + 'static
     /// Stores the shard count at first start; later starts must be configured the same.
     async fn init_shards(&self, shards: u32) -> StoreResult<u32>;
 
+    /// The cluster-wide value of `key` (`cluster_meta`), storing `if_none` first when there
+    /// is none: the first node to start decides, every later one reads the same.
+    async fn cluster_value(&self, key: &str, if_none: &str) -> StoreResult<String>;
+
     /// Takes every listed shard whose lease has lapsed (or was never taken), bumping its
     /// epoch; returns the leases obtained.
     async fn acquire_shards(

@@ -74,6 +74,7 @@ store_contract!(
         the_reconciler_finds_requests_by_grant_and_active_ones_by_provider,
         reconciler_findings_are_fenced_by_its_lease,
         the_last_reconcile_pass_of_each_provider_is_kept,
+        the_audit_log_refuses_every_change_and_removal,
     ]
 );
 
@@ -684,4 +685,77 @@ async fn postgres_lock_waits_end_at_half_the_fencing_margin() {
         .await
         .expect("lock released");
     assert!(store.get(id).await.expect("readable again").is_none());
+}
+
+/// The audit tables are append-only by the database: UPDATE, DELETE (and on PostgreSQL
+/// TRUNCATE) fail for the role jitsudod connects as, whatever the statement.
+async fn the_audit_log_refuses_every_change_and_removal(db: Db) {
+    use sqlx::Connection as _;
+    created(&db).await;
+    let backend = db.store.backend();
+    let (bytes, now) = if backend == "postgres" {
+        ("'\\x00'::bytea", "now()")
+    } else {
+        ("x'00'", "0")
+    };
+    let setup = [
+        format!(
+            "INSERT INTO audit_chain (seq, event_id, prev_hash, hash) SELECT 1, id, {bytes}, {bytes} FROM audit_events LIMIT 1"
+        ),
+        format!(
+            "INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES (1, {bytes}, {now}, 'k', {bytes})"
+        ),
+    ];
+    let mut attempts = vec![
+        "UPDATE audit_events SET actor = 'mallory'".to_owned(),
+        "DELETE FROM audit_events".to_owned(),
+        "UPDATE audit_chain SET seq = 2".to_owned(),
+        "DELETE FROM audit_chain".to_owned(),
+        format!("UPDATE audit_checkpoints SET signature = {bytes}"),
+        "DELETE FROM audit_checkpoints".to_owned(),
+    ];
+    if backend == "postgres" {
+        attempts.extend(
+            ["audit_events", "audit_chain", "audit_checkpoints"]
+                .map(|t| format!("TRUNCATE {t} CASCADE")),
+        );
+    }
+    macro_rules! run {
+        ($conn:expr) => {{
+            let mut c = $conn;
+            for s in &setup {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone()))
+                    .execute(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{s}: {e}"));
+            }
+            for s in &attempts {
+                let e = sqlx::raw_sql(sqlx::AssertSqlSafe(s.clone()))
+                    .execute(&mut c)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| panic!("{backend}: {s} was allowed"));
+                assert!(
+                    e.to_string().contains("the audit log is append-only"),
+                    "{backend}: {s}: {e}"
+                );
+            }
+            // Nothing changed: the events are there, as written.
+            let kept: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE actor <> 'mallory'")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+            assert!(kept > 0, "{backend}");
+        }};
+    }
+    if backend == "postgres" {
+        run!(sqlx::PgConnection::connect(&db.url).await.unwrap());
+    } else {
+        run!(
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.url))
+                .await
+                .unwrap()
+        );
+    }
 }

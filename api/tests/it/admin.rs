@@ -22,12 +22,8 @@ async fn health_and_reflection_answer_without_a_token() {
     let j = Jitsudo::start().await;
     let mut health = HealthClient::new(j.bare_channel());
     for service in ["", "jitsudo.v1.RequestService", "jitsudo.v1.AuditService"] {
-        let status = ok(health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await)
-        .status;
+        // Serving once the node is ready (its shards taken).
+        let status = serving_within(&mut health, service, Duration::from_secs(15)).await;
         assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
     }
 
@@ -363,4 +359,174 @@ async fn a_stopped_server_releases_its_shards_so_a_successor_starts_at_once() {
         .expect("the successor stops")
         .expect("clean stop");
     drop(left);
+}
+
+/// The demo issuer mints tokens without a password: it is a binary of the test crate
+/// (`jitsudo-test-issuer`), never a subcommand of the server people deploy.
+#[test]
+fn jitsudod_carries_no_test_issuer() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jitsudod"))
+        .args(["test-issuer", "--listen", "127.0.0.1:9"])
+        .output()
+        .expect("jitsudod runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unrecognized subcommand") && err.contains("test-issuer"),
+        "{err}"
+    );
+}
+
+/// One page token key per cluster (kept in the database): a listing begun on one node
+/// continues on another, and a node whose key file disagrees refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_token_from_one_node_continues_on_another() {
+    let a = Jitsudo::start().await;
+    for _ in 0..3 {
+        a.create("alice", "demo", "viewer", 600).await;
+    }
+    let url = a.config.database.url.clone();
+    let b = Jitsudo::start_with(move |c| {
+        c.database.url = url;
+        c.node.name = "api-it-b".into();
+    })
+    .await;
+    let list = |token: String| v1::ListRequestsRequest {
+        mine: true,
+        page_size: 2,
+        page_token: token,
+        ..Default::default()
+    };
+    let first = ok(a
+        .grpc("alice")
+        .requests
+        .list_requests(list(String::new()))
+        .await);
+    assert_eq!(first.requests.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let rest = ok(b
+        .grpc("alice")
+        .requests
+        .list_requests(list(first.next_page_token.clone()))
+        .await);
+    assert_eq!(
+        rest.requests.len(),
+        1,
+        "the third request, on the other node"
+    );
+    assert!(
+        first.requests.iter().all(|r| r.id != rest.requests[0].id),
+        "no request twice"
+    );
+
+    // A third node given a key file of its own is refused, saying what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("page.key");
+    std::fs::write(&key, b"a key no other node has").unwrap();
+    let mut c = b.config.clone();
+    c.node.name = "api-it-c".into();
+    c.server.page_token_key_file = Some(key);
+    let e = Server::build(c, None).await.err().expect("refused");
+    assert!(
+        e.to_string().contains("page_token_key_file differs"),
+        "{e:#}"
+    );
+}
+
+/// The status `service` reports, polled until it is `Serving` or `within` has passed.
+async fn serving_within(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+    within: Duration,
+) -> i32 {
+    status_within(health, service, ServingStatus::Serving, within).await
+}
+
+async fn status_within(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+    want: ServingStatus,
+    within: Duration,
+) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = ok(health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await)
+        .status;
+        if status == want as i32 || Instant::now() > deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// grpc.health.v1 tells load balancers what /readyz tells: NOT_SERVING while the database
+/// is unreachable, SERVING again when it is back, NOT_SERVING once shutdown begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_follows_readiness_through_a_database_outage_and_shutdown() {
+    let pg = tokio::task::spawn_blocking(jitsudo_testkit::PrivatePostgres::start)
+        .await
+        .unwrap()
+        .expect("a private PostgreSQL");
+    let db = pg.database().await.expect("a database on it");
+    let url = db.url.clone();
+    let j = Jitsudo::start_with(move |c| c.database.url = url).await;
+    let mut health = HealthClient::new(j.bare_channel());
+    assert_eq!(
+        serving_within(&mut health, "", Duration::from_secs(15)).await,
+        ServingStatus::Serving as i32
+    );
+
+    let pg = std::sync::Arc::new(pg);
+    let stopper = pg.clone();
+    tokio::task::spawn_blocking(move || stopper.stop())
+        .await
+        .unwrap()
+        .expect("PostgreSQL stops");
+    let down = status_within(
+        &mut health,
+        "jitsudo.v1.RequestService",
+        ServingStatus::NotServing,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        down,
+        ServingStatus::NotServing as i32,
+        "while the store is down"
+    );
+    let (status, _) = j.rest_with(None).get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let starter = pg.clone();
+    tokio::task::spawn_blocking(move || starter.resume())
+        .await
+        .unwrap()
+        .expect("PostgreSQL starts again");
+    assert_eq!(
+        serving_within(&mut health, "", Duration::from_secs(30)).await,
+        ServingStatus::Serving as i32,
+        "back when the store is"
+    );
+
+    // Shutdown: a watcher sees NOT_SERVING before the server goes.
+    let mut watch = ok(health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await);
+    let stopping = tokio::spawn(async move { j.stop().await });
+    let mut last = None;
+    while let Ok(Some(m)) = watch.message().await {
+        last = Some(m.status);
+        if m.status == ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
+    assert_eq!(last, Some(ServingStatus::NotServing as i32));
+    stopping.await.unwrap().expect("clean stop");
+    drop(db);
 }

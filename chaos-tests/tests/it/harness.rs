@@ -226,8 +226,8 @@ impl Cluster {
             .expect("kubeconfig");
         let issuer_port = free_port();
         let issuer_url = format!("http://127.0.0.1:{issuer_port}/dev/oidc");
-        let issuer = Command::new(&bin)
-            .args(["test-issuer", "--listen"])
+        let issuer = Command::new(env!("CARGO_BIN_EXE_jitsudo-test-issuer"))
+            .arg("--listen")
             .arg(format!("127.0.0.1:{issuer_port}"))
             .arg("--dir")
             .arg(d.join("issuer"))

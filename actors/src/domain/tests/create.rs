@@ -113,6 +113,8 @@ fn auto_approval_by_a_policy_the_requester_wrote_raises_the_self_benefit_alert()
         name: "approval".into(),
         version: 3,
         author: author.into(),
+        author_email: None,
+        self_authored: false,
     };
     let (_, tx) = Life::create(
         Decision {
@@ -146,6 +148,66 @@ fn auto_approval_by_a_policy_the_requester_wrote_raises_the_self_benefit_alert()
         assert!(!notice_kinds(&tx).contains(&NoticeKind::SelfBenefit));
         assert_eq!(tx.audit.details["self_benefit"], false);
         assert_eq!(tx.audit.details["review_required"], false);
+    }
+}
+
+#[test]
+fn self_benefit_is_judged_by_the_same_person_rule() {
+    let stamp = |author: &str, email: Option<&str>| PolicyStamp {
+        name: "approval".into(),
+        version: 4,
+        author: author.into(),
+        author_email: email.map(str::to_owned),
+        self_authored: false,
+    };
+    let auto = |p: PolicyStamp| Decision {
+        auto_approve: true,
+        policies: vec![p],
+        ..decision()
+    };
+    // Alice's second login (the same verified email) wrote the policy that approves her.
+    let (life, tx) = Life::create(
+        auto(stamp("alice-admin", Some("alice@example.com"))),
+        spec(),
+    );
+    assert!(notice_kinds(&tx).contains(&NoticeKind::SelfBenefit));
+    assert_eq!(tx.audit.details["review_required"], true);
+    assert!(life.req.decision.policies[0].self_authored);
+    assert_eq!(
+        life.req.review_reason(),
+        Some("auto-approved by a policy its requester wrote")
+    );
+
+    // A login configured as hers (a link), without any email.
+    let linked = PolicyStamp {
+        author: "alice-ops".into(),
+        ..stamp("x", None)
+    };
+    let mut req = alice();
+    req.links = vec!["alice-ops".into()];
+    let new = NewRequest {
+        id: request_id(),
+        requester: req,
+        spec: spec(),
+    };
+    let tx = create(
+        new,
+        auto(linked),
+        t(0),
+        &Rules::default(),
+        &RequesterLoad::default(),
+    )
+    .expect("created");
+    assert!(notice_kinds(&tx).contains(&NoticeKind::SelfBenefit));
+
+    // An author whose email is not verified (none stored), or someone else's: no alert.
+    for p in [
+        stamp("alice-admin", None),
+        stamp("carol", Some("carol@example.com")),
+    ] {
+        let (life, tx) = Life::create(auto(p), spec());
+        assert!(!notice_kinds(&tx).contains(&NoticeKind::SelfBenefit));
+        assert_eq!(life.req.review_reason(), None);
     }
 }
 

@@ -90,6 +90,18 @@ impl Store for PgStore {
             .map_err(db("reading the database clock"))
     }
 
+    async fn cluster_value(&self, key: &str, if_none: &str) -> StoreResult<String> {
+        sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = cluster_meta.value RETURNING value)
+             SELECT value FROM ins",
+        )
+        .bind(key)
+        .bind(if_none)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("reading cluster metadata"))
+    }
+
     async fn init_shards(&self, shards: u32) -> StoreResult<u32> {
         let stored: String = sqlx::query_scalar(
             "WITH ins AS (INSERT INTO cluster_meta (key, value) VALUES ('shards', $1) ON CONFLICT (key) DO UPDATE SET value = cluster_meta.value RETURNING value)

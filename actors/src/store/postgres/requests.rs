@@ -191,7 +191,8 @@ pub(super) fn list_query(f: &ListFilter) -> QueryBuilder<Postgres> {
                    OR (COALESCE((r.body->'decision'->>'auto_approve')::boolean, false)
                        AND EXISTS (SELECT 1 FROM jsonb_array_elements(
                                        COALESCE(r.body->'decision'->'policies', '[]'::jsonb)) p
-                                    WHERE p->>'author' = r.requester)))
+                                    WHERE p->>'author' = r.requester
+                                       OR COALESCE((p->>'self_authored')::boolean, false))))
               AND NOT EXISTS (SELECT 1 FROM reviews v WHERE v.request_id = r.id)",
         );
     }

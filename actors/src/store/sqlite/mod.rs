@@ -117,6 +117,10 @@ impl Store for SqliteStore {
         Ok(Utc::now())
     }
 
+    async fn cluster_value(&self, key: &str, if_none: &str) -> StoreResult<String> {
+        self.meta_get_or_insert(key, if_none).await
+    }
+
     async fn init_shards(&self, shards: u32) -> StoreResult<u32> {
         let stored = self
             .meta_get_or_insert("shards", &shards.to_string())

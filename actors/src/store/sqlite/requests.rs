@@ -257,7 +257,8 @@ pub(super) fn list_query(f: &ListFilter) -> QueryBuilder<Sqlite> {
             " AND (r.break_glass
                    OR (COALESCE(json_extract(r.body, '$.decision.auto_approve'), 0)
                        AND EXISTS (SELECT 1 FROM json_each(r.body, '$.decision.policies') p
-                                    WHERE json_extract(p.value, '$.author') = r.requester)))
+                                    WHERE json_extract(p.value, '$.author') = r.requester
+                                       OR COALESCE(json_extract(p.value, '$.self_authored'), 0))))
               AND NOT EXISTS (SELECT 1 FROM reviews v WHERE v.request_id = r.id)",
         );
     }

@@ -802,6 +802,8 @@ pub(super) async fn reviews_are_listed_until_closed_once(db: Db) {
         name: "approval".into(),
         version: 2,
         author: "alice".into(),
+        author_email: None,
+        self_authored: false,
     }];
     let self_approved = stored(&db, &new_request(mine)).await;
     let mut theirs = decision(true, 1);
@@ -809,8 +811,21 @@ pub(super) async fn reviews_are_listed_until_closed_once(db: Db) {
         name: "approval".into(),
         version: 2,
         author: "carol".into(),
+        author_email: None,
+        self_authored: false,
     }];
     let ordinary = stored(&db, &new_request(theirs)).await;
+    // Written by her second login: judged at create by the same-person rule.
+    let mut linked = decision(true, 1);
+    linked.policies = vec![jitsudo_actors::policy::PolicyStamp {
+        name: "approval".into(),
+        version: 2,
+        author: "alice-admin".into(),
+        author_email: Some("alice@example.com".into()),
+        self_authored: true,
+    }];
+    let by_second_login = stored(&db, &new_request(linked)).await;
+    assert!(by_second_login.review_reason().is_some());
     assert!(self_approved.review_reason().is_some());
     assert!(ordinary.review_reason().is_none());
     let open = |store: jitsudo_actors::store::SharedStore| async move {
@@ -825,7 +840,16 @@ pub(super) async fn reviews_are_listed_until_closed_once(db: Db) {
             .map(|r| r.id)
             .collect::<Vec<_>>()
     };
-    assert_eq!(open(db.store.clone()).await, [self_approved.id]);
+    let mut listed = open(db.store.clone()).await;
+    listed.sort_by_key(|id| id.0);
+    let mut want = vec![self_approved.id, by_second_login.id];
+    want.sort_by_key(|id| id.0);
+    assert_eq!(listed, want);
+    db.store
+        .close_review(by_second_login.id.0, "self", "erin", "fine", "node-a")
+        .await
+        .unwrap()
+        .expect("closed");
     let closed = db
         .store
         .close_review(self_approved.id.0, "self", "erin", "fine", "node-a")
@@ -852,10 +876,12 @@ pub(super) async fn reviews_are_listed_until_closed_once(db: Db) {
             ..AuditQuery::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.0.request_id == Some(self_approved.id.0))
+        .collect::<Vec<_>>();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0.actor, "erin");
-    assert_eq!(events[0].0.request_id, Some(self_approved.id.0));
     assert_eq!(events[0].0.request_version, None);
 }
 
