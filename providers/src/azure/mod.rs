@@ -115,6 +115,13 @@ fn guid_of(id: &str) -> String {
     id.rsplit('/').next().unwrap_or(id).to_ascii_lowercase()
 }
 
+/// Whether an ARM item (assignment or schedule) is this principal's role at exactly `scope`.
+fn is_of(item: &Value, scope: &str, principal: &str, role_guid: &str) -> bool {
+    prop(item, "scope").eq_ignore_ascii_case(scope)
+        && prop(item, "principalId").eq_ignore_ascii_case(principal)
+        && guid_of(prop(item, "roleDefinitionId")) == role_guid
+}
+
 fn prop<'a>(item: &'a Value, key: &str) -> &'a str {
     item["properties"][key].as_str().unwrap_or("")
 }
@@ -589,10 +596,7 @@ impl AzureProvider {
         );
         let mut out = Vec::new();
         self.each(url, &what, scope, |i| {
-            if prop(i, "scope").eq_ignore_ascii_case(scope)
-                && prop(i, "principalId").eq_ignore_ascii_case(principal)
-                && guid_of(prop(i, "roleDefinitionId")) == role_guid
-            {
+            if is_of(i, scope, principal, role_guid) {
                 out.push(i.clone());
             }
             false
@@ -617,9 +621,7 @@ impl AzureProvider {
         );
         let mut found = None;
         self.each(url, &what, scope, |i| {
-            let hit = prop(i, "scope").eq_ignore_ascii_case(scope)
-                && prop(i, "principalId").eq_ignore_ascii_case(principal)
-                && guid_of(prop(i, "roleDefinitionId")) == role_guid
+            let hit = is_of(i, scope, principal, role_guid)
                 && matches!(prop(i, "memberType"), "" | "Direct");
             if hit {
                 found = Some(Sched {
