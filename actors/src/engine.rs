@@ -1025,8 +1025,9 @@ impl Engine {
         Ok(redriven)
     }
 
-    /// The cluster's page token key (hex), stored by the first node to start with `seed`.
-    pub async fn page_token_key(&self, seed: &str) -> Result<String, EngineError> {
-        Ok(self.ctx.store.cluster_value("page_token_key", seed).await?)
+    /// The cluster's page token key (hex), stored by the first node to start with `seed`;
+    /// read before the engine starts, so a node that must refuse to start takes no lease.
+    pub async fn page_token_key(store: &SharedStore, seed: &str) -> Result<String, EngineError> {
+        Ok(store.cluster_value("page_token_key", seed).await?)
     }
 }

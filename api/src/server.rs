@@ -149,6 +149,31 @@ impl Server {
             Mode::Production
         };
         let store = Engine::open_store(&config.database.url, mode, config.lease_ttl()).await?;
+        // One key per cluster, kept in the database: a page token from one node continues
+        // on any other. A configured file seeds it at the cluster's first start and must
+        // match it later.
+        let seed: [u8; 32] = match &config.server.page_token_key_file {
+            Some(p) => {
+                use sha2::Digest;
+                sha2::Sha256::digest(read_secret(p, "page token")?).into()
+            }
+            None => rand::random(),
+        };
+        let stored = Engine::page_token_key(&store, &hex::encode(seed))
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the cluster's page token key: {e}"))?;
+        let page_key: [u8; 32] = hex::decode(&stored)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cluster_meta holds a page_token_key that is not 32 bytes of hex: delete that row to make a new key (open page tokens stop working)"
+                )
+            })?;
+        anyhow::ensure!(
+            config.server.page_token_key_file.is_none() || page_key == seed,
+            "server.page_token_key_file differs from the page token key this cluster's database holds: give every node the same file, or remove the setting (the key is kept in the database)"
+        );
 
         let mut registry = Registry::new();
         for p in &config.providers {
@@ -240,32 +265,6 @@ impl Server {
         let local = listener.local_addr()?;
         let auth_cfg = auth_config(&config, dev.as_ref(), local, tls.is_some())?;
         let auth = Authenticator::new(auth_cfg)?;
-        // One key per cluster, kept in the database: a page token from one node continues
-        // on any other. A configured file seeds it at the cluster's first start and must
-        // match it later.
-        let seed: [u8; 32] = match &config.server.page_token_key_file {
-            Some(p) => {
-                use sha2::Digest;
-                sha2::Sha256::digest(read_secret(p, "page token")?).into()
-            }
-            None => rand::random(),
-        };
-        let stored = engine
-            .page_token_key(&hex::encode(seed))
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the cluster's page token key: {e}"))?;
-        let page_key: [u8; 32] = hex::decode(&stored)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "cluster_meta holds a page_token_key that is not 32 bytes of hex: delete that row to make a new key (open page tokens stop working)"
-                )
-            })?;
-        anyhow::ensure!(
-            config.server.page_token_key_file.is_none() || page_key == seed,
-            "server.page_token_key_file differs from the page token key this cluster's database holds: give every node the same file, or remove the setting (the key is kept in the database)"
-        );
         let state = Arc::new(AppState {
             engine,
             config: config.clone(),
@@ -311,7 +310,7 @@ impl Server {
         let Server {
             state,
             router,
-            health,
+            mut health,
             listener,
             tls,
             grace,
@@ -378,8 +377,13 @@ impl Server {
         state.ready.store(false, Ordering::Relaxed);
         health_watch.abort();
         let _ = health_watch.await;
-        // Load balancers stop sending before the drain, not after it.
+        // Load balancers stop sending before the drain, not after it; then the statuses go,
+        // which ends every Watch stream (a watcher sees NOT_SERVING first) so no health
+        // watcher holds the drain open.
         set_health(&health, false).await;
+        for name in HEALTH_SERVICES {
+            health.clear_service_status(name).await;
+        }
         // The router holds the state too: without dropping it the engine could never stop.
         drop(listener);
         drop(router);

@@ -22,8 +22,10 @@ pub struct PolicyStamp {
     pub version: i64,
     pub author: String,
     /// The author's verified email as last seen on their tokens (filled in by the engine
-    /// for an auto-approved request, so the same-person rule can compare people).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// for an auto-approved request, so the same-person rule can compare people). Used at
+    /// create only, never stored: the audit log is append-only and holds no more personal
+    /// data than it needs.
+    #[serde(skip)]
     pub author_email: Option<String>,
     /// Set at create when the author is the requester by the same-person rule (the same
     /// subject, a linked login, or the same verified email): admin self-benefit.

@@ -428,3 +428,55 @@ async fn every_transition_of_a_request_is_chained_by_the_engine_within_a_bound()
     assert!(r.is_intact(), "{r:#?}");
     rig.engine.shutdown().await;
 }
+
+/// A role with every privilege on the audit tables that does not own them (the role split
+/// docs/security.md describes): the triggers refuse its changes, and it cannot switch them
+/// off; the log verifies after.
+#[tokio::test]
+async fn a_role_that_does_not_own_the_audit_tables_cannot_change_them_or_lift_the_triggers() {
+    let (db, _) = chained_log().await;
+    let role = format!("jitsudo_it_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for s in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT ALL PRIVILEGES ON audit_events, audit_chain, audit_checkpoints TO {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    assert!(db.url.contains("://postgres@"), "{}", db.url);
+    let url = db.url.replace("://postgres@", &format!("://{role}@"));
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    for s in [
+        "UPDATE audit_events SET actor = 'mallory'",
+        "DELETE FROM audit_chain WHERE seq > 25",
+        "TRUNCATE audit_checkpoints CASCADE",
+    ] {
+        let e = sqlx::raw_sql(s).execute(&mut c).await.unwrap_err();
+        assert!(
+            e.to_string().contains("the audit log is append-only"),
+            "{s}: {e}"
+        );
+    }
+    for s in [
+        "ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only",
+        "DROP TRIGGER audit_chain_append_only ON audit_chain",
+        "SET session_replication_role = replica",
+    ] {
+        assert!(
+            sqlx::raw_sql(s).execute(&mut c).await.is_err(),
+            "{s} was allowed to a role that does not own the tables"
+        );
+    }
+    drop(c);
+    assert!(report(&db).await.is_intact());
+    for s in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}

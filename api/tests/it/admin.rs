@@ -518,15 +518,33 @@ async fn grpc_health_follows_readiness_through_a_database_outage_and_shutdown() 
             service: String::new(),
         })
         .await);
-    let stopping = tokio::spawn(async move { j.stop().await });
-    let mut last = None;
-    while let Ok(Some(m)) = watch.message().await {
-        last = Some(m.status);
-        if m.status == ServingStatus::NotServing as i32 {
-            break;
+    let stopping = tokio::spawn(async move { j.stop_keeping_data().await });
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(m)) = watch.message().await {
+            seen.push(m.status);
         }
-    }
-    assert_eq!(last, Some(ServingStatus::NotServing as i32));
-    stopping.await.unwrap().expect("clean stop");
+    })
+    .await;
+    assert!(ended.is_ok(), "the Watch stream ends at shutdown: {seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&(ServingStatus::NotServing as i32)),
+        "{seen:?}"
+    );
+    // The drain did not wait on the watcher: the engine stopped and let its shards go, so a
+    // successor takes them without waiting for leases to lapse.
+    let (served, left) = stopping.await.unwrap();
+    served.expect("clean stop");
+    let ttl = left.config.lease_ttl();
+    let successor = tokio::time::timeout(ttl, Server::build(left.config.clone(), None))
+        .await
+        .expect("the successor takes the shards at once: the first released them")
+        .expect("the successor builds");
+    tokio::time::timeout(Duration::from_secs(20), successor.serve(async {}))
+        .await
+        .expect("the successor stops")
+        .expect("clean stop");
+    drop(left);
     drop(db);
 }
