@@ -949,3 +949,44 @@ async fn rest_refuses_what_the_matrix_refuses_with_403_and_a_json_error() {
     assert_eq!(body["subject"], "alice");
     j.stop().await.expect("clean stop");
 }
+
+/// Attack: an admin writes, under a second login with the same verified email, the policy
+/// that auto-approves their own request. The same-person rule sees one person: the request
+/// is flagged for review and listed as needing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_written_under_a_second_login_is_self_benefit() {
+    let j = Jitsudo::start().await;
+    let second = j.token_for(
+        "alice-admin",
+        Some("Alice@Example.com"),
+        true,
+        &["jitsudo-admins"],
+    );
+    let mut admin = j.grpc_with(Some(&format!("Bearer {second}"))).policies;
+    ok(admin
+        .apply_policy(v1::ApplyPolicyRequest {
+            name: "approval".into(),
+            rego: APPROVAL.into(),
+        })
+        .await);
+    // Alice herself (alice@example.com, verified) asks for what that policy approves.
+    let r = j.create("alice", "demo", "viewer", 600).await;
+    let active = j.wait_state(&r.id, St::Active).await;
+    assert_eq!(
+        active.review_reason, "auto-approved by a policy its requester wrote",
+        "{active:?}"
+    );
+    let listed = ok(j
+        .grpc("erin")
+        .requests
+        .list_requests(v1::ListRequestsRequest {
+            needs_review: true,
+            ..Default::default()
+        })
+        .await);
+    assert!(listed.requests.iter().any(|x| x.id == r.id), "{listed:?}");
+    // Someone else's request under the same policy is not.
+    let other = j.create("bob", "demo", "viewer", 600).await;
+    assert_eq!(j.wait_state(&other.id, St::Active).await.review_reason, "");
+    j.stop().await.expect("clean stop");
+}
