@@ -1239,7 +1239,12 @@ async fn chain(s: &Settings, db: &BenchDb) -> Result<ChainResult> {
     let hash_secs = t.elapsed().as_secs_f64();
     std::hint::black_box(prev);
     let t = Instant::now();
-    let report = verify(store.as_ref(), Some(&key.verifying_key())).await?;
+    let report = verify(
+        store.as_ref(),
+        Some(&key.verifying_key()),
+        &jitsudo_actors::audit::VerifyOptions::default(),
+    )
+    .await?;
     let verify_secs = t.elapsed().as_secs_f64();
     Ok(ChainResult {
         events,

@@ -1001,8 +1001,9 @@ impl Engine {
     pub async fn verify_audit(
         &self,
         key: Option<&ed25519_dalek::VerifyingKey>,
+        options: &crate::audit::VerifyOptions,
     ) -> Result<types::VerifyReport, EngineError> {
-        Ok(crate::audit::verify(self.ctx.store.as_ref(), key).await?)
+        Ok(crate::audit::verify(self.ctx.store.as_ref(), key, options).await?)
     }
 
     /// Up to `limit` outbox rows that ran out of attempts, of one sink or of all.

@@ -290,8 +290,8 @@ handlers! {
         Rpc::EVAL_POLICY, None, |s, c| s.eval_policy(&c, m);
     query_audit(Params(m): v1::QueryAuditRequest) -> v1::QueryAuditResponse =
         Rpc::QUERY_AUDIT, None, |s, c| s.query_audit(&c, m);
-    verify_audit() -> v1::VerifyAuditResponse =
-        Rpc::VERIFY_AUDIT, None, |s, c| s.verify_audit(&c);
+    verify_audit(Body(m): v1::VerifyAuditRequest) -> v1::VerifyAuditResponse =
+        Rpc::VERIFY_AUDIT, None, |s, c| s.verify_audit(&c, m);
     whoami() -> v1::Principal =
         Rpc::WHO_AM_I, None, |s, c| async { Ok(s.who_am_i(&c)) };
     get_principal(Path(subject): String) -> v1::PrincipalRecord =

@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod login;
 mod output;
+mod pins;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -202,6 +202,125 @@ pub fn verify_checkpoint(
         .is_ok()
 }
 
+/// A point of the log a verifier already trusts: the log must still contain it, with the
+/// same hash. This is how a rewrite that recomputes the (public, unkeyed) chain and deletes
+/// the checkpoints that no longer match is caught, as transparency-log clients catch a
+/// forked log: by remembering what they saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub kind: AnchorKind,
+    pub seq: i64,
+    pub hash: [u8; 32],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnchorKind {
+    /// The newest checkpoint an earlier verification found intact.
+    PinnedCheckpoint,
+    /// A checkpoint held from elsewhere (a sink's `audit.checkpoint` notice).
+    GivenCheckpoint,
+    /// The last chain entry an earlier verification saw.
+    SeenEntry,
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            AnchorKind::PinnedCheckpoint => write!(f, "pinned checkpoint {}", self.seq),
+            AnchorKind::GivenCheckpoint => write!(f, "the given checkpoint {}", self.seq),
+            AnchorKind::SeenEntry => {
+                write!(
+                    f,
+                    "chain entry {} seen by an earlier verification",
+                    self.seq
+                )
+            }
+        }
+    }
+}
+
+impl Anchor {
+    /// What is wrong with a log against this anchor, if anything. `chain_length` is the
+    /// log's last sequence number, `verified_through` how far the chain verified from
+    /// genesis, and `hash_there` the hash the verifier computed at the anchor's `seq`.
+    pub fn problem(
+        &self,
+        chain_length: i64,
+        verified_through: i64,
+        hash_there: Option<&[u8; 32]>,
+    ) -> Option<String> {
+        match hash_there {
+            Some(h) if h == &self.hash => None,
+            Some(_) => Some(format!(
+                "the log disagrees with {self}: the chain's hash there is different, so entries up to {} were rewritten or replaced",
+                self.seq
+            )),
+            None if chain_length < self.seq => Some(format!(
+                "the log ends at entry {chain_length}, before {self}: entries were removed from its end"
+            )),
+            None if verified_through < self.seq => Some(format!(
+                "{self} could not be checked: the chain breaks before it (at entry {})",
+                verified_through + 1
+            )),
+            None => Some(format!(
+                "{self}: no hash was computed at entry {}",
+                self.seq
+            )),
+        }
+    }
+
+    pub fn from_v1(a: &crate::v1::Anchor) -> Result<Anchor, String> {
+        use crate::v1::anchor::Kind;
+        let kind = match Kind::try_from(a.kind) {
+            Ok(Kind::PinnedCheckpoint) => AnchorKind::PinnedCheckpoint,
+            Ok(Kind::GivenCheckpoint) => AnchorKind::GivenCheckpoint,
+            Ok(Kind::SeenEntry) => AnchorKind::SeenEntry,
+            _ => return Err(format!("anchor {}: kind is not set", a.seq)),
+        };
+        if a.seq < 1 {
+            return Err(format!("anchor {}: seq starts at 1", a.seq));
+        }
+        let hash: [u8; 32] = a.hash.as_slice().try_into().map_err(|_| {
+            format!(
+                "anchor {}: the hash is {} bytes, not 32",
+                a.seq,
+                a.hash.len()
+            )
+        })?;
+        Ok(Anchor {
+            kind,
+            seq: a.seq,
+            hash,
+        })
+    }
+
+    pub fn to_v1(&self) -> crate::v1::Anchor {
+        use crate::v1::anchor::Kind;
+        crate::v1::Anchor {
+            kind: match self.kind {
+                AnchorKind::PinnedCheckpoint => Kind::PinnedCheckpoint,
+                AnchorKind::GivenCheckpoint => Kind::GivenCheckpoint,
+                AnchorKind::SeenEntry => Kind::SeenEntry,
+            } as i32,
+            seq: self.seq,
+            hash: self.hash.to_vec(),
+        }
+    }
+}
+
+/// Why a log that must be covered by a signed checkpoint is not, if it is not.
+/// `verifying` says whether a key to check signatures with is at hand.
+pub fn missing_checkpoint(verifying: bool, valid_checkpoints: usize) -> Option<String> {
+    if !verifying {
+        return Some(
+            "no key to check checkpoints with: the server signs none (set audit.signing_key) — pass --public-key, or --require-checkpoint=false to accept the chain alone".into(),
+        );
+    }
+    (valid_checkpoints == 0).then(|| {
+        "no signed checkpoint covers the log: the first is signed within checkpoint_interval_seconds of the first event — wait for it, or pass --require-checkpoint=false to accept the chain alone".into()
+    })
+}
+
 /// A key id: the first 8 bytes of SHA-256 of the public key, hex.
 pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
@@ -225,6 +344,57 @@ mod tests {
     }
 
     /// The fixed test vector: changing the encoding breaks every stored chain.
+    #[test]
+    fn an_anchor_names_what_the_log_no_longer_agrees_with() {
+        let a = Anchor {
+            kind: AnchorKind::PinnedCheckpoint,
+            seq: 12,
+            hash: [1; 32],
+        };
+        assert_eq!(a.problem(20, 20, Some(&[1; 32])), None);
+        let rewritten = a.problem(20, 20, Some(&[2; 32])).unwrap();
+        assert!(
+            rewritten.starts_with("the log disagrees with pinned checkpoint 12"),
+            "{rewritten}"
+        );
+        let short = a.problem(9, 9, None).unwrap();
+        assert!(
+            short.starts_with("the log ends at entry 9, before pinned checkpoint 12"),
+            "{short}"
+        );
+        let broken = a.problem(20, 4, None).unwrap();
+        assert!(broken.contains("breaks before it (at entry 5)"), "{broken}");
+        let seen = Anchor {
+            kind: AnchorKind::SeenEntry,
+            ..a.clone()
+        };
+        assert!(
+            seen.problem(3, 3, None)
+                .unwrap()
+                .contains("chain entry 12 seen by an earlier verification")
+        );
+        assert_eq!(Anchor::from_v1(&a.to_v1()), Ok(a.clone()));
+        let bad = crate::v1::Anchor {
+            hash: vec![0; 31],
+            ..a.to_v1()
+        };
+        assert_eq!(
+            Anchor::from_v1(&bad).unwrap_err(),
+            "anchor 12: the hash is 31 bytes, not 32"
+        );
+        assert!(missing_checkpoint(true, 1).is_none());
+        assert!(
+            missing_checkpoint(true, 0)
+                .unwrap()
+                .contains("no signed checkpoint covers the log")
+        );
+        assert!(
+            missing_checkpoint(false, 3)
+                .unwrap()
+                .contains("--public-key")
+        );
+    }
+
     #[test]
     fn canonical_encoding_matches_the_published_test_vector() {
         let e = vector_event();

@@ -10,7 +10,7 @@ pub use keys::{
     AuditKeyError, generate_signing_key, load_signing_key, load_verifying_key, public_key_pem,
 };
 pub use sequencer::{AuditSequencer, SequencerArgs, SequencerHandle};
-pub use verify::{CheckpointProblem, Truncation, VerifyReport, verify};
+pub use verify::{CheckpointProblem, Truncation, VerifyOptions, VerifyReport, verify};
 
 use crate::store::AuditEvent;
 

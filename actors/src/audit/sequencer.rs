@@ -196,7 +196,7 @@ impl SequencerState {
             signature: signature.to_vec(),
         };
         let payload = json!({
-            "seq": seq, "hash": hex::encode(hash), "at": at, "key_id": cp.key_id, "signature": hex::encode(signature),
+            "seq": seq, "hash": hex::encode(hash), "at": at, "at_micros": at.timestamp_micros(), "key_id": cp.key_id, "signature": hex::encode(signature),
         })
         .to_string();
         let outbox: Vec<OutboxRow> = self

@@ -1,10 +1,14 @@
 //! `verify`: walks the whole chain and reports everything that is wrong with the log: the
 //! first broken link, checkpoints that do not match the chain or their signature, a chain
 //! that stops before its last checkpoint, gaps in request versions, events after the last
-//! checkpoint, and how many events are still unchained and how old the oldest is.
+//! checkpoint, and how many events are still unchained and how old the oldest is. Against
+//! anchors (points the caller already trusts) it says where the log no longer agrees, and
+//! with `require_checkpoint` it refuses a log that no signed checkpoint covers.
 
 use ed25519_dalek::VerifyingKey;
-use jitsudo_proto::audit::{BrokenLink, ChainLink, ChainVerifier, key_id, verify_checkpoint};
+use jitsudo_proto::audit::{
+    Anchor, BrokenLink, ChainLink, ChainVerifier, key_id, missing_checkpoint, verify_checkpoint,
+};
 use serde::Serialize;
 
 use super::record;
@@ -39,6 +43,17 @@ pub struct VerifyReport {
     pub version_gaps: Vec<(String, i64, Vec<i64>)>,
     pub unchained: i64,
     pub oldest_unchained_age_seconds: Option<f64>,
+    /// One sentence per anchor the log no longer agrees with.
+    pub anchor_problems: Vec<String>,
+    /// Why no signed checkpoint covers the log, when one was required.
+    pub missing_checkpoint: Option<String>,
+}
+
+/// What the caller already trusts and demands of the log.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    pub anchors: Vec<Anchor>,
+    pub require_checkpoint: bool,
 }
 
 impl VerifyReport {
@@ -49,13 +64,19 @@ impl VerifyReport {
             && self.checkpoint_problems.is_empty()
             && self.truncated.is_none()
             && self.version_gaps.is_empty()
+            && self.anchor_problems.is_empty()
+            && self.missing_checkpoint.is_none()
     }
 }
 
 const PAGE: u32 = 5000;
 
 /// Verifies the whole log. With `key`, checkpoint signatures are checked too.
-pub async fn verify(store: &dyn Store, key: Option<&VerifyingKey>) -> StoreResult<VerifyReport> {
+pub async fn verify(
+    store: &dyn Store,
+    key: Option<&VerifyingKey>,
+    options: &VerifyOptions,
+) -> StoreResult<VerifyReport> {
     let checkpoints = store.checkpoints().await?;
     let mut v = ChainVerifier::default();
     let mut broken: Option<BrokenLink> = None;
@@ -81,7 +102,9 @@ pub async fn verify(store: &dyn Store, key: Option<&VerifyingKey>) -> StoreResul
                 broken = Some(b);
                 continue;
             }
-            if checkpoints.iter().any(|c| c.seq == row.seq) {
+            if checkpoints.iter().any(|c| c.seq == row.seq)
+                || options.anchors.iter().any(|a| a.seq == row.seq)
+            {
                 cp_hashes.push((row.seq, v.last_hash()));
             }
         }
@@ -90,7 +113,9 @@ pub async fn verify(store: &dyn Store, key: Option<&VerifyingKey>) -> StoreResul
         }
     }
     let mut problems = Vec::new();
+    let mut valid = 0usize;
     for cp in &checkpoints {
+        let before = problems.len();
         let verified = cp_hashes.iter().find(|(s, _)| *s == cp.seq);
         match verified {
             Some((_, h)) if h.as_slice() != cp.hash.as_slice() => {
@@ -123,7 +148,22 @@ pub async fn verify(store: &dyn Store, key: Option<&VerifyingKey>) -> StoreResul
                 });
             }
         }
+        if problems.len() == before && cp.seq <= v.last_seq() {
+            valid += 1;
+        }
     }
+    let anchor_problems = options
+        .anchors
+        .iter()
+        .filter_map(|a| {
+            let there = cp_hashes.iter().find(|(s, _)| *s == a.seq).map(|(_, h)| h);
+            a.problem(chain_length, v.last_seq(), there)
+        })
+        .collect();
+    let missing = options
+        .require_checkpoint
+        .then(|| missing_checkpoint(key.is_some(), valid))
+        .flatten();
     let last_cp = checkpoints.last().map(|c| c.seq);
     let truncated = match last_cp {
         Some(cp) if cp > chain_length => Some(Truncation {
@@ -152,5 +192,7 @@ pub async fn verify(store: &dyn Store, key: Option<&VerifyingKey>) -> StoreResul
         oldest_unchained_age_seconds: stats
             .oldest_unchained_at
             .map(|t| ((stats.db_now - t).num_milliseconds() as f64 / 1000.0).max(0.0)),
+        anchor_problems,
+        missing_checkpoint: missing,
     })
 }

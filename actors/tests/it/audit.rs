@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
-use jitsudo_actors::audit::{SequencerArgs, SequencerHandle, VerifyReport, verify};
+use jitsudo_actors::audit::{SequencerArgs, SequencerHandle, VerifyOptions, VerifyReport, verify};
 use jitsudo_actors::config::AuditConfig;
 use jitsudo_actors::domain::{self, Decider, Event, Principal, RequestId, Rules};
 use jitsudo_actors::stats::ActorRegistry;
 use jitsudo_actors::store::{SharedStore, Write};
+use jitsudo_proto::audit::{Anchor, AnchorKind};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -126,9 +127,13 @@ async fn wait_checkpoint(store: &SharedStore, seq: i64) {
 }
 
 async fn report(db: &Db) -> VerifyReport {
-    verify(db.store.as_ref(), Some(&key().verifying_key()))
-        .await
-        .unwrap()
+    verify(
+        db.store.as_ref(),
+        Some(&key().verifying_key()),
+        &VerifyOptions::default(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Tampering as an attacker who owns the tables (or is superuser) can: past the
@@ -371,13 +376,157 @@ async fn a_forged_or_mismatched_checkpoint_is_reported() {
     assert_eq!(r.checkpoint_problems[0].seq, forged);
     assert!(r.checkpoint_problems[0].problem.contains("signature"));
     let other = SigningKey::from_bytes(&[1u8; 32]).verifying_key();
-    let r = verify(db.store.as_ref(), Some(&other)).await.unwrap();
+    let r = verify(db.store.as_ref(), Some(&other), &VerifyOptions::default())
+        .await
+        .unwrap();
     assert!(!r.checkpoint_problems.is_empty());
     assert!(
         r.checkpoint_problems
             .iter()
             .all(|p| p.problem.contains("another key"))
     );
+}
+
+/// The careful rewrite: edit the event at `from`, recompute the (public, unkeyed) chain from
+/// there to its end, and delete every checkpoint that no longer matches it.
+async fn rewrite_from(db: &Db, from: i64) {
+    let page = db.store.chain_page(0, 1000).await.unwrap();
+    let mut prev = jitsudo_proto::audit::GENESIS;
+    let mut statements = vec![format!("DELETE FROM audit_checkpoints WHERE seq >= {from}")];
+    for (row, event) in page {
+        let mut rec = jitsudo_actors::audit::record(event.as_ref().unwrap());
+        if row.seq == from {
+            rec.details.push(' ');
+            statements.push(format!(
+                "UPDATE audit_events SET details = details || ' ' WHERE id = '{}'",
+                row.event_id
+            ));
+        }
+        let hash = jitsudo_proto::audit::chain_hash(&prev, &rec);
+        if row.seq >= from {
+            statements.push(format!(
+                "UPDATE audit_chain SET prev_hash = '\\x{}', hash = '\\x{}' WHERE seq = {}",
+                hex::encode(prev),
+                hex::encode(hash),
+                row.seq
+            ));
+        }
+        prev = hash;
+    }
+    sql(db, &statements).await;
+}
+
+async fn verify_with(db: &Db, anchors: Vec<Anchor>, require_checkpoint: bool) -> VerifyReport {
+    let options = VerifyOptions {
+        anchors,
+        require_checkpoint,
+    };
+    verify(db.store.as_ref(), Some(&key().verifying_key()), &options)
+        .await
+        .unwrap()
+}
+
+fn pinned(cp: &jitsudo_actors::store::Checkpoint, kind: AnchorKind) -> Anchor {
+    Anchor {
+        kind,
+        seq: cp.seq,
+        hash: cp.hash.as_slice().try_into().unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_rewritten_log_with_a_recomputed_chain_verifies_alone_but_not_against_its_pin() {
+    let (db, _) = chained_log().await;
+    let newest = db.store.checkpoints().await.unwrap().pop().unwrap();
+    let pin = pinned(&newest, AnchorKind::PinnedCheckpoint);
+    assert!(verify_with(&db, vec![pin.clone()], true).await.is_intact());
+
+    rewrite_from(&db, 17).await;
+    let alone = verify_with(&db, vec![], true).await;
+    assert!(
+        alone.is_intact(),
+        "the careful rewrite is what a pin exists for: {alone:#?}"
+    );
+    let r = verify_with(&db, vec![pin], true).await;
+    assert!(!r.is_intact());
+    assert_eq!(r.anchor_problems.len(), 1, "{r:#?}");
+    assert!(
+        r.anchor_problems[0].starts_with("the log disagrees with pinned checkpoint 30"),
+        "{r:#?}"
+    );
+    // The same from a checkpoint received through a sink.
+    let given = pinned(&newest, AnchorKind::GivenCheckpoint);
+    let r = verify_with(&db, vec![given], false).await;
+    assert!(
+        r.anchor_problems[0].contains("the given checkpoint 30"),
+        "{r:#?}"
+    );
+}
+
+#[tokio::test]
+async fn truncation_is_caught_by_the_pinned_checkpoint_or_the_entry_last_seen() {
+    let (db, _) = chained_log().await;
+    let cps = db.store.checkpoints().await.unwrap();
+    let newest = cps.last().unwrap();
+    let older = cps.iter().rev().find(|c| c.seq < 28).unwrap();
+    let head = db.store.chain_page(29, 1).await.unwrap()[0].0.clone();
+    let seen = Anchor {
+        kind: AnchorKind::SeenEntry,
+        seq: head.seq,
+        hash: head.hash.as_slice().try_into().unwrap(),
+    };
+    // Pinned at the older checkpoint, the verifier saw entry 30: cutting 28–30 (after the
+    // pinned checkpoint, with the newer checkpoints gone) is caught by the entry it saw.
+    let pin = pinned(older, AnchorKind::PinnedCheckpoint);
+    sql(
+        &db,
+        &[
+            "DELETE FROM audit_checkpoints WHERE seq >= 28".into(),
+            "DELETE FROM audit_chain WHERE seq >= 28".into(),
+        ],
+    )
+    .await;
+    let alone = verify_with(&db, vec![pin.clone()], true).await;
+    assert!(alone.is_intact(), "{alone:#?}");
+    let r = verify_with(&db, vec![pin, seen], true).await;
+    assert_eq!(r.anchor_problems.len(), 1, "{r:#?}");
+    assert!(
+        r.anchor_problems[0].starts_with("the log ends at entry 27, before chain entry 30 seen"),
+        "{r:#?}"
+    );
+    // Pinned at the newest checkpoint (30): the cut is before it.
+    let r = verify_with(
+        &db,
+        vec![pinned(newest, AnchorKind::PinnedCheckpoint)],
+        true,
+    )
+    .await;
+    assert!(
+        r.anchor_problems[0].starts_with("the log ends at entry 27, before pinned checkpoint 30"),
+        "{r:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_log_no_signed_checkpoint_covers_fails_when_one_is_required() {
+    let (db, _) = chained_log().await;
+    sql(&db, &["DELETE FROM audit_checkpoints".into()]).await;
+    assert!(verify_with(&db, vec![], false).await.is_intact());
+    let r = verify_with(&db, vec![], true).await;
+    assert!(!r.is_intact());
+    assert!(
+        r.missing_checkpoint
+            .as_deref()
+            .is_some_and(|m| m.starts_with("no signed checkpoint covers the log")),
+        "{r:#?}"
+    );
+    // Without a key nothing can be checked: required means refused.
+    let options = VerifyOptions {
+        anchors: vec![],
+        require_checkpoint: true,
+    };
+    let r = verify(db.store.as_ref(), None, &options).await.unwrap();
+    assert!(r.missing_checkpoint.unwrap().contains("signs none"));
 }
 
 #[tokio::test]
@@ -424,7 +573,9 @@ async fn every_transition_of_a_request_is_chained_by_the_engine_within_a_bound()
             e.kind
         );
     }
-    let r = verify(rig.store.as_ref(), None).await.unwrap();
+    let r = verify(rig.store.as_ref(), None, &VerifyOptions::default())
+        .await
+        .unwrap();
     assert!(r.is_intact(), "{r:#?}");
     rig.engine.shutdown().await;
 }

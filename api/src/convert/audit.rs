@@ -115,5 +115,7 @@ pub fn verify_report(r: &VerifyReport) -> v1::VerifyAuditResponse {
             .collect(),
         unchained: r.unchained,
         oldest_unchained_age_seconds: r.oldest_unchained_age_seconds.unwrap_or(0.0),
+        anchor_problems: r.anchor_problems.clone(),
+        missing_checkpoint: r.missing_checkpoint.clone().unwrap_or_default(),
     }
 }

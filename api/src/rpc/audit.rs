@@ -84,11 +84,32 @@ impl AppState {
         ))
     }
 
-    pub async fn verify_audit(&self, c: &Caller) -> Result<v1::VerifyAuditResponse, ApiError> {
+    pub async fn verify_audit(
+        &self,
+        c: &Caller,
+        m: v1::VerifyAuditRequest,
+    ) -> Result<v1::VerifyAuditResponse, ApiError> {
         c.require_admin_or_auditor("verifying the audit log")?;
+        const MAX_ANCHORS: usize = 100;
+        if m.anchors.len() > MAX_ANCHORS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_ANCHORS} anchors, not {}",
+                m.anchors.len()
+            )));
+        }
+        let anchors = m
+            .anchors
+            .iter()
+            .map(jitsudo_proto::audit::Anchor::from_v1)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::invalid)?;
+        let options = jitsudo_actors::audit::VerifyOptions {
+            anchors,
+            require_checkpoint: m.require_checkpoint,
+        };
         let report = self
             .engine
-            .verify_audit(self.verifying_key.as_ref())
+            .verify_audit(self.verifying_key.as_ref(), &options)
             .await?;
         Ok(convert::audit::verify_report(&report))
     }
@@ -109,8 +130,8 @@ impl AuditService for Api {
         &self,
         req: Request<v1::VerifyAuditRequest>,
     ) -> Result<Response<v1::VerifyAuditResponse>, Status> {
-        rpc!(self, Rpc::VERIFY_AUDIT, req, |state, c, _m| state
-            .verify_audit(&c)
+        rpc!(self, Rpc::VERIFY_AUDIT, req, |state, c, m| state
+            .verify_audit(&c, m)
             .await)
     }
 }

@@ -389,7 +389,11 @@ async fn call(j: &Jitsudo, op: Op, role: Role, t: &Target) -> Result<(), Status>
         ),
         Op::ReloadPolicies => unit(g.admin.reload_policies(v1::ReloadPoliciesRequest {}).await),
         Op::QueryAudit => unit(g.audit.query_audit(v1::QueryAuditRequest::default()).await),
-        Op::VerifyAudit => unit(g.audit.verify_audit(v1::VerifyAuditRequest {}).await),
+        Op::VerifyAudit => unit(
+            g.audit
+                .verify_audit(v1::VerifyAuditRequest::default())
+                .await,
+        ),
         Op::WhoAmI => unit(g.principals.who_am_i(v1::WhoAmIRequest {}).await),
         Op::GetOwnPrincipal => unit(
             g.principals
@@ -877,7 +881,9 @@ async fn a_flood_of_refusals_is_audited_five_at_a_time_per_person_and_minute() {
     let mut mallory = j.grpc("mallory").audit;
     for _ in 0..8 {
         refused(
-            mallory.verify_audit(v1::VerifyAuditRequest {}).await,
+            mallory
+                .verify_audit(v1::VerifyAuditRequest::default())
+                .await,
             Code::PermissionDenied,
         );
     }
@@ -892,7 +898,7 @@ async fn a_flood_of_refusals_is_audited_five_at_a_time_per_person_and_minute() {
     refused(
         j.grpc("alice")
             .audit
-            .verify_audit(v1::VerifyAuditRequest {})
+            .verify_audit(v1::VerifyAuditRequest::default())
             .await,
         Code::PermissionDenied,
     );

@@ -375,7 +375,7 @@ async fn the_audit_chain_verifies_on_the_client_and_on_the_server() {
     // Chaining and checkpoints run behind the writes: wait until both have caught up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let report = loop {
-        let r = ok(erin.verify_audit(v1::VerifyAuditRequest {}).await);
+        let r = ok(erin.verify_audit(v1::VerifyAuditRequest::default()).await);
         if r.unchained == 0 && r.checkpoints > 0 && r.last_checkpoint_seq > 0 {
             break r;
         }
@@ -470,6 +470,59 @@ async fn the_audit_chain_verifies_on_the_client_and_on_the_server() {
     let (status, body) = rest.post("/api/v1/audit/verify", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["intact"], true, "{body}");
+
+    // Anchors: the server checks what the caller already trusts, as the CLI does.
+    let cp = checkpoints.last().expect("a checkpoint");
+    let anchor = |hash: Vec<u8>| v1::Anchor {
+        kind: v1::anchor::Kind::PinnedCheckpoint as i32,
+        seq: cp.seq,
+        hash,
+    };
+    let held = ok(erin
+        .verify_audit(v1::VerifyAuditRequest {
+            anchors: vec![anchor(cp.hash.clone())],
+            require_checkpoint: true,
+        })
+        .await);
+    assert!(held.intact && held.anchor_problems.is_empty(), "{held:?}");
+    assert!(held.missing_checkpoint.is_empty(), "{held:?}");
+    let forked = ok(erin
+        .verify_audit(v1::VerifyAuditRequest {
+            anchors: vec![anchor(vec![9; 32])],
+            require_checkpoint: true,
+        })
+        .await);
+    assert!(!forked.intact);
+    assert_eq!(
+        forked.anchor_problems,
+        [format!(
+            "the log disagrees with pinned checkpoint {}: the chain's hash there is different, so entries up to {} were rewritten or replaced",
+            cp.seq, cp.seq
+        )]
+    );
+    let bad = erin
+        .verify_audit(v1::VerifyAuditRequest {
+            anchors: vec![anchor(vec![9; 31])],
+            require_checkpoint: false,
+        })
+        .await
+        .expect_err("a malformed anchor is refused");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("not 32"), "{}", bad.message());
+    let (status, body) = rest
+        .post(
+            "/api/v1/audit/verify",
+            json!({"anchors": [{"kind": "KIND_PINNED_CHECKPOINT", "seq": cp.seq, "hash": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32])}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("intact").is_none(), "false is left out: {body}");
+    assert!(
+        body["anchorProblems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("disagrees")),
+        "{body}"
+    );
     j.stop().await.expect("clean stop");
 }
 

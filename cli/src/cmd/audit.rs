@@ -9,12 +9,16 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey as _;
-use jitsudo_proto::audit::{AuditRecord, ChainLink, ChainVerifier, key_id, verify_checkpoint};
+use jitsudo_proto::audit::{
+    Anchor, AnchorKind, AuditRecord, ChainLink, ChainVerifier, key_id, missing_checkpoint,
+    verify_checkpoint,
+};
 use jitsudo_proto::v1;
 
 use crate::app::App;
 use crate::error::{CliError, CliResult, Exit};
 use crate::output::{Out, details, local_time, parse_duration, table};
+use crate::pins::{Pin, PinFile, SeenEntry, SignedCheckpoint};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -53,12 +57,30 @@ pub struct AuditArgs {
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Verify the whole chain here, on this machine, and report what is wrong.
-    Verify {
-        /// The PEM public key that signs checkpoints (from `jitsudod audit-key`). Without
-        /// it the server's key is used, which proves less: say so in reports.
-        #[arg(long)]
-        public_key: Option<PathBuf>,
-    },
+    ///
+    /// An intact log is pinned: its newest signed checkpoint and last entry are kept (per
+    /// server, in the state dir, or in --pin FILE), and the next verification fails if the
+    /// log no longer contains them — a rewritten, recomputed or shortened log.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The PEM public key that signs checkpoints (from `jitsudod audit-key`). Without
+    /// it the server's key is used, which proves less: say so in reports.
+    #[arg(long)]
+    pub public_key: Option<PathBuf>,
+    /// Fail a log that no signed checkpoint covers [default: on with --public-key].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub require_checkpoint: Option<bool>,
+    /// Keep the pin in FILE (created on first use) instead of the CLI's state dir: an
+    /// auditor's own record of what the log was.
+    #[arg(long, value_name = "FILE")]
+    pub pin: Option<PathBuf>,
+    /// A checkpoint received through a sink (the audit.checkpoint notice or the webhook
+    /// body carrying it, JSON): the log must still contain it.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
 }
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
@@ -81,8 +103,8 @@ fn ts(t: chrono::DateTime<chrono::Utc>) -> pbjson_types::Timestamp {
 }
 
 pub async fn audit(app: &App, a: AuditArgs) -> CliResult<ExitCode> {
-    if let Some(AuditCommand::Verify { public_key }) = a.verify {
-        return verify(app, public_key).await;
+    if let Some(AuditCommand::Verify(v)) = a.verify {
+        return verify(app, v).await;
     }
     if !(1..=1000).contains(&a.limit) {
         return Err(CliError::usage("--limit is between 1 and 1000"));
@@ -170,8 +192,20 @@ fn record(e: &v1::AuditEvent) -> Option<AuditRecord> {
 
 const PAGE: u32 = 1000;
 
-async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
+async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
     let api = app.api().await?;
+    let public_key = args.public_key;
+    let require = args.require_checkpoint.unwrap_or(public_key.is_some());
+    let pins = match &args.pin {
+        Some(path) => PinFile::Own(path.clone()),
+        None => PinFile::State(app.paths.state_dir.join("audit-pins.json")),
+    };
+    let pin = pins.load(&api.server)?;
+    let given = args
+        .checkpoint
+        .as_deref()
+        .map(SignedCheckpoint::read)
+        .transpose()?;
     let mut key: Option<VerifyingKey> = match &public_key {
         Some(path) => {
             let pem = std::fs::read_to_string(path).map_err(|e| {
@@ -186,6 +220,17 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
         }
         None => None,
     };
+    let mut anchor_seqs: Vec<i64> = pin
+        .iter()
+        .flat_map(|p| {
+            p.checkpoint
+                .iter()
+                .map(|c| c.seq)
+                .chain(p.seen.iter().map(|s| s.seq))
+        })
+        .chain(given.iter().map(|g| g.seq))
+        .collect();
+    anchor_seqs.sort_unstable();
     let mut verifier = ChainVerifier::default();
     let mut broken: Option<jitsudo_proto::audit::BrokenLink> = None;
     let mut chain_length = 0i64;
@@ -228,7 +273,9 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
                 broken = Some(b);
                 continue;
             }
-            if checkpoints.iter().any(|cp| cp.seq == c.seq) {
+            if checkpoints.iter().any(|cp| cp.seq == c.seq)
+                || anchor_seqs.binary_search(&c.seq).is_ok()
+            {
                 hashes_at.insert(c.seq, verifier.last_hash());
             }
             if let Some(r) = &rec
@@ -246,8 +293,27 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
         key = VerifyingKey::from_public_key_pem(&server_key_pem).ok();
         key_note = "checkpoint signatures checked with the key the server sent — pass --public-key to check against your own copy".into();
     }
+    // What this verifier already trusts: its pin, and a checkpoint it holds from a sink.
+    let mut anchors: Vec<Anchor> = match &pin {
+        Some(p) => p.anchors(
+            key.as_ref(),
+            &format!("the pin in {}", pins.path().display()),
+        )?,
+        None => Vec::new(),
+    };
+    if let (Some(g), Some(path)) = (&given, &args.checkpoint) {
+        let what = format!("--checkpoint {}", path.display());
+        let k = key.as_ref().ok_or_else(|| {
+            CliError::usage(format!(
+                "{what}: no key to check its signature with — pass --public-key"
+            ))
+        })?;
+        anchors.push(g.anchor(k, AnchorKind::GivenCheckpoint, &what)?);
+    }
     let mut problems = Vec::new();
+    let mut newest_valid: Option<&v1::Checkpoint> = None;
     for cp in &checkpoints {
+        let before = problems.len();
         match hashes_at.get(&cp.seq) {
             Some(h) if h.as_slice() != cp.hash.as_slice() => problems.push(format!(
                 "checkpoint {}: its hash differs from the chain's",
@@ -276,7 +342,19 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
                 ));
             }
         }
+        if key.is_some() && problems.len() == before && cp.seq <= verifier.last_seq() {
+            newest_valid = Some(cp);
+        }
     }
+    let anchor_problems: Vec<String> = anchors
+        .iter()
+        .filter_map(|a| a.problem(chain_length, verifier.last_seq(), hashes_at.get(&a.seq)))
+        .collect();
+    let missing = if require {
+        missing_checkpoint(key.is_some(), usize::from(newest_valid.is_some()))
+    } else {
+        None
+    };
     let last_cp = checkpoints.iter().map(|c| c.seq).max().unwrap_or(0);
     // Versions of one request, as far as they are chained, must run 1, 2, 3, … without a hole.
     let mut gaps = Vec::new();
@@ -293,11 +371,14 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
             });
         }
     }
-    // What is not chained yet only the server can count.
+    // What is not chained yet only the server can count; it is asked the same question.
     let server = api
         .audit
         .clone()
-        .verify_audit(v1::VerifyAuditRequest {})
+        .verify_audit(v1::VerifyAuditRequest {
+            anchors: anchors.iter().map(Anchor::to_v1).collect(),
+            require_checkpoint: require,
+        })
         .await
         .map_err(|s| api.err(s))?
         .into_inner();
@@ -305,7 +386,9 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
         intact: broken.is_none()
             && problems.is_empty()
             && last_cp <= chain_length
-            && gaps.is_empty(),
+            && gaps.is_empty()
+            && anchor_problems.is_empty()
+            && missing.is_none(),
         chain_length,
         verified_through: verifier.last_seq(),
         first_broken_seq: broken.as_ref().map(|b| b.seq()).unwrap_or(0),
@@ -322,6 +405,8 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
         version_gaps: gaps,
         unchained: server.unchained,
         oldest_unchained_age_seconds: server.oldest_unchained_age_seconds,
+        anchor_problems,
+        missing_checkpoint: missing.unwrap_or_default(),
     };
     if !key_note.is_empty() {
         app.out.note(format!("note: {key_note}"));
@@ -342,14 +427,38 @@ async fn verify(app: &App, public_key: Option<PathBuf>) -> CliResult<ExitCode> {
         ));
     }
     app.out.emit(&report, |_| verify_table(&report))?;
-    if report.intact {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        Err(CliError::new(
+    if !report.intact {
+        return Err(CliError::new(
             Exit::Failure,
             "the audit log is NOT intact — see the report above",
-        ))
+        ));
     }
+    if chain_length > 0 {
+        let signed = newest_valid.map(|cp| SignedCheckpoint {
+            seq: cp.seq,
+            hash: hex::encode(&cp.hash),
+            at: None,
+            at_micros: Some(cp.at_micros),
+            key_id: cp.key_id.clone(),
+            signature: hex::encode(&cp.signature),
+        });
+        let seen = SeenEntry {
+            seq: verifier.last_seq(),
+            hash: hex::encode(verifier.last_hash()),
+        };
+        let next = Pin::advanced(pin.as_ref(), &api.server, signed, seen);
+        pins.save(&next)?;
+        app.out.note(format!(
+            "pinned {}entry {} in {}",
+            next.checkpoint
+                .as_ref()
+                .map(|c| format!("checkpoint {} and ", c.seq))
+                .unwrap_or_default(),
+            next.seen.as_ref().map(|s| s.seq).unwrap_or(0),
+            pins.path().display()
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn verify_table(r: &v1::VerifyAuditResponse) -> String {
@@ -392,6 +501,12 @@ pub fn verify_table(r: &v1::VerifyAuditResponse) -> String {
     ];
     for p in &r.checkpoint_problems {
         rows.push(("Checkpoint problem", p.clone()));
+    }
+    for p in &r.anchor_problems {
+        rows.push(("Pin problem", p.clone()));
+    }
+    if !r.missing_checkpoint.is_empty() {
+        rows.push(("Checkpoint required", r.missing_checkpoint.clone()));
     }
     for g in &r.version_gaps {
         rows.push((

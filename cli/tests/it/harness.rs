@@ -37,15 +37,26 @@ impl Jitsudod {
     pub fn dev() -> Jitsudod {
         init();
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::dev_in(dir, jitsudo_testkit::free_port(), |_| {})
+    }
+
+    /// As [`Jitsudod::dev`], on the data dir `dir` (a copy of another server's, say) and
+    /// `port`, with a last say over the configuration.
+    pub fn dev_in(
+        dir: tempfile::TempDir,
+        port: u16,
+        tune: impl FnOnce(&mut Config) + Send + 'static,
+    ) -> Jitsudod {
+        init();
         let data = dir.path().to_path_buf();
-        let port = jitsudo_testkit::free_port();
         Self::spawn(dir, None, None, move || {
             Box::pin(async move {
                 let mut config = Config::default();
                 config.server.listen = SocketAddr::from(([127, 0, 0, 1], port));
                 config.server.shutdown_grace_seconds = 1;
-                let (config, extras) =
+                let (mut config, extras) =
                     jitsudo_api::dev::prepare(config, &data).expect("dev mode prepares");
+                tune(&mut config);
                 let server = Server::build(config, Some(extras))
                     .await
                     .expect("jitsudod --dev builds");
@@ -55,6 +66,18 @@ impl Jitsudod {
                 (server, None)
             })
         })
+    }
+
+    /// Stops the server and hands back its data dir (its SQLite database and keys).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// A production-mode jitsudod: PostgreSQL, TLS with its own CA, an OpenID issuer on

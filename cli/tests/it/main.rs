@@ -1,5 +1,6 @@
 //! End-to-end tests of the `jitsudo` binary against a real jitsudod.
 
+mod audit_pins;
 mod aws;
 mod dev;
 mod device_flow;
