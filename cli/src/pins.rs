@@ -121,7 +121,8 @@ pub struct Pin {
 
 impl Pin {
     /// The anchors this pin demands of the log. The pinned checkpoint's signature is
-    /// checked again when a key is at hand (a pin file edited by hand is refused).
+    /// checked again when the key it names is at hand (a damaged pin is refused rather
+    /// than trusted); signed by another key, its hash alone pins the log.
     pub fn anchors(&self, key: Option<&VerifyingKey>, what: &str) -> CliResult<Vec<Anchor>> {
         let mut out = Vec::new();
         if let Some(cp) = &self.checkpoint {
@@ -183,6 +184,18 @@ impl Pin {
     }
 }
 
+/// The server a pin is for, spelled one way: scheme, lower-case host and port (the
+/// default one written out), so `https://H/` and `https://h:443` share a pin.
+pub fn log_key(server: &str) -> String {
+    match reqwest::Url::parse(server) {
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{}://{}:{p}", u.scheme(), h.to_ascii_lowercase()),
+            _ => server.to_owned(),
+        },
+        Err(_) => server.to_owned(),
+    }
+}
+
 /// Where pins are kept: one file per auditor (`--pin`), or the CLI's state, per server.
 pub enum PinFile {
     Own(PathBuf),
@@ -222,6 +235,7 @@ impl PinFile {
 
     /// The pin for `server`, if one was made. A pin file of another server is refused.
     pub fn load(&self, server: &str) -> CliResult<Option<Pin>> {
+        let server = &log_key(server);
         let Some(bytes) = Self::read(self.path())? else {
             return Ok(None);
         };
@@ -229,7 +243,7 @@ impl PinFile {
             PinFile::Own(path) => {
                 let pin: Pin =
                     serde_json::from_slice(&bytes).map_err(|e| Self::damaged(path, e))?;
-                if pin.server != server {
+                if log_key(&pin.server) != *server {
                     return Err(CliError::usage(format!(
                         "the pin file {} is for {}, not {server}",
                         path.display(),
@@ -246,7 +260,37 @@ impl PinFile {
         }
     }
 
-    pub fn save(&self, pin: &Pin) -> CliResult<()> {
+    /// Moves the pin for `server` forward to what an intact verification found, under a
+    /// lock and from the pin as it is on disk now, so that two verifications at once never
+    /// move it back; answers the pin as saved.
+    pub fn advance(
+        &self,
+        server: &str,
+        checkpoint: Option<SignedCheckpoint>,
+        seen: SeenEntry,
+    ) -> CliResult<Pin> {
+        let path = self.path();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CliError::failure(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| CliError::failure(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| CliError::failure(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let current = self.load(server)?;
+        let next = Pin::advanced(current.as_ref(), &log_key(server), checkpoint, seen);
+        self.save(&next)?;
+        drop(lock);
+        Ok(next)
+    }
+
+    fn save(&self, pin: &Pin) -> CliResult<()> {
         let encode = |r: serde_json::Result<Vec<u8>>| {
             r.map_err(|e| CliError::failure(format!("cannot encode the pin: {e}")))
         };
@@ -316,6 +360,10 @@ mod tests {
         let b = Pin::advanced(None, "b", None, seen(9));
         file.save(&a).unwrap();
         file.save(&b).unwrap();
+        // Spelled another way, the same server.
+        let c = Pin::advanced(None, &log_key("HTTPS://Jitsudo.example/"), None, seen(1));
+        assert_eq!(c.server, "https://jitsudo.example:443");
+        assert_eq!(log_key("https://jitsudo.example:443"), c.server);
         assert_eq!(file.load("a").unwrap(), Some(a.clone()));
         assert_eq!(file.load("b").unwrap(), Some(b));
         #[cfg(unix)]
@@ -328,5 +376,14 @@ mod tests {
         own.save(&a).unwrap();
         let err = own.load("b").unwrap_err().to_string();
         assert!(err.contains("is for a, not b"), "{err}");
+        // Advancing starts from the pin on disk, not from an older copy.
+        let state = PinFile::State(dir.path().join("state/audit-pins.json"));
+        let url = "https://h:8443";
+        state.advance(url, Some(cp(20)), seen(25)).unwrap();
+        let behind = state.advance(url, Some(cp(10)), seen(12)).unwrap();
+        assert_eq!(
+            (behind.checkpoint.map(|c| c.seq), behind.seen.map(|s| s.seq)),
+            (Some(20), Some(25))
+        );
     }
 }

@@ -269,6 +269,21 @@ impl Anchor {
         }
     }
 
+    /// A pinned or given checkpoint must still be among the log's signed checkpoints:
+    /// they are append-only, so one that is gone was deleted. `listed` says whether the
+    /// log lists a checkpoint with this sequence number and hash.
+    pub fn checkpoint_gone(&self, listed: bool) -> Option<String> {
+        let checkpoint = matches!(
+            self.kind,
+            AnchorKind::PinnedCheckpoint | AnchorKind::GivenCheckpoint
+        );
+        (checkpoint && !listed).then(|| {
+            format!(
+                "{self} is no longer among the log's signed checkpoints: they are append-only, so it was deleted or replaced"
+            )
+        })
+    }
+
     pub fn from_v1(a: &crate::v1::Anchor) -> Result<Anchor, String> {
         use crate::v1::anchor::Kind;
         let kind = match Kind::try_from(a.kind) {
@@ -313,11 +328,11 @@ impl Anchor {
 pub fn missing_checkpoint(verifying: bool, valid_checkpoints: usize) -> Option<String> {
     if !verifying {
         return Some(
-            "no key to check checkpoints with: the server signs none (set audit.signing_key) — pass --public-key, or --require-checkpoint=false to accept the chain alone".into(),
+            "no key to check checkpoints with: the server signs none (it has no audit.signing_key) — verify with the public key, or without requiring a checkpoint to accept the chain alone".into(),
         );
     }
     (valid_checkpoints == 0).then(|| {
-        "no signed checkpoint covers the log: the first is signed within checkpoint_interval_seconds of the first event — wait for it, or pass --require-checkpoint=false to accept the chain alone".into()
+        "no signed checkpoint covers the log: the first is signed within checkpoint_interval_seconds of the first event — wait for it, or verify without requiring a checkpoint to accept the chain alone".into()
     })
 }
 
@@ -343,7 +358,6 @@ mod tests {
         }
     }
 
-    /// The fixed test vector: changing the encoding breaks every stored chain.
     #[test]
     fn an_anchor_names_what_the_log_no_longer_agrees_with() {
         let a = Anchor {
@@ -391,10 +405,21 @@ mod tests {
         assert!(
             missing_checkpoint(false, 3)
                 .unwrap()
-                .contains("--public-key")
+                .contains("the public key")
+        );
+        assert!(a.checkpoint_gone(true).is_none());
+        assert!(
+            a.checkpoint_gone(false)
+                .unwrap()
+                .starts_with("pinned checkpoint 12 is no longer among")
+        );
+        assert!(
+            seen.checkpoint_gone(false).is_none(),
+            "an entry is no checkpoint"
         );
     }
 
+    /// The fixed test vector: changing the encoding breaks every stored chain.
     #[test]
     fn canonical_encoding_matches_the_published_test_vector() {
         let e = vector_event();

@@ -155,10 +155,17 @@ pub async fn verify(
     let anchor_problems = options
         .anchors
         .iter()
-        .filter_map(|a| {
+        .flat_map(|a| {
             let there = cp_hashes.iter().find(|(s, _)| *s == a.seq).map(|(_, h)| h);
-            a.problem(chain_length, v.last_seq(), there)
+            let listed = checkpoints
+                .iter()
+                .any(|c| c.seq == a.seq && c.hash.as_slice() == a.hash.as_slice());
+            [
+                a.checkpoint_gone(listed),
+                a.problem(chain_length, v.last_seq(), there),
+            ]
         })
+        .flatten()
         .collect();
     let missing = options
         .require_checkpoint

@@ -495,10 +495,16 @@ async fn the_audit_chain_verifies_on_the_client_and_on_the_server() {
     assert!(!forked.intact);
     assert_eq!(
         forked.anchor_problems,
-        [format!(
-            "the log disagrees with pinned checkpoint {}: the chain's hash there is different, so entries up to {} were rewritten or replaced",
-            cp.seq, cp.seq
-        )]
+        [
+            format!(
+                "pinned checkpoint {} is no longer among the log's signed checkpoints: they are append-only, so it was deleted or replaced",
+                cp.seq
+            ),
+            format!(
+                "the log disagrees with pinned checkpoint {}: the chain's hash there is different, so entries up to {} were rewritten or replaced",
+                cp.seq, cp.seq
+            )
+        ]
     );
     let bad = erin
         .verify_audit(v1::VerifyAuditRequest {
@@ -518,7 +524,7 @@ async fn the_audit_chain_verifies_on_the_client_and_on_the_server() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.get("intact").is_none(), "false is left out: {body}");
     assert!(
-        body["anchorProblems"][0]
+        body["anchorProblems"][1]
             .as_str()
             .is_some_and(|p| p.contains("disagrees")),
         "{body}"

@@ -18,7 +18,7 @@ use jitsudo_proto::v1;
 use crate::app::App;
 use crate::error::{CliError, CliResult, Exit};
 use crate::output::{Out, details, local_time, parse_duration, table};
-use crate::pins::{Pin, PinFile, SeenEntry, SignedCheckpoint};
+use crate::pins::{PinFile, SeenEntry, SignedCheckpoint};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -201,6 +201,13 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
         None => PinFile::State(app.paths.state_dir.join("audit-pins.json")),
     };
     let pin = pins.load(&api.server)?;
+    if pin.is_none() {
+        app.out.note(format!(
+            "note: no earlier pin for {} in {}: this verification trusts the log as it is now (trust on first use)",
+            crate::pins::log_key(&api.server),
+            pins.path().display()
+        ));
+    }
     let given = args
         .checkpoint
         .as_deref()
@@ -290,8 +297,17 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
     }
     let mut key_note = String::new();
     if key.is_none() && !server_key_pem.is_empty() {
-        key = VerifyingKey::from_public_key_pem(&server_key_pem).ok();
-        key_note = "checkpoint signatures checked with the key the server sent — pass --public-key to check against your own copy".into();
+        match VerifyingKey::from_public_key_pem(&server_key_pem) {
+            Ok(k) => {
+                key = Some(k);
+                key_note = "checkpoint signatures checked with the key the server sent — pass --public-key to check against your own copy".into();
+            }
+            Err(e) => {
+                key_note = format!(
+                    "the server sent a checkpoint key that is not an Ed25519 public key ({e}): no signature was checked — pass --public-key"
+                )
+            }
+        }
     }
     // What this verifier already trusts: its pin, and a checkpoint it holds from a sink.
     let mut anchors: Vec<Anchor> = match &pin {
@@ -348,7 +364,16 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
     }
     let anchor_problems: Vec<String> = anchors
         .iter()
-        .filter_map(|a| a.problem(chain_length, verifier.last_seq(), hashes_at.get(&a.seq)))
+        .flat_map(|a| {
+            let listed = checkpoints
+                .iter()
+                .any(|c| c.seq == a.seq && c.hash.as_slice() == a.hash.as_slice());
+            [
+                a.checkpoint_gone(listed),
+                a.problem(chain_length, verifier.last_seq(), hashes_at.get(&a.seq)),
+            ]
+        })
+        .flatten()
         .collect();
     let missing = if require {
         missing_checkpoint(key.is_some(), usize::from(newest_valid.is_some()))
@@ -446,17 +471,27 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
             seq: verifier.last_seq(),
             hash: hex::encode(verifier.last_hash()),
         };
-        let next = Pin::advanced(pin.as_ref(), &api.server, signed, seen);
-        pins.save(&next)?;
-        app.out.note(format!(
-            "pinned {}entry {} in {}",
-            next.checkpoint
-                .as_ref()
-                .map(|c| format!("checkpoint {} and ", c.seq))
-                .unwrap_or_default(),
-            next.seen.as_ref().map(|s| s.seq).unwrap_or(0),
-            pins.path().display()
-        ));
+        if !server.intact {
+            app.out
+                .note("note: not pinned, since the server's own check disagrees");
+            return Ok(ExitCode::SUCCESS);
+        }
+        match pins.advance(&api.server, signed, seen) {
+            Ok(next) => app.out.note(format!(
+                "pinned {}entry {} in {}",
+                next.checkpoint
+                    .as_ref()
+                    .map(|c| format!("checkpoint {} and ", c.seq))
+                    .unwrap_or_default(),
+                next.seen.as_ref().map(|s| s.seq).unwrap_or(0),
+                pins.path().display()
+            )),
+            // The auditor's own pin file must be kept; the CLI's state is a convenience.
+            Err(e) if matches!(pins, PinFile::State(_)) => app.out.note(format!(
+                "warning: the log is intact but could not be pinned ({e}); the next verification cannot compare with this one"
+            )),
+            Err(e) => return Err(e),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -169,41 +169,42 @@ fn a_pin_catches_a_rewritten_recomputed_log_and_a_shortened_one() {
 
     // A history with at least two checkpoints and entries after the newest one, pinned by
     // an auditor's own file.
-    let (report, saved) = eventually(90, "two checkpoints and entries after the newest", || {
-        let r = erin.run(&[
-            "audit",
-            "verify",
-            "--public-key",
-            key.to_str().expect("utf-8"),
-            "--pin",
-            pin.to_str().expect("utf-8"),
-            "-o",
-            "json",
-        ]);
-        let v = r.json();
-        let settled = v.get("unchained").is_none();
-        if r.code != 0 {
-            // Only for want of a first checkpoint, while the log is new.
-            assert!(v.get("missingCheckpoint").is_some(), "{}", r.stdout);
+    let (report, saved, said) =
+        eventually(90, "two checkpoints and entries after the newest", || {
+            let r = erin.run(&[
+                "audit",
+                "verify",
+                "--public-key",
+                key.to_str().expect("utf-8"),
+                "--pin",
+                pin.to_str().expect("utf-8"),
+                "-o",
+                "json",
+            ]);
+            let v = r.json();
+            let settled = v.get("unchained").is_none();
+            if r.code != 0 {
+                // Only for want of a first checkpoint, while the log is new.
+                assert!(v.get("missingCheckpoint").is_some(), "{}", r.stdout);
+                if settled {
+                    alice.run(VIEWER).ok();
+                }
+                return None;
+            }
+            let saved: Value =
+                serde_json::from_str(&std::fs::read_to_string(&pin).ok()?).expect("JSON");
+            let (cp, seen) = (
+                saved["checkpoint"]["seq"].as_i64()?,
+                saved["seen"]["seq"].as_i64()?,
+            );
+            if settled && v["checkpoints"].as_u64() >= Some(2) && seen > cp {
+                return Some((v, saved, r.stderr.clone()));
+            }
             if settled {
                 alice.run(VIEWER).ok();
             }
-            return None;
-        }
-        let saved: Value =
-            serde_json::from_str(&std::fs::read_to_string(&pin).ok()?).expect("JSON");
-        let (cp, seen) = (
-            saved["checkpoint"]["seq"].as_i64()?,
-            saved["seen"]["seq"].as_i64()?,
-        );
-        if settled && v["checkpoints"].as_u64() >= Some(2) && seen > cp {
-            return Some((v, saved));
-        }
-        if settled {
-            alice.run(VIEWER).ok();
-        }
-        None
-    });
+            None
+        });
     let (newest, head) = (
         num(&report["lastCheckpointSeq"]),
         num(&report["chainLength"]),
@@ -220,16 +221,17 @@ fn a_pin_catches_a_rewritten_recomputed_log_and_a_shortened_one() {
     let checkpoints = erin.json(&["audit", "--limit", "1"])["checkpoints"].clone();
     let first_cp = num(&checkpoints[0]["seq"]);
     assert!(first_cp < newest && newest < head, "{report}");
-    let r = verify(&erin, &key, Some(&pin)).ok();
-    assert!(r.stdout.contains("INTACT"), "{}", r.stdout);
     assert!(
-        r.stderr.contains(&format!(
+        said.contains(&format!(
             "pinned checkpoint {newest} and entry {head} in {}",
             pin.display()
         )),
-        "{}",
-        r.stderr
+        "{said}"
     );
+    assert!(!said.contains("the server's own check"), "{said}");
+    // The checkpoint as a sink delivers it (the pin keeps it in that form).
+    let notice = erin.home.path().join("checkpoint-notice.json");
+    std::fs::write(&notice, saved["checkpoint"].to_string()).expect("write");
     // The CLI's own state pins too.
     verify(&erin, &key, None).ok();
     let state_pins = erin.home.path().join("state/audit-pins.json");
@@ -254,6 +256,26 @@ fn a_pin_catches_a_rewritten_recomputed_log_and_a_shortened_one() {
         alone.code, 0,
         "without a pin the careful rewrite verifies: {}",
         alone.stdout
+    );
+    assert!(
+        alone.stderr.contains("trust on first use"),
+        "{}",
+        alone.stderr
+    );
+    let r = newcomer
+        .run(&[
+            "audit",
+            "verify",
+            "--public-key",
+            key.to_str().expect("utf-8"),
+            "--checkpoint",
+            notice.to_str().expect("utf-8"),
+        ])
+        .fails(1);
+    assert!(
+        r.stdout.contains(&format!("the given checkpoint {newest}")),
+        "the checkpoint a sink delivered catches it too: {}",
+        r.stdout
     );
     let r = verify(&erin, &key, Some(&pin)).fails(1);
     assert!(
@@ -298,8 +320,23 @@ fn a_pin_catches_a_rewritten_recomputed_log_and_a_shortened_one() {
     );
     drop(jd);
 
-    // 4. Every checkpoint deleted, on a server that signs none: with --public-key a
-    //    checkpoint is required, and there is none.
+    // 4. Every checkpoint deleted. The server signs the chain it finds again at its next
+    //    tick, but the pinned checkpoint is gone: signed checkpoints are append-only.
+    let copy = copy_dir(data.path());
+    tamper(copy.path(), vec!["DELETE FROM audit_checkpoints".into()]);
+    let jd = Jitsudod::dev_in(copy, port, every_four);
+    let r = verify(&erin, &key, Some(&pin)).fails(1);
+    assert!(
+        r.stdout.contains(&format!(
+            "pinned checkpoint {newest} is no longer among the log's signed checkpoints"
+        )),
+        "{}",
+        r.stdout
+    );
+    drop(jd);
+
+    // 5. The same on a server that signs none: with --public-key a checkpoint is
+    //    required, and there is none.
     let copy = copy_dir(data.path());
     tamper(copy.path(), vec!["DELETE FROM audit_checkpoints".into()]);
     let jd = Jitsudod::dev_in(copy, port, |c| {
