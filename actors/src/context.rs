@@ -28,8 +28,10 @@ pub struct NodeContext {
     /// Database clock minus this node's clock, learned from every committed write.
     clock_offset_us: AtomicI64,
     /// Every version committed on this node, as (request, version): watchers wake on it
-    /// instead of polling (a watcher still polls now and then for other nodes' commits).
+    /// instead of polling, and the commit feed announces it to the other nodes.
     pub commits: tokio::sync::broadcast::Sender<(crate::domain::RequestId, i64)>,
+    /// What the other nodes committed, as the commit feed hears it (`cluster::commits`).
+    pub remote_commits: tokio::sync::broadcast::Sender<crate::cluster::commits::RemoteCommit>,
     /// Records of expiries (ENDING, then EXPIRED) in flight at once. A burst of expiries
     /// would otherwise fill every database connection with their commits and take the
     /// CPU the revokes themselves need: the revokes go out first (they need no commit before
@@ -64,6 +66,7 @@ impl NodeContext {
             registry,
             clock_offset_us: AtomicI64::new(i64::MIN),
             commits: tokio::sync::broadcast::channel(4096).0,
+            remote_commits: tokio::sync::broadcast::channel(4096).0,
             expiry_records: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 EXPIRY_RECORDS_AT_ONCE,
             )),

@@ -40,6 +40,8 @@ pub struct Engine {
     node_done: tokio::task::JoinHandle<()>,
     notifier: NotifierHandle,
     started_at: Timestamp,
+    /// Commit announcements to and from the other nodes (PostgreSQL only).
+    _commit_feed: Option<crate::cluster::commits::CommitFeed>,
 }
 
 impl Engine {
@@ -187,18 +189,26 @@ impl Engine {
                 })?;
             }
             let _ = node.cast(NodeMsg::Adopt { ctx: ctx.clone() });
+            let feed = crate::cluster::commits::CommitFeed::start(
+                ctx.store.clone(),
+                ctx.incarnation,
+                ctx.commits.subscribe(),
+                ctx.remote_commits.clone(),
+            )
+            .await;
             take_fair_share(&node, &ctx.config).await?;
-            Ok::<_, EngineError>((ctx, notifier, db_now))
+            Ok::<_, EngineError>((ctx, notifier, db_now, feed))
         }
         .await;
         match started {
-            Ok((ctx, notifier, started_at)) => Ok(Engine {
+            Ok((ctx, notifier, started_at, feed)) => Ok(Engine {
                 ctx,
                 shards,
                 node,
                 node_done,
                 notifier,
                 started_at,
+                _commit_feed: feed,
             }),
             Err(e) => {
                 node.stop(Some("start failed".into()));

@@ -19,6 +19,8 @@ pub struct Caller {
     pub principal: Principal,
     pub admin: bool,
     pub auditor: bool,
+    /// When the caller's token stops being accepted; `None` for a client certificate.
+    pub valid_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Caller {

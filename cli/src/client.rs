@@ -128,6 +128,7 @@ impl Interceptor for Bearer {
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// Every jitsudo.v1 service, as the logged-in caller.
+#[derive(Clone)]
 pub struct Api {
     pub server: String,
     pub requests: RequestServiceClient<Authed>,

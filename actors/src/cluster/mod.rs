@@ -3,6 +3,7 @@
 //! leases and runs the shards (`node`), and the mesh that routes a command to the owner of
 //! its request's shard (`mesh`). Above the actors it runs; below the engine.
 
+pub mod commits;
 pub mod membership;
 pub mod mesh;
 pub mod node;

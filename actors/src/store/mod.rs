@@ -5,6 +5,7 @@
 //! database clock in the committing statement. Outcomes are `Updated | Stale | Missing`.
 
 mod audit;
+mod commits;
 mod outbox;
 mod postgres;
 mod requests;
@@ -26,6 +27,7 @@ use crate::lease::{DEFAULT_LEASE_TTL, lock_wait_for};
 use crate::policy::PolicySource;
 
 pub use audit::*;
+pub use commits::{Announcement, Announcements, COMMITS_PER_ANNOUNCEMENT, Heard};
 pub use outbox::*;
 pub use postgres::PgStore;
 pub use requests::RequestStore;
@@ -305,6 +307,17 @@ pub struct ReconcilePass {
 #[async_trait]
 pub trait Store: AuditStore + OutboxStore + RequestStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
+
+    /// Tells the other nodes which request versions this node committed (after they
+    /// committed). Nothing to do where one process writes (SQLite).
+    async fn announce_commits(&self, _announcement: &Announcement) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// A subscription to the other nodes' announcements; `None` where one process writes.
+    async fn commit_announcements(&self) -> StoreResult<Option<Box<dyn Announcements>>> {
+        Ok(None)
+    }
 
     /// The database clock.
     async fn db_now(&self) -> StoreResult<Timestamp>;

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use jitsudo_actors::domain::State;
 use jitsudo_actors::{Engine, EngineConfig};
 use jitsudo_providers::http::Op;
@@ -220,4 +222,81 @@ async fn a_clean_stop_hands_shards_over_without_waiting_for_the_ttl() {
     wait_state(&store, on_a[0].id, State::Revoked).await;
     assert_eq!(b.live_request_count(), 5);
     b.shutdown().await;
+}
+
+/// Commit announcements: what one node commits, the others hear (PostgreSQL NOTIFY and
+/// LISTEN), a node never hears itself, and SQLite (one process) runs no feed at all.
+#[tokio::test]
+async fn commits_on_one_node_are_heard_on_the_others_and_not_by_itself() {
+    use jitsudo_actors::cluster::commits::{CommitFeed, RemoteCommit};
+    use jitsudo_actors::domain::RequestId;
+    let a = crate::fixtures::postgres().await;
+    let b_store = jitsudo_actors::store::open(&a.url, jitsudo_actors::store::Mode::Dev)
+        .await
+        .expect("a second node's store");
+    let (a_local, _) = tokio::sync::broadcast::channel(4096);
+    let (a_remote, mut a_heard) = tokio::sync::broadcast::channel(4096);
+    let (b_local, _) = tokio::sync::broadcast::channel::<(RequestId, i64)>(4096);
+    let (b_remote, mut b_heard) = tokio::sync::broadcast::channel(4096);
+    let _fa = CommitFeed::start(
+        a.store.clone(),
+        Uuid::now_v7(),
+        a_local.subscribe(),
+        a_remote,
+    )
+    .await
+    .expect("a feed on PostgreSQL");
+    let _fb = CommitFeed::start(b_store, Uuid::now_v7(), b_local.subscribe(), b_remote)
+        .await
+        .expect("a feed on PostgreSQL");
+    let ids: Vec<RequestId> = (0..300).map(|_| RequestId::new()).collect();
+    // More than one announcement's worth, sent at once.
+    for (k, id) in ids.iter().enumerate() {
+        a_local.send((*id, k as i64 + 1)).expect("the feed listens");
+    }
+    let mut heard = Vec::new();
+    while heard.len() < ids.len() {
+        let got = tokio::time::timeout(Duration::from_secs(30), b_heard.recv())
+            .await
+            .expect("node b hears node a's commits")
+            .expect("no lag");
+        match got {
+            RemoteCommit::Committed(id, v) => heard.push((id, v)),
+            RemoteCommit::Missed => {}
+        }
+    }
+    let sent: Vec<(RequestId, i64)> = ids
+        .iter()
+        .enumerate()
+        .map(|(k, id)| (*id, k as i64 + 1))
+        .collect();
+    assert_eq!(heard, sent, "in order, each once");
+    // b's commit is heard by a; a heard none of its own.
+    let mine = RequestId::new();
+    b_local.send((mine, 7)).expect("the feed listens");
+    let got = loop {
+        match tokio::time::timeout(Duration::from_secs(30), a_heard.recv())
+            .await
+            .expect("node a hears node b")
+            .expect("no lag")
+        {
+            RemoteCommit::Committed(id, v) => break (id, v),
+            RemoteCommit::Missed => {}
+        }
+    };
+    assert_eq!(
+        got,
+        (mine, 7),
+        "node a heard b's commit first, none of its own"
+    );
+
+    let s = crate::fixtures::sqlite().await;
+    let (l, _) = tokio::sync::broadcast::channel(4);
+    let (r, _) = tokio::sync::broadcast::channel(4);
+    assert!(
+        CommitFeed::start(s.store.clone(), Uuid::now_v7(), l.subscribe(), r)
+            .await
+            .is_none(),
+        "one process: no feed"
+    );
 }

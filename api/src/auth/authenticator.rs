@@ -27,6 +27,9 @@ pub struct Identity {
     pub email_verified: bool,
     pub groups: Vec<String>,
     pub expires_at: DateTime<Utc>,
+    /// When the token stops being accepted: `exp` plus the leeway. A stream opened with it
+    /// (WatchRequest) ends then.
+    pub valid_until: DateTime<Utc>,
     /// The token's string-valued claims (for identity mapping: `{claim:oid}`).
     pub claims: std::collections::BTreeMap<String, String>,
 }
@@ -279,6 +282,7 @@ fn identity_from_claims(
         email_verified,
         groups,
         expires_at,
+        valid_until: expires_at + chrono::Duration::try_seconds(leeway).unwrap_or_default(),
         claims: strings,
     })
 }

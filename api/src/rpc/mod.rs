@@ -153,7 +153,10 @@ impl AppState {
         authorization: Option<&str>,
         bot: Option<&ClientPrincipal>,
     ) -> Result<Caller, ApiError> {
-        let (subject, email, email_verified, groups, claims) = match (authorization, bot) {
+        let (subject, email, email_verified, groups, claims, valid_until) = match (
+            authorization,
+            bot,
+        ) {
             (Some(header), _) => {
                 let id = self.auth.authenticate(header).await?;
                 if let (Some(email), true) = (&id.email, id.email_verified) {
@@ -165,6 +168,7 @@ impl AppState {
                     id.email_verified,
                     id.groups,
                     id.claims,
+                    Some(id.valid_until),
                 )
             }
             (None, Some(b)) => (
@@ -173,6 +177,7 @@ impl AppState {
                 false,
                 b.groups.clone(),
                 Default::default(),
+                None,
             ),
             (None, None) => {
                 return Err(ApiError::unauthenticated(
@@ -212,6 +217,7 @@ impl AppState {
                 trust_tier,
                 claims,
             },
+            valid_until,
             admin,
             auditor,
         })

@@ -2,7 +2,6 @@
 //! extensions, close reviews, fetch credentials.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use jitsudo_actors::domain::{State, Verdict, same_person};
 use jitsudo_actors::engine::types::ListFilter;
@@ -337,8 +336,10 @@ impl RequestService for Api {
         let m = req.into_inner();
         let state = self.0.clone();
         // Subscribe before the first read: a commit between the read and the wait is then
-        // still seen.
+        // still seen. This node's commits and the other nodes' (as the commit feed hears
+        // them) wake the watcher; nothing polls.
         let mut commits = state.engine.context().commits.subscribe();
+        let mut remote = state.engine.context().remote_commits.subscribe();
         // Check access and read the first batch before answering, so refusals are codes.
         let (first, done) = state
             .run(
@@ -350,7 +351,21 @@ impl RequestService for Api {
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let rid = parse_id(&m.id)?;
+        // The stream ends when the token does: a watch is no way to outlive a session.
+        let expiry = c.valid_until.map(|t| {
+            let left = (t - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
         tokio::spawn(async move {
+            use jitsudo_actors::cluster::commits::RemoteCommit;
+            use tokio::sync::broadcast::error::RecvError;
+            let expired = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expired);
             let mut after = m.after_version;
             let mut batch = first;
             let mut done = done;
@@ -364,22 +379,34 @@ impl RequestService for Api {
                 if done {
                     return;
                 }
-                // Woken by this node's commits of this request; the periodic poll covers
-                // commits made by other nodes of a cluster.
-                let poll = tokio::time::sleep(Duration::from_millis(500));
-                tokio::pin!(poll);
                 loop {
                     tokio::select! {
-                        _ = &mut poll => break,
+                        _ = &mut expired => {
+                            metrics::counter!("jitsudo_watch_ended_total", "reason" => "token_expired").increment(1);
+                            let _ = tx
+                                .send(Err(ApiError::unauthenticated(
+                                    "the access token expired during the watch: watch again with a fresh token (the CLI does so itself)",
+                                )
+                                .into()))
+                                .await;
+                            return;
+                        }
                         _ = tx.closed() => return,
-                        c = commits.recv() => match c {
+                        got = commits.recv() => match got {
                             Ok((id, v)) if id == rid && v > after => break,
                             Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                            Err(RecvError::Lagged(_)) => break,
+                            Err(RecvError::Closed) => return,
+                        },
+                        got = remote.recv() => match got {
+                            Ok(RemoteCommit::Committed(id, v)) if id == rid && v > after => break,
+                            Ok(RemoteCommit::Committed(..)) => {}
+                            Ok(RemoteCommit::Missed) | Err(RecvError::Lagged(_)) => break,
+                            Err(RecvError::Closed) => return,
                         },
                     }
                 }
+                metrics::counter!("jitsudo_watch_reads_total").increment(1);
                 match state.request_events(&c, &m.id, after).await {
                     Ok((b, d)) => {
                         batch = b;

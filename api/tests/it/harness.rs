@@ -151,6 +151,17 @@ impl Tokens {
     }
 
     fn sign(&self, sub: &str, email: Option<&str>, verified: bool, groups: &[&str]) -> String {
+        self.sign_for(sub, email, verified, groups, 3600)
+    }
+
+    fn sign_for(
+        &self,
+        sub: &str,
+        email: Option<&str>,
+        verified: bool,
+        groups: &[&str],
+        lifetime_seconds: i64,
+    ) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = json!({
             "iss": self.iss,
@@ -161,7 +172,7 @@ impl Tokens {
             "groups": groups,
             "iat": now,
             "nbf": now,
-            "exp": now + 3600,
+            "exp": now + lifetime_seconds,
         });
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some("at+jwt".into());
@@ -472,6 +483,18 @@ impl Jitsudo {
         groups: &[&str],
     ) -> String {
         self.tokens.sign(sub, email, verified, groups)
+    }
+
+    /// A token that expires `lifetime_seconds` from now.
+    pub fn token_lasting(
+        &self,
+        sub: &str,
+        email: Option<&str>,
+        groups: &[&str],
+        lifetime_seconds: i64,
+    ) -> String {
+        self.tokens
+            .sign_for(sub, email, email.is_some(), groups, lifetime_seconds)
     }
 
     fn channel(&self) -> Channel {

@@ -181,3 +181,51 @@ async fn watch_is_refused_with_a_code_before_any_event() {
     rest_error(&resp, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT");
     j.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_unauthenticated_when_its_token_expires_and_resumes_with_a_fresh_one() {
+    let j = Jitsudo::start_with(|c| c.auth.leeway_seconds = 0).await;
+    let r = j.create("alice", "demo", "operator", 600).await;
+    let short = j.token_lasting("alice", Some("alice@example.com"), &["engineering"], 3);
+    let mut alice = j.grpc_with(Some(&format!("Bearer {short}"))).requests;
+    let mut stream = ok(alice.watch_request(watch(&r.id, 0)).await);
+    let first = stream
+        .message()
+        .await
+        .expect("the first event")
+        .expect("an event");
+    assert_eq!(first.version, 1);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
+        .await
+        .expect("the stream ends with the token");
+    let status = end.expect_err("it ends with an error, not quietly");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("the access token expired during the watch"),
+        "{}",
+        status.message()
+    );
+    // The old token opens nothing; a fresh one resumes after the last version seen.
+    refused(
+        alice.watch_request(watch(&r.id, 1)).await,
+        Code::Unauthenticated,
+    );
+    let mut fresh = j.grpc("alice").requests;
+    let mut resumed = ok(fresh.watch_request(watch(&r.id, 1)).await);
+    let mut bob = j.grpc("bob").requests;
+    ok(bob
+        .approve_request(v1::DecideRequest {
+            id: r.id.clone(),
+            comment: "ok".into(),
+        })
+        .await);
+    let next = resumed
+        .message()
+        .await
+        .expect("an event")
+        .expect("an event");
+    assert_eq!((next.version, next.kind.as_str()), (2, "request.approved"));
+    j.stop().await.expect("clean stop");
+}

@@ -767,3 +767,79 @@ async fn s10_kill9_while_kubernetes_grants_expire() {
         ),
     );
 }
+
+/// Watchers on every node wake on a commit made on another node — announced with NOTIFY,
+/// heard with LISTEN — and cost no query while nothing changes (no per-watcher poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_watchers_on_every_node_wake_on_other_nodes_commits_without_polling() {
+    const PER_NODE: usize = 20;
+    let _one = SERIAL.lock().await;
+    let mut c = three_nodes().await;
+    let id = c.create_pending(0, 1).await.remove(0);
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let client = c.requests(i).await;
+        for _ in 0..PER_NODE {
+            let mut client = client.clone();
+            let mut req = c.auth(
+                "alice",
+                v1::WatchRequestRequest {
+                    id: id.clone(),
+                    after_version: 1,
+                },
+            );
+            req.set_timeout(Duration::from_secs(120));
+            let s = client
+                .watch_request(req)
+                .await
+                .unwrap_or_else(|e| panic!("watch on node {i}: {e}"))
+                .into_inner();
+            streams.push((i, s));
+        }
+    }
+    let mut before = 0.0;
+    for i in 0..3 {
+        before += c.metric(i, "jitsudo_watch_reads_total").await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut idle = 0.0;
+    for i in 0..3 {
+        idle += c.metric(i, "jitsudo_watch_reads_total").await;
+    }
+    assert_eq!(
+        idle,
+        before,
+        "{} idle watchers read nothing in 3 s (a 500 ms poll would have read {} times)",
+        3 * PER_NODE,
+        3 * PER_NODE * 6
+    );
+    // Decided through node 1; the request's shard is node 0's.
+    let mut client = c.requests(1).await;
+    client
+        .approve_request(c.auth(
+            "bob",
+            v1::DecideRequest {
+                id: id.clone(),
+                comment: "from another node".into(),
+            },
+        ))
+        .await
+        .expect("approve");
+    for (i, s) in &mut streams {
+        let ev = tokio::time::timeout(Duration::from_secs(30), s.message())
+            .await
+            .unwrap_or_else(|_| panic!("a watcher on node {i} was never woken"))
+            .unwrap_or_else(|e| panic!("a watcher on node {i} failed: {e}"))
+            .expect("an event");
+        assert_eq!(ev.version, 2, "node {i}: {ev:?}");
+    }
+    let mut after = 0.0;
+    for i in 0..3 {
+        after += c.metric(i, "jitsudo_watch_reads_total").await;
+    }
+    assert!(
+        after - idle >= (3 * PER_NODE) as f64,
+        "every watcher read once it was woken: {} reads",
+        after - idle
+    );
+}

@@ -388,7 +388,7 @@ pub async fn request(app: &App, a: RequestArgs) -> CliResult<ExitCode> {
         app.out.emit(&created, |o| request_details(o, &created))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let last = follow(&api, &app.out, created, Until::ActiveOrEnd, false).await?;
+    let last = follow(app, api, created, Until::ActiveOrEnd, false).await?;
     app.out.emit(&last, |o| request_details(o, &last))?;
     if RequestState::try_from(last.state) == Ok(RequestState::Active) {
         Ok(ExitCode::SUCCESS)
@@ -404,14 +404,17 @@ enum Until {
 }
 
 /// Follows a request with WatchRequest until `until`; resumes after the last version seen
-/// when the stream drops. With `print_events`, every stored version is printed as a line.
+/// when the stream drops, and with a fresh token (refreshed as every command refreshes it)
+/// when the server ends the stream because the token expired. With `print_events`, every
+/// stored version is printed as a line.
 async fn follow(
-    api: &Api,
-    out: &Out,
+    app: &App,
+    mut api: Api,
     start: v1::Request,
     until: Until,
     print_events: bool,
 ) -> CliResult<v1::Request> {
+    let out = &app.out;
     let done = |r: &v1::Request| {
         is_terminal(r.state)
             || (until == Until::ActiveOrEnd
@@ -443,6 +446,9 @@ async fn follow(
     let mut version = if print_events { 0 } else { current.version };
     show(&current);
     let mut failures = 0u32;
+    // When a fresh token was last fetched for the watch: a token the server finds expired
+    // at once (a clock far off) must not loop, so not twice within a few seconds.
+    let mut renewed_at: Option<std::time::Instant> = None;
     // With events shown, a request that is final already still has its history printed
     // (the stream ends after the terminal version).
     while !done(&current) || (print_events && version < current.version) {
@@ -499,6 +505,23 @@ async fn follow(
                     }
                 }
                 Some(Err(s)) if retryable(&s) => break,
+                // The token expired while watching: carry on with a fresh one, silently.
+                Some(Err(s))
+                    if s.code() == tonic::Code::Unauthenticated
+                        && renewed_at.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
+                {
+                    renewed_at = Some(std::time::Instant::now());
+                    match app.api().await {
+                        Ok(fresh) => api = fresh,
+                        Err(e) => {
+                            if let Some(pb) = &spinner {
+                                pb.finish_and_clear();
+                            }
+                            return Err(e);
+                        }
+                    }
+                    break;
+                }
                 Some(Err(s)) => {
                     if let Some(pb) = &spinner {
                         pb.finish_and_clear();
@@ -572,7 +595,7 @@ pub async fn status(app: &App, a: StatusArgs) -> CliResult<ExitCode> {
     if let Some(id) = &a.id {
         let r = get(&api, id).await?;
         if a.watch {
-            let last = follow(&api, &app.out, r, Until::End, true).await?;
+            let last = follow(app, api.clone(), r, Until::End, true).await?;
             app.out.emit(&last, |o| request_details(o, &last))?;
         } else {
             app.out.emit(&r, |o| request_details(o, &r))?;

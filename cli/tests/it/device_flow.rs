@@ -195,4 +195,31 @@ fn device_flow_login_and_silent_refresh() {
     );
     assert_eq!(req["requester"], "alice");
     assert_eq!(req["state"], "REQUEST_STATE_ACTIVE");
+
+    // A watch outlives several access tokens: the server ends the stream when the token
+    // expires, and the CLI carries on with a refreshed one without a word.
+    let short = alice.json(&demo_request(
+        "viewer",
+        "20s",
+        "a watch across token lifetimes",
+    ));
+    let id = short["id"].as_str().expect("id").to_owned();
+    let (_, before) = stored_tokens(alice.home.path());
+    let r = alice.run(&["status", &id, "--watch", "-o", "json"]).ok();
+    assert_eq!(r.json()["state"], "REQUEST_STATE_EXPIRED", "{}", r.stdout);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert!(
+        lines.iter().all(|l| l.contains("  v")),
+        "only the request's versions are printed, no error or notice: {}",
+        r.stderr
+    );
+    let versions: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('v')))
+        .collect();
+    let mut unique = versions.clone();
+    unique.dedup();
+    assert_eq!(versions, unique, "no version twice: {}", r.stderr);
+    let (_, after) = stored_tokens(alice.home.path());
+    assert_ne!(before, after, "the watch refreshed the login");
 }

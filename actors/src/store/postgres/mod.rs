@@ -9,6 +9,7 @@
 //! (`store/rows.rs`), through the [`Columns`] impl here for PostgreSQL's column types.
 
 mod audit;
+mod commits;
 mod connect;
 mod outbox;
 mod requests;
@@ -81,6 +82,14 @@ fn ttl_ms(ttl: Duration) -> i64 {
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn announce_commits(&self, announcement: &Announcement) -> StoreResult<()> {
+        self.notify_commits(announcement).await
+    }
+
+    async fn commit_announcements(&self) -> StoreResult<Option<Box<dyn Announcements>>> {
+        Ok(Some(self.listen_commits().await?))
     }
 
     async fn db_now(&self) -> StoreResult<Timestamp> {
