@@ -38,17 +38,36 @@ impl App {
                 )));
             }
         };
+        let server = g
+            .server
+            .clone()
+            .or_else(|| config.server.clone())
+            .map(|s| s.trim_end_matches('/').to_owned());
+        // TLS files: the flag (or its variable), then the server's own, then the global.
+        let own = server
+            .as_ref()
+            .and_then(|s| config.servers.get(s))
+            .cloned()
+            .unwrap_or_default();
         Ok(App {
             out: Out::new(format, g.no_color, g.quiet),
-            server: g
-                .server
-                .clone()
-                .or_else(|| config.server.clone())
-                .map(|s| s.trim_end_matches('/').to_owned()),
+            server,
             explicit_token: g.token.clone().filter(|t| !t.is_empty()),
-            ca_cert: g.ca_cert.clone().or_else(|| config.ca_cert.clone()),
-            client_cert: g.client_cert.clone().or_else(|| config.client_cert.clone()),
-            client_key: g.client_key.clone().or_else(|| config.client_key.clone()),
+            ca_cert: g
+                .ca_cert
+                .clone()
+                .or(own.ca_cert)
+                .or_else(|| config.ca_cert.clone()),
+            client_cert: g
+                .client_cert
+                .clone()
+                .or(own.client_cert)
+                .or_else(|| config.client_cert.clone()),
+            client_key: g
+                .client_key
+                .clone()
+                .or(own.client_key)
+                .or_else(|| config.client_key.clone()),
             paths,
             config,
         })
@@ -98,6 +117,33 @@ impl App {
         store.servers.insert(target.server.clone(), fresh);
         store.save(&file)?;
         Ok(token)
+    }
+
+    /// A fresh token after the server refused the one in use (a watch it ended at the
+    /// token's expiry): refreshed whatever the local clock says, since the server's is the
+    /// one that counts.
+    pub async fn api_with_fresh_token(&self) -> CliResult<Api> {
+        let target = self.target()?;
+        if self.explicit_token.is_some() {
+            return Err(CliError::new(
+                crate::error::Exit::Denied,
+                "the token given with --token or JITSUDO_TOKEN has expired — pass a fresh one",
+            ));
+        }
+        let file = self.paths.tokens_file();
+        let mut store = TokenStore::load(&file)?;
+        let Some(stored) = store.servers.get(&target.server).cloned() else {
+            return Err(CliError::not_logged_in(&target.server));
+        };
+        if stored.refresh_token.is_none() {
+            // Nothing to refresh with: the usual path says what to do.
+            return self.api().await;
+        }
+        let fresh = login::refresh(&stored).await?;
+        let token = fresh.access_token.clone();
+        store.servers.insert(target.server.clone(), fresh);
+        store.save(&file)?;
+        Api::connect(&target, &token).await
     }
 
     pub fn save_token(&self, server: &str, token: StoredToken) -> CliResult<()> {
@@ -152,6 +198,7 @@ pub async fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Audit(args) => cmd::audit::audit(&app, args).await,
         Command::Policy(c) => cmd::policy::policy(&app, c).await,
         Command::Server(c) => cmd::server::server(&app, c).await,
+        Command::Context(c) => cmd::context::context(&app, c),
         Command::Completion { .. } => Ok(ExitCode::SUCCESS),
     }
 }

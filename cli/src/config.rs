@@ -13,7 +13,8 @@ use crate::error::{CliError, CliResult};
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// The jitsudod URL used when neither --server nor JITSUDO_SERVER is given.
+    /// The current server: used when neither --server nor JITSUDO_SERVER is given
+    /// (`jitsudo login --server URL` and `jitsudo context use URL` set it).
     pub server: Option<String>,
     pub ca_cert: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
@@ -22,6 +23,21 @@ pub struct FileConfig {
     pub output: Option<String>,
     #[serde(default)]
     pub oidc: OidcConfig,
+    /// What to use for one server (its TLS files), remembered at login: a context.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub servers: BTreeMap<String, ServerConfig>,
+}
+
+/// One server's own settings, over the global ones.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// The OpenID provider `jitsudo login` uses (device authorization grant).

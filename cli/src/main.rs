@@ -131,6 +131,9 @@ pub enum Command {
     /// The server: status, version, live actors, policy reload.
     #[command(subcommand)]
     Server(cmd::server::ServerCommand),
+    /// The servers this CLI knows, the current one, and switching between them.
+    #[command(subcommand)]
+    Context(cmd::context::ContextCommand),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]

@@ -1,6 +1,7 @@
 //! The commands, one module per area.
 
 pub mod audit;
+pub mod context;
 pub mod exec;
 pub mod policy;
 pub mod requests;

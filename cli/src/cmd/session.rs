@@ -71,11 +71,24 @@ pub async fn login(app: &App, args: LoginArgs) -> CliResult<ExitCode> {
         }
     };
     app.save_token(&target.server, token)?;
-    // Remember the server (and the issuer) so the next commands need no flags.
+    // The server logged in to becomes the current one, with its TLS files (a context),
+    // and the issuer is remembered, so the next commands need no flags.
     let mut config = app.config.clone();
     let mut changed = false;
-    if config.server.is_none() {
+    let became_current = config.server.as_deref() != Some(target.server.as_str());
+    if became_current {
         config.server = Some(target.server.clone());
+        changed = true;
+    }
+    let own = crate::config::ServerConfig {
+        ca_cert: app.ca_cert.clone(),
+        client_cert: app.client_cert.clone(),
+        client_key: app.client_key.clone(),
+    };
+    if own != crate::config::ServerConfig::default()
+        && config.servers.get(&target.server) != Some(&own)
+    {
+        config.servers.insert(target.server.clone(), own);
         changed = true;
     }
     if args.dev.is_none() {
@@ -92,8 +105,16 @@ pub async fn login(app: &App, args: LoginArgs) -> CliResult<ExitCode> {
         config.save(&app.paths.config_file())?;
     }
     let me = who_am_i(app).await?;
-    app.out
-        .note(format!("Logged in to {} as {}", target.server, me.subject));
+    app.out.note(format!(
+        "Logged in to {} as {}{}",
+        target.server,
+        me.subject,
+        if became_current {
+            " (now the current server: `jitsudo context list` shows the others)"
+        } else {
+            ""
+        }
+    ));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,6 +2,7 @@
 
 mod audit_pins;
 mod aws;
+mod contexts;
 mod dev;
 mod device_flow;
 mod harness;
