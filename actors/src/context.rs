@@ -31,7 +31,7 @@ pub struct NodeContext {
     /// instead of polling, and the commit feed announces it to the other nodes.
     pub commits: tokio::sync::broadcast::Sender<(crate::domain::RequestId, i64)>,
     /// What the other nodes committed, as the commit feed hears it (`cluster::commits`).
-    pub remote_commits: tokio::sync::broadcast::Sender<crate::cluster::commits::RemoteCommit>,
+    pub remote_commits: tokio::sync::broadcast::Sender<crate::store::RemoteCommit>,
     /// Records of expiries (ENDING, then EXPIRED) in flight at once. A burst of expiries
     /// would otherwise fill every database connection with their commits and take the
     /// CPU the revokes themselves need: the revokes go out first (they need no commit before

@@ -188,11 +188,13 @@ impl Engine {
                     EngineError::unavailable(format!("could not start the mesh dialer: {e}"))
                 })?;
             }
+            // Subscribed before the shards run, so no commit of theirs goes unannounced.
+            let local_commits = ctx.commits.subscribe();
             let _ = node.cast(NodeMsg::Adopt { ctx: ctx.clone() });
             let feed = crate::cluster::commits::CommitFeed::start(
                 ctx.store.clone(),
                 ctx.incarnation,
-                ctx.commits.subscribe(),
+                local_commits,
                 ctx.remote_commits.clone(),
             )
             .await;

@@ -45,6 +45,7 @@ pub mod names {
     pub const AUDIT_UNCHAINED: &str = "jitsudo_audit_unchained";
     pub const AUDIT_UNCHAINED_AGE: &str = "jitsudo_audit_unchained_oldest_age_seconds";
     pub const AUDIT_CHECKPOINTS: &str = "jitsudo_audit_checkpoints_total";
+    pub const COMMIT_ANNOUNCE_FAILURES: &str = "jitsudo_commit_announce_failures_total";
     pub const RECONCILE_PASSES: &str = "jitsudo_reconcile_passes_total";
     pub const RECONCILE_SECONDS: &str = "jitsudo_reconcile_duration_seconds";
     pub const RECONCILE_ORPHANS: &str = "jitsudo_reconcile_orphans_reaped_total";

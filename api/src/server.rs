@@ -275,6 +275,8 @@ impl Server {
             verifying_key,
             metrics: metrics_handle(),
             ready: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
+            watch_reads: tokio::sync::Semaphore::new(4),
             denials: Mutex::new(Default::default()),
             identities: Mutex::new(Default::default()),
             mutation_limit: crate::limits::RateLimiter::new(config.limits.mutations_per_minute),
@@ -375,6 +377,7 @@ impl Server {
             });
         }
         state.ready.store(false, Ordering::Relaxed);
+        state.stopping.send_replace(true);
         health_watch.abort();
         let _ = health_watch.await;
         // Load balancers stop sending before the drain, not after it; then the statuses go,

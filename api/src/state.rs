@@ -57,6 +57,12 @@ pub struct AppState {
     pub verifying_key: Option<ed25519_dalek::VerifyingKey>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub ready: AtomicBool,
+    /// Set once shutdown begins: open watch streams end at once with UNAVAILABLE (the
+    /// client resumes on another node) instead of holding the drain for its whole grace.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Reads by woken watchers at once: after a lost LISTEN connection every watcher
+    /// reads, and they must not take every database connection from the commits.
+    pub watch_reads: tokio::sync::Semaphore,
     /// Authorization refusals audited per actor in the current minute (flood control).
     pub denials: Mutex<HashMap<String, (i64, u32)>>,
     /// Verified emails already recorded per subject (the store is written only on change).

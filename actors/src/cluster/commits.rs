@@ -10,16 +10,8 @@ use tokio::sync::broadcast::{Receiver, Sender, error::RecvError};
 use uuid::Uuid;
 
 use crate::domain::RequestId;
+pub use crate::store::RemoteCommit;
 use crate::store::{Announcement, COMMITS_PER_ANNOUNCEMENT, Heard, SharedStore};
-
-/// What a watcher hears from other nodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RemoteCommit {
-    Committed(RequestId, i64),
-    /// Announcements may have been missed (a lost connection, a lagging receiver): every
-    /// watcher reads its request again.
-    Missed,
-}
 
 /// The two tasks; dropping this stops them.
 pub struct CommitFeed {
@@ -59,29 +51,58 @@ impl CommitFeed {
     }
 }
 
+/// How often an idle node announces that it is alive (an empty announcement), and how
+/// long a listener may hear nothing — not even its own heartbeat — before it is rebuilt:
+/// a half-open connection or a pooler that swallows LISTEN gives no error.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const SILENCE: Duration = Duration::from_secs(35);
+
+/// The marker for "commits went by unannounced": the others' watchers read again.
+const MISSED: (RequestId, i64) = (RequestId(Uuid::nil()), 0);
+
 async fn announce(store: SharedStore, from: Uuid, mut local: Receiver<(RequestId, i64)>) {
+    let mut pending: Vec<(RequestId, i64)> = Vec::new();
+    let mut backoff = Duration::from_millis(100);
     loop {
-        let first = match local.recv().await {
-            Ok(c) => c,
-            // Commits went by unannounced: the others' watchers read again.
-            Err(RecvError::Lagged(_)) => (RequestId(Uuid::nil()), 0),
-            Err(RecvError::Closed) => return,
-        };
-        let mut commits = vec![first];
-        while commits.len() < COMMITS_PER_ANNOUNCEMENT {
+        if pending.is_empty() {
+            match tokio::time::timeout(HEARTBEAT, local.recv()).await {
+                // Idle: an empty announcement keeps the listeners' liveness check fed.
+                Err(_) => {}
+                Ok(Ok(c)) => pending.push(c),
+                Ok(Err(RecvError::Lagged(_))) => pending.push(MISSED),
+                Ok(Err(RecvError::Closed)) => return,
+            }
+        }
+        while pending.len() < COMMITS_PER_ANNOUNCEMENT {
             match local.try_recv() {
-                Ok(c) => commits.push(c),
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                    commits.push((RequestId(Uuid::nil()), 0))
+                Ok(c) => pending.push(c),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => pending.push(MISSED),
+                Err(tokio::sync::broadcast::error::TryRecvError::Closed) if pending.is_empty() => {
+                    return;
                 }
                 Err(_) => break,
             }
         }
-        let a = Announcement { from, commits };
-        if let Err(e) = store.announce_commits(&a).await {
-            // Not fatal: the other nodes' watchers still wake on their own node's commits,
-            // and hear `Missed` when their listener's connection comes back.
-            tracing::debug!(error = %e, "announcing commits failed");
+        let a = Announcement {
+            from,
+            commits: pending.clone(),
+        };
+        match store.announce_commits(&a).await {
+            Ok(()) => {
+                pending.clear();
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                // Kept and sent again: a watcher elsewhere waits for exactly this. What
+                // piles up meanwhile becomes one "read again" for everyone.
+                metrics::counter!(crate::stats::names::COMMIT_ANNOUNCE_FAILURES).increment(1);
+                tracing::warn!(error = %e, pending = pending.len(), "announcing commits failed; retrying");
+                if pending.len() >= COMMITS_PER_ANNOUNCEMENT {
+                    pending = vec![MISSED];
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }
@@ -99,14 +120,23 @@ async fn listen(
             backoff = (backoff * 2).min(Duration::from_secs(5));
             listener = store.commit_announcements().await.ok().flatten();
             if listener.is_some() {
+                backoff = Duration::from_millis(200);
                 let _ = remote.send(RemoteCommit::Missed);
             }
             continue;
         };
-        match l.next().await {
-            Ok(Heard::Announcement(a)) if a.from == own => {}
-            Ok(Heard::Announcement(a)) => {
-                backoff = Duration::from_millis(200);
+        // Every node announces at least every HEARTBEAT, this one included: silence for
+        // longer means the connection is dead without saying so.
+        match tokio::time::timeout(SILENCE, l.next()).await {
+            Err(_) => {
+                tracing::warn!(
+                    "heard no commit announcement, not even this node's own, for {SILENCE:?}; listening again"
+                );
+                listener = None;
+                let _ = remote.send(RemoteCommit::Missed);
+            }
+            Ok(Ok(Heard::Announcement(a))) if a.from == own => {}
+            Ok(Ok(Heard::Announcement(a))) => {
                 for (id, v) in a.commits {
                     let _ = remote.send(if id.0.is_nil() {
                         RemoteCommit::Missed
@@ -115,13 +145,13 @@ async fn listen(
                     });
                 }
             }
-            Ok(Heard::Missed) => {
+            Ok(Ok(Heard::Missed)) => {
                 let _ = remote.send(RemoteCommit::Missed);
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "listening for other nodes' commits failed");
+                // The new listener says Missed once it listens again.
                 listener = None;
-                let _ = remote.send(RemoteCommit::Missed);
             }
         }
     }

@@ -635,7 +635,13 @@ impl Actor for ShardActor {
                 if st.live.contains_key(&id) || st.asleep.contains_key(&id) {
                     return Ok(());
                 }
-                match st.ctx.store.get(id).await {
+                let read = st.ctx.store.get(id).await;
+                // The write that stopped the actor may have committed without its answer
+                // (outcome unknown): tell the watchers what the store holds.
+                if let Ok(Some(req)) = &read {
+                    let _ = st.ctx.commits.send((id, req.version));
+                }
+                match read {
                     Ok(Some(req)) if !req.state.is_terminal() => {
                         metrics::counter!(names::ACTOR_RESTARTS, "kind" => "request").increment(1);
                         if let Err(e) = st.admit(&me, req, None, restarts).await {

@@ -58,6 +58,15 @@ pub enum Heard {
     Missed,
 }
 
+/// What a watcher hears from other nodes (`NodeContext::remote_commits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteCommit {
+    Committed(RequestId, i64),
+    /// Announcements may have been missed (a lost connection, a lagging receiver): every
+    /// watcher reads its request again.
+    Missed,
+}
+
 /// A subscription to the other nodes' announcements.
 #[async_trait]
 pub trait Announcements: Send {
@@ -78,6 +87,12 @@ mod tests {
             ],
         };
         assert_eq!(Announcement::decode(&a.encode()), Some(a.clone()));
+        // A heartbeat: who, and nothing committed.
+        let beat = Announcement {
+            from: a.from,
+            commits: vec![],
+        };
+        assert_eq!(Announcement::decode(&beat.encode()), Some(beat));
         assert_eq!(Announcement::decode("nope"), None);
         assert_eq!(Announcement::decode(&format!("{} x:1", a.from)), None);
         // The largest announcement fits PostgreSQL's 8000-byte payload.

@@ -27,7 +27,7 @@ use crate::lease::{DEFAULT_LEASE_TTL, lock_wait_for};
 use crate::policy::PolicySource;
 
 pub use audit::*;
-pub use commits::{Announcement, Announcements, COMMITS_PER_ANNOUNCEMENT, Heard};
+pub use commits::{Announcement, Announcements, COMMITS_PER_ANNOUNCEMENT, Heard, RemoteCommit};
 pub use outbox::*;
 pub use postgres::PgStore;
 pub use requests::RequestStore;

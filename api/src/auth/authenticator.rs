@@ -282,7 +282,9 @@ fn identity_from_claims(
         email_verified,
         groups,
         expires_at,
-        valid_until: expires_at + chrono::Duration::try_seconds(leeway).unwrap_or_default(),
+        valid_until: chrono::Duration::try_seconds(leeway)
+            .and_then(|l| expires_at.checked_add_signed(l))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
         claims: strings,
     })
 }

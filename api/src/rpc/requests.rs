@@ -340,6 +340,7 @@ impl RequestService for Api {
         // them) wake the watcher; nothing polls.
         let mut commits = state.engine.context().commits.subscribe();
         let mut remote = state.engine.context().remote_commits.subscribe();
+        let mut stopping = state.stopping.subscribe();
         // Check access and read the first batch before answering, so refusals are codes.
         let (first, done) = state
             .run(
@@ -383,15 +384,23 @@ impl RequestService for Api {
                     tokio::select! {
                         _ = &mut expired => {
                             metrics::counter!("jitsudo_watch_ended_total", "reason" => "token_expired").increment(1);
-                            let _ = tx
-                                .send(Err(ApiError::unauthenticated(
-                                    "the access token expired during the watch: watch again with a fresh token (the CLI does so itself)",
-                                )
-                                .into()))
-                                .await;
+                            // try_send: a client that reads nothing must not hold the task
+                            // (and the server's state) open.
+                            let _ = tx.try_send(Err(ApiError::unauthenticated(
+                                "the access token expired during the watch: watch again with a fresh token",
+                            )
+                            .into()));
                             return;
                         }
                         _ = tx.closed() => return,
+                        _ = stopping.wait_for(|s| *s) => {
+                            metrics::counter!("jitsudo_watch_ended_total", "reason" => "shutdown").increment(1);
+                            let _ = tx.try_send(Err(ApiError::unavailable(
+                                "this node is shutting down: watch again after the last version seen (another node answers)",
+                            )
+                            .into()));
+                            return;
+                        }
                         got = commits.recv() => match got {
                             Ok((id, v)) if id == rid && v > after => break,
                             Ok(_) => {}
@@ -407,7 +416,11 @@ impl RequestService for Api {
                     }
                 }
                 metrics::counter!("jitsudo_watch_reads_total").increment(1);
-                match state.request_events(&c, &m.id, after).await {
+                let read = {
+                    let _turn = state.watch_reads.acquire().await;
+                    state.request_events(&c, &m.id, after).await
+                };
+                match read {
                     Ok((b, d)) => {
                         batch = b;
                         done = d;

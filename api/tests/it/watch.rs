@@ -186,7 +186,7 @@ async fn watch_is_refused_with_a_code_before_any_event() {
 async fn a_watch_ends_unauthenticated_when_its_token_expires_and_resumes_with_a_fresh_one() {
     let j = Jitsudo::start_with(|c| c.auth.leeway_seconds = 0).await;
     let r = j.create("alice", "demo", "operator", 600).await;
-    let short = j.token_lasting("alice", Some("alice@example.com"), &["engineering"], 3);
+    let short = j.token_lasting("alice", Some("alice@example.com"), &["engineering"], 8);
     let mut alice = j.grpc_with(Some(&format!("Bearer {short}"))).requests;
     let mut stream = ok(alice.watch_request(watch(&r.id, 0)).await);
     let first = stream
@@ -228,4 +228,39 @@ async fn a_watch_ends_unauthenticated_when_its_token_expires_and_resumes_with_a_
         .expect("an event");
     assert_eq!((next.version, next.kind.as_str()), (2, "request.approved"));
     j.stop().await.expect("clean stop");
+}
+
+/// Shutdown ends open watch streams at once with UNAVAILABLE (the client resumes on
+/// another node) instead of letting them hold the drain for its whole grace period: with a
+/// minute's grace and watchers open, the server is gone well within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_watches_with_unavailable_and_does_not_wait_for_them() {
+    let j = Jitsudo::start_with(|c| c.server.shutdown_grace_seconds = 60).await;
+    let r = j.create("alice", "demo", "operator", 600).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut alice = j.grpc("alice").requests;
+        let mut s = ok(alice.watch_request(watch(&r.id, 0)).await);
+        let first = s.message().await.expect("an event").expect("an event");
+        assert_eq!(first.version, 1);
+        streams.push(s);
+    }
+    let stopping = tokio::spawn(async move { j.stop().await });
+    for mut s in streams {
+        let end = tokio::time::timeout(std::time::Duration::from_secs(20), s.message())
+            .await
+            .expect("the watch ends at shutdown, not after the grace");
+        let status = end.expect_err("with a status the client can act on");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("this node is shutting down"),
+            "{}",
+            status.message()
+        );
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(30), stopping)
+        .await
+        .expect("the server stops without waiting out its 60 s grace")
+        .expect("the stop task")
+        .expect("clean stop");
 }

@@ -504,14 +504,20 @@ async fn follow(
                         }
                     }
                 }
-                Some(Err(s)) if retryable(&s) => break,
+                // A node going away (shutdown) or a dropped stream: resume, with a pause
+                // that grows if it keeps happening.
+                Some(Err(s)) if retryable(&s) => {
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures.min(3))).await;
+                    break;
+                }
                 // The token expired while watching: carry on with a fresh one, silently.
                 Some(Err(s))
                     if s.code() == tonic::Code::Unauthenticated
                         && renewed_at.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) =>
                 {
                     renewed_at = Some(std::time::Instant::now());
-                    match app.api().await {
+                    match app.api_with_fresh_token().await {
                         Ok(fresh) => api = fresh,
                         Err(e) => {
                             if let Some(pb) = &spinner {
