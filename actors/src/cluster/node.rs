@@ -181,12 +181,25 @@ impl NodeState {
                     if !leases.is_empty() {
                         self.args.lease.renewed(sent, ttl);
                     }
+                    let (mut shards, mut epochs) = (Vec::new(), Vec::new());
                     for l in leases {
                         if l.fence.epoch > 1 {
                             metrics::counter!(names::SHARD_TAKEOVERS).increment(1);
                         }
-                        tracing::info!(shard = l.fence.shard, epoch = l.fence.epoch, "took shard");
+                        tracing::debug!(shard = l.fence.shard, epoch = l.fence.epoch, "took shard");
+                        shards.push(l.fence.shard);
+                        epochs.push(l.fence.epoch);
                         self.start_shard(me, l.fence).await;
+                    }
+                    // One line per round, not one per shard: a node's first round takes
+                    // them all.
+                    if !shards.is_empty() {
+                        tracing::info!(
+                            count = shards.len(),
+                            shards = %ranges(shards.iter().map(|s| i64::from(*s))),
+                            epochs = %ranges(epochs.iter().copied()),
+                            "took shards"
+                        );
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "taking lapsed shards failed"),
@@ -340,5 +353,40 @@ impl Actor for NodeSupervisor {
         st.set_shard(shard, None);
         st.start_shard(&me, fence).await;
         Ok(())
+    }
+}
+
+/// `0-3,7,9-10`: numbers as sorted, de-duplicated runs.
+fn ranges(numbers: impl Iterator<Item = i64>) -> String {
+    let mut n: Vec<i64> = numbers.collect();
+    n.sort_unstable();
+    n.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < n.len() {
+        let start = n[i];
+        while i + 1 < n.len() && n[i + 1] == n[i] + 1 {
+            i += 1;
+        }
+        out.push(if n[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", n[i])
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+#[cfg(test)]
+mod ranges_tests {
+    #[test]
+    fn runs_are_written_as_ranges() {
+        assert_eq!(super::ranges((0..64).rev()), "0-63");
+        assert_eq!(
+            super::ranges([7, 1, 2, 3, 9, 10, 1].into_iter()),
+            "1-3,7,9-10"
+        );
+        assert_eq!(super::ranges(std::iter::empty()), "");
     }
 }

@@ -548,3 +548,106 @@ async fn grpc_health_follows_readiness_through_a_database_outage_and_shutdown() 
     drop(left);
     drop(db);
 }
+
+/// A node that holds no shard lease cannot act on any request's deadlines: it is not
+/// ready, and grpc.health.v1 says NOT_SERVING, while the node holding the only shard serves.
+/// With one shard and two nodes, the fair share gives it to the first node by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_shard_lease_is_not_serving() {
+    let a = Jitsudo::start_with(|c| c.node.shards = 1).await;
+    let url = a.config.database.url.clone();
+    let b = Jitsudo::start_with(move |c| {
+        c.node.shards = 1;
+        c.database.url = url;
+        c.node.name = "api-it-second".into();
+    })
+    .await;
+    assert_eq!(a.state.engine.shards_owned().len(), 1, "api-it sorts first");
+    assert!(b.state.engine.shards_owned().is_empty());
+    let mut holder = HealthClient::new(a.bare_channel());
+    let mut idle = HealthClient::new(b.bare_channel());
+    assert_eq!(
+        serving_within(&mut holder, "", Duration::from_secs(15)).await,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        status_within(
+            &mut idle,
+            "jitsudo.v1.RequestService",
+            ServingStatus::NotServing,
+            Duration::from_secs(15)
+        )
+        .await,
+        ServingStatus::NotServing as i32,
+        "no shard, not serving"
+    );
+    let (status, body) = b.rest_with(None).get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.as_str()
+            .is_some_and(|t| t.contains("no shard leases held")),
+        "{body}"
+    );
+    b.stop().await.expect("clean stop");
+    a.stop().await.expect("clean stop");
+}
+
+/// A fresh `jitsudod --dev` puts its banner on the first screen: the shards it takes are
+/// one line (count and epochs), not one per shard.
+#[test]
+fn a_fresh_dev_start_shows_its_banner_on_the_first_screen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("output.txt");
+    let file = std::fs::File::create(&log).expect("output file");
+    let port = jitsudo_testkit::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jitsudod"))
+        .args([
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env_remove("JITSUDOD_LOG")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(file.try_clone().expect("clone"))
+        .stderr(file)
+        .spawn()
+        .expect("jitsudod starts");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("The jitsudo CLI:") {
+            break text;
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!("no banner: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("is running in DEV MODE"))
+        .expect("the banner's first line");
+    assert!(at < 12, "the banner starts on line {}:\n{text}", at + 1);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("took shard ") || l.ends_with("took shard")),
+        "no line per shard at INFO:\n{text}"
+    );
+    let took: Vec<&&str> = lines.iter().filter(|l| l.contains("took shards")).collect();
+    assert_eq!(took.len(), 1, "{text}");
+    assert!(
+        took[0].contains("count=64")
+            && took[0].contains("shards=0-63")
+            && took[0].contains("epochs=1"),
+        "{}",
+        took[0]
+    );
+}
