@@ -54,8 +54,18 @@ impl Engine {
         store: SharedStore,
         providers: Registry,
     ) -> Result<Engine, EngineError> {
+        crate::stats::register_series(
+            &providers.names().map(str::to_owned).collect::<Vec<_>>(),
+            &config
+                .notify
+                .sinks
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<Vec<_>>(),
+        );
         let incarnation = Uuid::now_v7();
         let n = store.init_shards(config.shards).await?;
+        metrics::gauge!(crate::stats::names::SHARDS_CONFIGURED).set(f64::from(n));
         crate::cluster::membership::join(&store, &config.node, incarnation, config.lease_ttl)
             .await?;
         let lease = Arc::new(LeaseClock::new(fence_margin(config.lease_ttl)));

@@ -33,6 +33,9 @@ pub mod names {
     pub const GRANTS_FENCED: &str = "jitsudo_grants_self_fenced_total";
     pub const ROUTED_CALLS: &str = "jitsudo_routed_calls_total";
     pub const MESH_PEERS: &str = "jitsudo_mesh_peers";
+    pub const MESH_DIALS: &str = "jitsudo_mesh_dials_total";
+    pub const SHARDS_CONFIGURED: &str = "jitsudo_shards_configured";
+    pub const TOKEN_LEEWAY: &str = "jitsudo_token_leeway_seconds";
     pub const CLOCK_OFFSET: &str = "jitsudo_clock_offset_seconds";
     pub const LEASE_REMAINING: &str = "jitsudo_lease_usable_seconds";
     pub const OUTBOX_DEPTH: &str = "jitsudo_outbox_depth";
@@ -51,6 +54,116 @@ pub mod names {
     pub const RECONCILE_ORPHANS: &str = "jitsudo_reconcile_orphans_reaped_total";
     pub const RECONCILE_DRIFT: &str = "jitsudo_reconcile_drift_detected_total";
     pub const RECONCILE_TOMBSTONES: &str = "jitsudo_reconcile_tombstones_removed_total";
+}
+
+/// Every actor kind a node runs (the `kind` label of the actor-health series).
+pub const KINDS: [&str; 10] = [
+    "node",
+    "membership",
+    "policy",
+    "provider",
+    "notifier",
+    "audit_sequencer",
+    "reconciler",
+    "mesh",
+    "shard",
+    "request",
+];
+
+/// The providers' operations (the `op` label of the provider series).
+pub const PROVIDER_OPS: [&str; 7] = [
+    "validate",
+    "grant",
+    "revoke",
+    "inspect",
+    "credentials",
+    "list",
+    "forget",
+];
+
+/// Makes every series the engine exports exist from the start, with each label set it can
+/// have: counters at 0, histograms empty, gauges at their value (registering one does not
+/// change it). Without this a quiet node exports nothing for a rate to work on, and a
+/// dashboard says "no data" where it means 0. Gauges whose value only their actor knows
+/// (the audit chain's, the outbox's) appear when that actor first reports.
+pub fn register_series(providers: &[String], sinks: &[String]) {
+    use crate::domain::{Event, State};
+    use metrics::{counter, gauge, histogram};
+    use names::*;
+    for kind in KINDS {
+        gauge!(ACTORS_LIVE, "kind" => kind).increment(0.0);
+        gauge!(ACTOR_MAILBOX, "kind" => kind).increment(0.0);
+        counter!(ACTOR_RESTARTS, "kind" => kind).increment(0);
+        let _ = histogram!(ACTOR_HANDLER_SECONDS, "kind" => kind);
+    }
+    counter!(TRANSITIONS, "from" => "NONE", "to" => State::Pending.as_str()).increment(0);
+    for from in State::ALL {
+        for to in from.moves() {
+            counter!(TRANSITIONS, "from" => from.as_str(), "to" => to.as_str()).increment(0);
+        }
+    }
+    for event in Event::NAMES {
+        counter!(REFUSALS, "event" => event).increment(0);
+    }
+    for name in [
+        STALE_WRITES,
+        SWEEP_RECOVERED,
+        SHARD_TAKEOVERS,
+        SHARD_HANDOVERS,
+        SHARD_LEASES_LOST,
+        GRANTS_FENCED,
+        MESH_DIALS,
+        AUDIT_CHAINED,
+        AUDIT_CHECKPOINTS,
+        COMMIT_ANNOUNCE_FAILURES,
+    ] {
+        counter!(name).increment(0);
+    }
+    for outcome in ["answered", "timeout", "unavailable"] {
+        counter!(ROUTED_CALLS, "outcome" => outcome).increment(0);
+    }
+    // A node without a mesh has no peers: its 0 is true (and, in a cluster of several, a
+    // reason for the mesh alert, as calls for the others' shards cannot be routed).
+    for name in [
+        REVOCATIONS_STUCK,
+        SHARDS_OWNED,
+        CLOCK_OFFSET,
+        LEASE_REMAINING,
+        MESH_PEERS,
+    ] {
+        gauge!(name).increment(0.0);
+    }
+    let _ = histogram!(EXPIRY_ISSUE_LAG);
+    let _ = histogram!(EXPIRY_LAG);
+    for rule in ["decision", "approver_allowed"] {
+        let _ = histogram!(POLICY_EVAL_SECONDS, "rule" => rule);
+    }
+    for provider in providers {
+        for op in PROVIDER_OPS {
+            let _ = histogram!(PROVIDER_CALL_SECONDS, "provider" => provider.clone(), "op" => op);
+            counter!(PROVIDER_CALLS, "provider" => provider.clone(), "op" => op, "outcome" => "ok")
+                .increment(0);
+            for class in jitsudo_providers::ErrorClass::ALL {
+                counter!(PROVIDER_CALLS, "provider" => provider.clone(), "op" => op, "outcome" => class.as_str())
+                    .increment(0);
+            }
+        }
+        for outcome in ["ok", "failed"] {
+            counter!(RECONCILE_PASSES, "provider" => provider.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        let _ = histogram!(RECONCILE_SECONDS, "provider" => provider.clone());
+        for name in [RECONCILE_ORPHANS, RECONCILE_DRIFT, RECONCILE_TOMBSTONES] {
+            counter!(name, "provider" => provider.clone()).increment(0);
+        }
+    }
+    for sink in sinks {
+        counter!(OUTBOX_DELIVERED, "sink" => sink.clone()).increment(0);
+        counter!(OUTBOX_FAILURES, "sink" => sink.clone()).increment(0);
+        for name in [OUTBOX_DEPTH, OUTBOX_OLDEST_AGE, OUTBOX_DEAD_LETTERS] {
+            gauge!(name, "sink" => sink.clone()).increment(0.0);
+        }
+    }
 }
 
 /// Live statistics of one actor, shared between the actor and its handles.

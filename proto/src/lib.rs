@@ -28,8 +28,37 @@ impl std::fmt::Debug for v1::Credentials {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/jitsudo_v1_descriptor.bin"));
 
+/// The method names of every jitsudo.v1 service (`CreateRequest`, `QueryAudit`, ...), from
+/// the descriptor the server is built with.
+pub fn rpc_names() -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    set.file
+        .iter()
+        .filter(|f| f.package() == "jitsudo.v1")
+        .flat_map(|f| &f.service)
+        .flat_map(|s| &s.method)
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_rpc_names_come_from_the_descriptor() {
+        let names = super::rpc_names();
+        for n in [
+            "CreateRequest",
+            "WatchRequest",
+            "VerifyAudit",
+            "ApplyPolicy",
+        ] {
+            assert!(names.iter().any(|m| m == n), "{n} missing from {names:?}");
+        }
+    }
+
     #[test]
     fn credentials_debug_names_variables_but_never_values() {
         let c = super::v1::Credentials {

@@ -194,6 +194,12 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    pub const ALL: [ErrorClass; 3] = [
+        ErrorClass::Retryable,
+        ErrorClass::Permanent,
+        ErrorClass::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Retryable => "retryable",

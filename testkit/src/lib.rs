@@ -7,9 +7,11 @@
 //! [`python::venv`] provides pinned Python tools for cross-checking them with real clients.
 
 pub mod aws_proxy;
+pub mod debian;
 pub mod fakes;
 pub mod moto;
 mod postgres;
+pub mod prometheus;
 pub mod python;
 
 pub use postgres::{PrivatePostgres, TestDatabase, postgres};

@@ -15,7 +15,7 @@ const STAMP: &str = "testkit-pins.txt";
 
 /// The workspace target directory: `CARGO_TARGET_DIR` (relative to the workspace root) when
 /// set, else `<workspace>/target`.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)

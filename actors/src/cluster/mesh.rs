@@ -418,6 +418,16 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connects to every live member that is not connected yet, each second.
 pub struct Dialer;
 
+/// The member name in a session's peer name: ractor_cluster names a node
+/// `{name}@{hostname}` on the wire, the members table by name alone. Matching the two is
+/// what keeps the dialer from dialing a connected peer again every round (each such dial
+/// is refused as a duplicate and may drop the session routed calls are using).
+fn peer_node(wire_name: &str) -> &str {
+    wire_name
+        .rsplit_once('@')
+        .map_or(wire_name, |(name, _)| name)
+}
+
 pub struct DialerArgs {
     pub ctx: Arc<NodeContext>,
     pub server: ActorRef<NodeServerMessage>,
@@ -481,7 +491,7 @@ impl Actor for Dialer {
             match ractor::call!(a.server, NodeServerMessage::GetSessions) {
                 Ok(sessions) => sessions
                     .into_values()
-                    .filter_map(|s| s.peer_name.map(|n| n.name))
+                    .filter_map(|s| s.peer_name.map(|n| peer_node(&n.name).to_owned()))
                     .collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "the cluster listener does not answer");
@@ -524,6 +534,7 @@ impl Actor for Dialer {
             );
             match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
                 Ok(Ok(())) => {
+                    metrics::counter!(crate::stats::names::MESH_DIALS).increment(1);
                     tracing::info!(peer = %m.node, addr = %m.cluster_addr, "dialed a cluster peer")
                 }
                 Ok(Err(e)) => {
@@ -537,5 +548,18 @@ impl Actor for Dialer {
         st.stats
             .set_state(format!("{} peers connected", connected.len()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_node;
+
+    #[test]
+    fn a_session_peer_name_is_matched_to_its_member_without_the_host() {
+        assert_eq!(peer_node("node-1@127.0.0.1"), "node-1");
+        assert_eq!(peer_node("node-1@jitsudo-1.internal"), "node-1");
+        assert_eq!(peer_node("a@b@[::1]"), "a@b");
+        assert_eq!(peer_node("node-1"), "node-1");
     }
 }

@@ -39,6 +39,20 @@ impl State {
         State::Failed,
     ];
 
+    /// The states a committed transition may move this one to (the lifecycle table of
+    /// docs/engine.md; the domain's property tests hold `step` to it). A request is created
+    /// PENDING.
+    pub fn moves(self) -> &'static [State] {
+        use State::*;
+        match self {
+            Pending => &[Pending, Approved, Rejected, Cancelled, TimedOut],
+            Approved => &[Approved, Active, Ending],
+            Active => &[Active, Ending],
+            Ending => &[Ending, Expired, Revoked, Failed],
+            Expired | Revoked | Rejected | Cancelled | TimedOut | Failed => &[],
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         !matches!(
             self,

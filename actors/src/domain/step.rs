@@ -125,6 +125,26 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every value [`Event::name`] answers (the `event` label of the refusal counter).
+    pub const NAMES: [&'static str; 16] = [
+        "auto_approve",
+        "approve",
+        "deny",
+        "cancel",
+        "revoke",
+        "approval_deadline",
+        "grant_deadline",
+        "expiry",
+        "grant_succeeded",
+        "grant_failed",
+        "revoke_succeeded",
+        "revoke_failed",
+        "gone_at_provider",
+        "request_extension",
+        "approve_extension",
+        "deny_extension",
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             Event::AutoApprove => "auto_approve",

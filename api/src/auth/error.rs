@@ -64,6 +64,29 @@ pub enum AuthError {
 
 impl AuthError {
     /// A stable, low-cardinality code for logs and metrics labels.
+    /// Every value [`AuthError::reason`] answers (the `reason` label of
+    /// `jitsudo_auth_refusals_total`).
+    pub const REASONS: [&'static str; 18] = [
+        "token_too_large",
+        "missing_bearer",
+        "malformed",
+        "algorithm_not_allowed",
+        "wrong_token_type",
+        "missing_kid",
+        "unknown_kid",
+        "key_mismatch",
+        "bad_signature",
+        "wrong_issuer",
+        "wrong_audience",
+        "expired",
+        "not_yet_valid",
+        "invalid_claim",
+        "invalid_groups",
+        "keys_unavailable",
+        "invalid_config",
+        "http_client",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::TokenTooLarge { .. } => "token_too_large",

@@ -37,7 +37,8 @@ pub fn node_status(
     }
 }
 
-pub fn cluster_status(s: &ClusterStatus) -> v1::ClusterStatus {
+/// `leeway` is the answering node's token leeway.
+pub fn cluster_status(s: &ClusterStatus, leeway: std::time::Duration) -> v1::ClusterStatus {
     let ms = |d: chrono::Duration| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
     let shard = |r: &ShardRecord| v1::ClusterShard {
         shard: r.shard,
@@ -69,6 +70,7 @@ pub fn cluster_status(s: &ClusterStatus) -> v1::ClusterStatus {
         shards: s.shards.iter().map(shard).collect(),
         audit_sequencer: s.audit_sequencer.as_ref().map(shard),
         epoch_changes: s.epoch_changes(),
+        token_leeway_seconds: leeway.as_secs_f64(),
     }
 }
 

@@ -39,7 +39,10 @@ impl AppState {
     pub async fn cluster_status(&self, c: &Caller) -> Result<v1::ClusterStatus, ApiError> {
         c.require_admin_or_auditor("reading the cluster status")?;
         let s = self.engine.cluster_status().await?;
-        Ok(convert::admin::cluster_status(&s))
+        Ok(convert::admin::cluster_status(
+            &s,
+            std::time::Duration::from_secs(self.config.auth.leeway_seconds),
+        ))
     }
 
     pub async fn list_providers(&self, c: &Caller) -> Result<v1::ListProvidersResponse, ApiError> {

@@ -627,8 +627,43 @@ fn a_fresh_dev_start_shows_its_banner_on_the_first_screen() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The actors and shards it started with are on /metrics from the first scrape (the
+    // recorder is installed before the engine starts).
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+        let mut page = String::new();
+        s.read_to_string(&mut page).expect("read");
+        page
+    };
     let _ = child.kill();
     let _ = child.wait();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
+    };
+    assert_eq!(value(r#"jitsudo_actors_live{kind="shard"}"#), 64.0);
+    for kind in [
+        "node",
+        "membership",
+        "policy",
+        "notifier",
+        "audit_sequencer",
+        "reconciler",
+    ] {
+        assert_eq!(
+            value(&format!(r#"jitsudo_actors_live{{kind="{kind}"}}"#)),
+            1.0,
+            "{kind}"
+        );
+    }
+    assert_eq!(value("jitsudo_shard_leases_owned"), 64.0);
+    assert_eq!(value("jitsudo_shards_configured"), 64.0);
+    assert_eq!(value(r#"jitsudo_actors_live{kind="request"}"#), 0.0);
+    assert_eq!(value("jitsudo_sweep_recovered_total"), 0.0);
     let lines: Vec<&str> = text.lines().collect();
     let at = lines
         .iter()

@@ -474,6 +474,11 @@ impl Jitsudo {
         self.tokens.mint(user)
     }
 
+    /// The CA certificate (PEM) the server's TLS certificate is signed by.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
     /// A token for anyone: the issuer's key, any claims.
     pub fn token_for(
         &self,

@@ -9,6 +9,7 @@ mod harness;
 mod kubernetes;
 mod limits;
 mod policy_audit;
+mod prometheus;
 mod refusals;
 mod requests;
 mod transport;

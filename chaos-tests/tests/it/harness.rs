@@ -98,6 +98,8 @@ pub struct Node {
     /// The way in to this node's cluster port (what it advertises): cutting it drops
     /// every mesh connection to this node, whichever side dialed.
     pub mesh_link: Proxy,
+    /// Extra environment of the process, from its next start (libfaketime's, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -374,6 +376,7 @@ timeout_seconds = 5
             log: d.join(format!("node-{i}.log")),
             db_link,
             mesh_link,
+            env: Vec::new(),
         });
         self.spawn(i);
         i
@@ -392,6 +395,7 @@ timeout_seconds = 5
             .arg(&n.config)
             .env("JITSUDOD_LOG", "info,sqlx=warn,ractor_cluster=warn")
             .env("RUST_BACKTRACE", "0")
+            .envs(n.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
@@ -436,6 +440,15 @@ timeout_seconds = 5
     }
 
     /// Waits until node `i` answers `/readyz`.
+    /// Node `i`'s `/readyz`: status code and body.
+    pub async fn readyz(&self, i: usize) -> (u16, String) {
+        let url = format!("https://localhost:{}/readyz", self.nodes[i].api_port);
+        match self.https().get(&url).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
     pub async fn wait_ready(&mut self, i: usize) {
         let http = self.https();
         let url = format!("https://localhost:{}/readyz", self.nodes[i].api_port);

@@ -657,6 +657,10 @@ async fn s9_fifty_concurrent_decisions_on_three_nodes() {
     // (local) and to node 1 (routed over the mesh), alternately.
     let pending = c.create_pending(0, 40).await;
     let (mut local, mut routed) = (c.requests(0).await, c.requests(1).await);
+    let mut dials_before = 0.0;
+    for i in 0..3 {
+        dials_before += c.metric(i, "jitsudo_mesh_dials_total").await;
+    }
     let (mut l_ms, mut r_ms) = (Vec::new(), Vec::new());
     for (k, id) in pending.iter().enumerate() {
         let req = c.auth(
@@ -678,8 +682,22 @@ async fn s9_fifty_concurrent_decisions_on_three_nodes() {
             .expect("approve")
             .into_inner();
         into.push(started.elapsed().as_secs_f64() * 1000.0);
-        assert_eq!(r.state, v1::RequestState::Approved as i32);
+        // APPROVED, not a later state: a later one is the answer to a repeat, sent when the
+        // mesh session carrying the first try dropped.
+        assert_eq!(
+            v1::RequestState::try_from(r.state),
+            Ok(v1::RequestState::Approved),
+            "approval {k} of {id}"
+        );
     }
+    let mut dials_after = 0.0;
+    for i in 0..3 {
+        dials_after += c.metric(i, "jitsudo_mesh_dials_total").await;
+    }
+    assert_eq!(
+        dials_after, dials_before,
+        "a steady mesh opened new sessions while calls were routed over it"
+    );
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -842,4 +860,102 @@ async fn s11_watchers_on_every_node_wake_on_other_nodes_commits_without_polling(
         "every watcher read once it was woken: {} reads",
         after - idle
     );
+}
+
+/// A node whose wall clock is two minutes behind the database's (libfaketime from Debian;
+/// its monotonic clock untouched), beyond the 30 s token leeway: it refuses every token,
+/// so it must say it is not ready (/readyz, the log, the offset metric) — and, as its leases
+/// and deadlines go by the database clock, its shards' grants still expire on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_a_node_whose_clock_is_behind_the_token_leeway_is_unready_but_expires_on_time() {
+    let _one = SERIAL.lock().await;
+    let faketime = jitsudo_testkit::debian::package(jitsudo_testkit::debian::LIBFAKETIME)
+        .expect("libfaketime from Debian")
+        .join("usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+    assert!(faketime.exists(), "{} missing", faketime.display());
+    let mut c = Cluster::start(Opts {
+        nodes: 2,
+        ..Opts::default()
+    })
+    .await;
+    fair(&c, 2, Duration::from_secs(30)).await;
+    // Grants made while both clocks agree (a create lands on a shard of the node it is sent
+    // to), expiring after node 1 is back with its clock two minutes behind.
+    let ids = create_spread(&mut c, &[0, 1], 24, &[40, 50, 60]).await;
+    c.terminate(1).await;
+    c.nodes[1].env = vec![
+        ("LD_PRELOAD".into(), faketime.display().to_string()),
+        ("FAKETIME".into(), "-120".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ("FAKETIME_DONT_RESET".into(), "1".into()),
+    ];
+    c.spawn(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = c.readyz(1).await;
+        if status == 503 && body.contains("beyond the token leeway") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never said its clock is off: {status} {body}\n{}",
+            c.log_tail(1, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.contains("s behind the database clock"), "{body}");
+    // The gauge follows the membership heartbeat.
+    let offset = loop {
+        let offset = c.metric(1, "jitsudo_clock_offset_seconds").await;
+        if (110.0..130.0).contains(&offset) {
+            break offset;
+        }
+        assert!(Instant::now() < deadline, "offset {offset}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        c.log_tail(1, 200)
+            .contains("not ready: gRPC health is NOT_SERVING"),
+        "{}",
+        c.log_tail(1, 60)
+    );
+    // It refuses tokens (each looks issued in its future) ...
+    let refused = c
+        .requests(1)
+        .await
+        .get_request(c.auth(
+            "alice",
+            v1::GetRequestRequest {
+                id: uuid::Uuid::now_v7().to_string(),
+            },
+        ))
+        .await
+        .expect_err("a token is refused there");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // ... yet it takes its share back and keeps its shards' expiries on time: every grant
+    // expires within the bound, some of them on node 1's shards.
+    fair(&c, 2, Duration::from_secs(60)).await;
+    let report = c.check(&ids, 0).await;
+    let pool = c.pool().await;
+    let on_node_1: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM requests r JOIN shard_owners o ON o.shard = r.shard
+          WHERE r.id = ANY($1) AND o.owner = 'node-1'",
+    )
+    .bind(
+        ids.iter()
+            .map(|s| s.parse::<uuid::Uuid>().expect("uuid"))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("owners");
+    assert!(
+        on_node_1 >= 3,
+        "only {on_node_1} of the grants on node 1's shards"
+    );
+    eprintln!(
+        "CHAOS s12: node 1 two minutes behind (offset {offset:.1} s): {on_node_1} of {} grants on its shards; {report}",
+        ids.len()
+    );
+    assert_eq!(c.readyz(1).await.0, 503, "still not ready");
 }

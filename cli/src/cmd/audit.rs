@@ -246,6 +246,18 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
     let mut checkpoints: Vec<v1::Checkpoint> = Vec::new();
     let mut server_key_pem = String::new();
     let mut after = 0i64;
+    // A long log takes a while: on a terminal, say how far it got (nothing when piped).
+    let progress = (app.out.interactive && !app.out.quiet).then(|| {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} verifying the audit chain: {human_pos} events checked ({per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        pb
+    });
     loop {
         let page = api
             .audit
@@ -291,9 +303,15 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
                 versions.entry(id.to_string()).or_default().push(v);
             }
         }
+        if let Some(pb) = &progress {
+            pb.set_position(u64::try_from(chain_length).unwrap_or(0));
+        }
         if page.next_page_token.is_empty() || page.events.is_empty() {
             break;
         }
+    }
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
     }
     let mut key_note = String::new();
     if key.is_none() && !server_key_pem.is_empty() {

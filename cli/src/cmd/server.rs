@@ -130,6 +130,20 @@ pub async fn server(app: &App, c: ServerCommand) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A member's clock offset, marked when it is beyond the token leeway: such a node refuses
+/// every token and reports itself not ready.
+fn clock_offset(ms: f64, leeway_seconds: f64) -> String {
+    if leeway_seconds > 0.0 && ms.abs() > leeway_seconds * 1000.0 {
+        format!(
+            "{:.1} s {} (beyond the {leeway_seconds:.0} s token leeway: not ready, fix its NTP)",
+            ms.abs() / 1000.0,
+            if ms > 0.0 { "behind" } else { "ahead" }
+        )
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
 /// Members, then shard ownership summarised per owner (every shard with `-o json`).
 pub fn cluster_view(s: &v1::ClusterStatus) -> String {
     let members = table(
@@ -148,7 +162,7 @@ pub fn cluster_view(s: &v1::ClusterStatus) -> String {
                     m.node.clone(),
                     if m.alive { "yes" } else { "no" }.into(),
                     format!("{:.1} s ago", m.heartbeat_age_ms / 1000.0),
-                    format!("{:.1} ms", m.clock_offset_ms),
+                    clock_offset(m.clock_offset_ms, s.token_leeway_seconds),
                     m.shards_owned.to_string(),
                     local_time(&m.started_at),
                 ]
@@ -410,6 +424,35 @@ mod tests {
             mailbox,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_member_whose_clock_is_beyond_the_token_leeway_is_marked_in_the_cluster_view() {
+        let member = |node: &str, clock_offset_ms: f64| v1::ClusterMember {
+            node: node.into(),
+            alive: true,
+            clock_offset_ms,
+            ..Default::default()
+        };
+        let s = v1::ClusterStatus {
+            members: vec![member("node-0", 1.5), member("node-1", 120_000.0)],
+            token_leeway_seconds: 30.0,
+            ..Default::default()
+        };
+        let view = cluster_view(&s);
+        let line = |node: &str| {
+            view.lines()
+                .find(|l| l.starts_with(node))
+                .unwrap_or_else(|| panic!("{node} in\n{view}"))
+                .to_owned()
+        };
+        assert!(line("node-0").contains("1.5 ms"), "{view}");
+        assert!(!line("node-0").contains("leeway"), "{view}");
+        assert!(
+            line("node-1")
+                .contains("120.0 s behind (beyond the 30 s token leeway: not ready, fix its NTP)"),
+            "{view}"
+        );
     }
 
     #[test]

@@ -482,6 +482,12 @@ fn check_accepted(
     now: Timestamp,
 ) -> Result<(), TestCaseError> {
     let next = &tx.next;
+    // The refusal counter is registered for every event name up front.
+    prop_assert!(
+        Event::NAMES.contains(&ev.name()),
+        "{} not in Event::NAMES",
+        ev.name()
+    );
     // Exactly one audit entry, naming the move; the version is the store's business.
     prop_assert_eq!(&tx.audit.details["from"], prev.state.as_str());
     prop_assert_eq!(&tx.audit.details["to"], next.state.as_str());
@@ -513,15 +519,8 @@ fn check_accepted(
 
     // Only the moves of the §4 table.
     use State::*;
-    let allowed: &[State] = match prev.state {
-        Pending => &[Pending, Approved, Rejected, Cancelled, TimedOut],
-        Approved => &[Approved, Active, Ending],
-        Active => &[Active, Ending],
-        Ending => &[Ending, Expired, Revoked, Failed],
-        _ => &[],
-    };
     prop_assert!(
-        allowed.contains(&next.state),
+        prev.state.moves().contains(&next.state),
         "{} -> {} on {:?}",
         prev.state,
         next.state,
