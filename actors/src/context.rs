@@ -18,6 +18,153 @@ use crate::store::{OutboxRow, SharedStore};
 /// See [`NodeContext::expiry_records`]: a quarter of the store's 16 connections.
 const EXPIRY_RECORDS_AT_ONCE: usize = 4;
 
+/// How long a probe of the database clock counts (see [`NodeContext::probe_db_clock`]).
+pub const PROBE_WINDOW: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    at: std::time::Instant,
+    rtt: i64,
+    sample: i64,
+}
+
+/// This node's estimate of the database clock minus its own, in microseconds.
+#[derive(Debug)]
+pub struct DbClock {
+    offset_us: AtomicI64,
+    /// The probes of the last [`PROBE_WINDOW`], oldest first.
+    probes: std::sync::Mutex<std::collections::VecDeque<Probe>>,
+}
+
+impl Default for DbClock {
+    fn default() -> Self {
+        DbClock {
+            offset_us: AtomicI64::new(i64::MIN),
+            probes: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl DbClock {
+    /// A committed write's `db_now − local receive time` (µs): the database read its clock
+    /// before the reply arrived, so the sample is a lower bound of the offset. It raises
+    /// the estimate (a clock that jumped back shows at the next commit); lowering it is
+    /// the probes' business. Before the first probe, the highest recent sample decays by
+    /// 100 µs per sample, so one slow commit does not drag every later timer late.
+    pub fn observe(&self, sample: i64) {
+        let probed = self.probes.lock().map(|q| !q.is_empty()).unwrap_or(false);
+        let _ = self
+            .offset_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(match old {
+                    i64::MIN => sample,
+                    old if probed => old.max(sample),
+                    old => sample.max(old - 100),
+                })
+            });
+    }
+
+    /// A probe (the membership heartbeat's, every second): the database read `db_now`
+    /// between `sent` and `received` by this node's clock, so the offset is `db_now −` the
+    /// midpoint, to within half the round trip. The estimate becomes the probe with the
+    /// shortest round trip of the last [`PROBE_WINDOW`]: it follows a clock that was
+    /// corrected or jumped, either way, within that window.
+    pub fn probe(
+        &self,
+        db_now: Timestamp,
+        sent: Timestamp,
+        received: Timestamp,
+        at: std::time::Instant,
+    ) {
+        let rtt = (received - sent)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .max(0);
+        let sample = (db_now - sent).num_microseconds().unwrap_or(0) - rtt / 2;
+        let Ok(mut q) = self.probes.lock() else {
+            return;
+        };
+        q.push_back(Probe { at, rtt, sample });
+        while q.len() > 1
+            && q.front()
+                .is_some_and(|p| at.saturating_duration_since(p.at) > PROBE_WINDOW)
+        {
+            q.pop_front();
+        }
+        if let Some(best) = q.iter().min_by_key(|p| p.rtt) {
+            self.offset_us.store(best.sample, Ordering::Relaxed);
+        }
+    }
+
+    pub fn offset(&self) -> chrono::Duration {
+        match self.offset_us.load(Ordering::Relaxed) {
+            i64::MIN => chrono::Duration::zero(),
+            us => chrono::Duration::microseconds(us),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DbClock, PROBE_WINDOW};
+    use chrono::{Duration, TimeZone, Utc};
+    use std::time::Instant;
+
+    #[test]
+    fn a_clock_that_was_behind_and_is_corrected_is_followed_within_the_probe_window() {
+        let c = DbClock::default();
+        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
+        let t0 = Instant::now();
+        // 120 s behind: the node reads db − 120 s, round trip 2 ms.
+        let local = db - Duration::seconds(120);
+        c.probe(
+            db,
+            local - Duration::milliseconds(1),
+            local + Duration::milliseconds(1),
+            t0,
+        );
+        assert_eq!(c.offset().num_milliseconds(), 120_000);
+        // Commits cannot lower it ...
+        c.observe(0);
+        assert_eq!(c.offset().num_milliseconds(), 120_000);
+        // ... probes after the correction do, once the old ones leave the window.
+        let probe_at = |at: Instant| {
+            c.probe(
+                db,
+                db - Duration::milliseconds(2),
+                db + Duration::milliseconds(2),
+                at,
+            );
+        };
+        probe_at(t0 + PROBE_WINDOW / 2);
+        assert_eq!(
+            c.offset().num_milliseconds(),
+            120_000,
+            "the shorter round trip wins"
+        );
+        probe_at(t0 + PROBE_WINDOW + std::time::Duration::from_secs(1));
+        assert_eq!(c.offset().num_milliseconds(), 0);
+    }
+
+    #[test]
+    fn a_clock_that_jumps_back_shows_at_the_next_commit_and_one_that_jumps_ahead_at_probes() {
+        let c = DbClock::default();
+        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
+        let t0 = Instant::now();
+        c.probe(db, db, db, t0);
+        assert_eq!(c.offset(), Duration::zero());
+        c.observe(5_000_000);
+        assert_eq!(
+            c.offset(),
+            Duration::seconds(5),
+            "a commit raises it at once"
+        );
+        let ahead = db + Duration::seconds(90);
+        c.probe(db, ahead, ahead, t0 + PROBE_WINDOW * 2);
+        assert_eq!(c.offset(), Duration::seconds(-90));
+    }
+}
+
 pub struct NodeContext {
     pub config: EngineConfig,
     pub incarnation: Uuid,
@@ -25,8 +172,8 @@ pub struct NodeContext {
     pub policy: PolicyHandle,
     pub providers: BTreeMap<String, ProviderHandle>,
     pub registry: ActorRegistry,
-    /// Database clock minus this node's clock, learned from every committed write.
-    clock_offset_us: AtomicI64,
+    /// Database clock minus this node's clock.
+    db_clock: DbClock,
     /// Every version committed on this node, as (request, version): watchers wake on it
     /// instead of polling, and the commit feed announces it to the other nodes.
     pub commits: tokio::sync::broadcast::Sender<(crate::domain::RequestId, i64)>,
@@ -64,7 +211,7 @@ impl NodeContext {
             policy,
             providers,
             registry,
-            clock_offset_us: AtomicI64::new(i64::MIN),
+            db_clock: DbClock::default(),
             commits: tokio::sync::broadcast::channel(4096).0,
             remote_commits: tokio::sync::broadcast::channel(4096).0,
             expiry_records: std::sync::Arc::new(tokio::sync::Semaphore::new(
@@ -104,27 +251,20 @@ impl NodeContext {
         Utc::now() + self.clock_offset()
     }
 
-    /// A sample `db_now − local receive time` underestimates the offset by the reply's
-    /// latency, so one slow commit must not drag every later timer late: keep the highest
-    /// recent sample, letting it decay by 100 µs per sample to follow a real clock change.
+    /// A committed write's database time (see [`DbClock::observe`]).
     pub fn observe_db_clock(&self, db_now: Timestamp) {
-        let sample = (db_now - Utc::now()).num_microseconds().unwrap_or(0);
-        let _ = self
-            .clock_offset_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == i64::MIN {
-                    sample
-                } else {
-                    sample.max(old - 100)
-                })
-            });
+        self.db_clock
+            .observe((db_now - Utc::now()).num_microseconds().unwrap_or(0));
+    }
+
+    /// A probe of the database clock (see [`DbClock::probe`]).
+    pub fn probe_db_clock(&self, db_now: Timestamp, sent: Timestamp, received: Timestamp) {
+        self.db_clock
+            .probe(db_now, sent, received, std::time::Instant::now());
     }
 
     pub fn clock_offset(&self) -> chrono::Duration {
-        match self.clock_offset_us.load(Ordering::Relaxed) {
-            i64::MIN => chrono::Duration::zero(),
-            us => chrono::Duration::microseconds(us),
-        }
+        self.db_clock.offset()
     }
 
     pub fn is_admin(&self, p: &Principal) -> bool {

@@ -276,6 +276,22 @@ impl Engine {
     /// The cluster as the database sees it: every node that has heartbeated (alive when
     /// its heartbeat is younger than the lease TTL, by the database clock) and every
     /// shard's owner, epoch and lease.
+    /// The clock offsets (database clock minus the node's) the live members reported with
+    /// their last heartbeat, this node's own estimate first.
+    pub async fn clock_offsets(&self) -> Result<Vec<chrono::Duration>, EngineError> {
+        let (db_now, members) = self.ctx.store.members().await?;
+        let ttl = chrono::Duration::from_std(self.ctx.config.lease_ttl)
+            .unwrap_or(chrono::Duration::seconds(5));
+        let mut offsets = vec![self.ctx.clock_offset()];
+        offsets.extend(
+            members
+                .iter()
+                .filter(|m| m.node != self.ctx.node() && db_now - m.heartbeat_at < ttl)
+                .map(|m| chrono::Duration::microseconds(m.clock_offset_us)),
+        );
+        Ok(offsets)
+    }
+
     pub async fn cluster_status(&self) -> Result<ClusterStatus, EngineError> {
         let (db_now, members) = self.ctx.store.members().await?;
         let (mut shards, singletons): (Vec<_>, Vec<_>) = self

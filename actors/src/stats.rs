@@ -35,6 +35,7 @@ pub mod names {
     pub const MESH_PEERS: &str = "jitsudo_mesh_peers";
     pub const MESH_DIALS: &str = "jitsudo_mesh_dials_total";
     pub const SHARDS_CONFIGURED: &str = "jitsudo_shards_configured";
+    pub const SHARDS_UNOWNED: &str = "jitsudo_shards_unowned";
     pub const TOKEN_LEEWAY: &str = "jitsudo_token_leeway_seconds";
     pub const CLOCK_OFFSET: &str = "jitsudo_clock_offset_seconds";
     pub const LEASE_REMAINING: &str = "jitsudo_lease_usable_seconds";
@@ -130,6 +131,7 @@ pub fn register_series(providers: &[String], sinks: &[String]) {
         CLOCK_OFFSET,
         LEASE_REMAINING,
         MESH_PEERS,
+        SHARDS_UNOWNED,
     ] {
         gauge!(name).increment(0.0);
     }

@@ -588,31 +588,36 @@ fn watch_health(
     health: tonic_health::server::HealthReporter,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last: Option<Option<String>> = None;
+        // The kind of the last reason (None: ready); the log speaks when it changes.
+        let mut last: Option<Option<&'static str>> = None;
         loop {
             let why = match state.upgrade() {
                 None => return,
                 Some(s) => {
                     match tokio::time::timeout(Duration::from_secs(3), ready_check(&s)).await {
                         Ok(None) => None,
-                        Ok(Some(n)) => Some(n.reason().to_owned()),
-                        Err(_) => Some("the readiness check did not finish in 3 s".to_owned()),
+                        Ok(Some(n)) => Some((n.kind(), n.reason())),
+                        Err(_) => Some((
+                            "slow check",
+                            "the readiness check did not finish in 3 s".to_owned(),
+                        )),
                     }
                 }
             };
-            if last.as_ref() != Some(&why) {
+            let kind = why.as_ref().map(|(k, _)| *k);
+            if last != Some(kind) {
                 let serving = why.is_none();
                 match (&last, &why) {
-                    (_, Some(reason)) => {
+                    (_, Some((_, reason))) => {
                         tracing::warn!(reason = %reason, "not ready: gRPC health is NOT_SERVING")
                     }
                     (Some(_), None) => tracing::info!("ready again: gRPC health is SERVING"),
                     (None, None) => {}
                 }
-                if last.as_ref().map(Option::is_none) != Some(serving) {
+                if last.map(|k| k.is_none()) != Some(serving) {
                     set_health(&health, serving).await;
                 }
-                last = Some(why);
+                last = Some(kind);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -692,22 +697,39 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// Why this node should take no traffic: what `/readyz` answers and the log says.
 enum NotReady {
-    Text(String),
-    Error(ApiError),
+    Starting,
+    Store(ApiError),
+    Clock(String),
+    NoShards,
 }
 
 impl NotReady {
-    fn reason(&self) -> &str {
+    /// What kind of reason: the log says it again only when this changes.
+    fn kind(&self) -> &'static str {
         match self {
-            NotReady::Text(t) => t.trim_end(),
-            NotReady::Error(e) => &e.message,
+            NotReady::Starting => "starting or stopping",
+            NotReady::Store(_) => "store unreachable",
+            NotReady::Clock(_) => "clock beyond the token leeway",
+            NotReady::NoShards => "no shard leases held",
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            NotReady::Store(e) => e.message.clone(),
+            NotReady::Clock(why) => why.clone(),
+            other => other.kind().to_owned(),
         }
     }
 
     fn into_response(self) -> Response {
         match self {
-            NotReady::Text(t) => (StatusCode::SERVICE_UNAVAILABLE, t).into_response(),
-            NotReady::Error(e) => e.into_response(),
+            NotReady::Store(e) => e.into_response(),
+            other => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{}\n", other.reason()),
+            )
+                .into_response(),
         }
     }
 }
@@ -715,36 +737,69 @@ impl NotReady {
 /// `None` when this node should take traffic.
 async fn ready_check(state: &AppState) -> Option<NotReady> {
     if !state.ready.load(Ordering::Relaxed) {
-        return Some(NotReady::Text("starting or stopping\n".into()));
+        return Some(NotReady::Starting);
     }
     if let Err(e) = state.engine.db_now().await {
-        return Some(NotReady::Error(ApiError::store_unreachable(&e)));
+        return Some(NotReady::Store(ApiError::store_unreachable(&e)));
+    }
+    // Before the shards: a node that lost them to its clock should say why.
+    match state.engine.clock_offsets().await {
+        Ok(offsets) => {
+            if let Some(why) = clock_beyond_leeway(&offsets, state.config.auth.leeway_seconds) {
+                return Some(NotReady::Clock(why));
+            }
+        }
+        Err(e) => return Some(NotReady::Store(e.into())),
     }
     if state.engine.shards_owned().is_empty() {
-        return Some(NotReady::Text("no shard leases held\n".into()));
-    }
-    let leeway = state.config.auth.leeway_seconds;
-    if let Some(why) = clock_beyond_leeway(state.engine.context().clock_offset(), leeway) {
-        return Some(NotReady::Text(why));
+        return Some(NotReady::NoShards);
     }
     None
 }
 
-/// The sentence for a clock further from the database clock than the token leeway (every
-/// token would be refused here), `None` within it. `offset` is database clock − this clock.
-fn clock_beyond_leeway(offset: chrono::Duration, leeway_seconds: u64) -> Option<String> {
-    let leeway = chrono::Duration::seconds(i64::try_from(leeway_seconds).unwrap_or(i64::MAX));
-    if offset.abs() <= leeway {
+/// The sentence for a node whose clock is further from the database clock than the token
+/// leeway (at least a second), `None` within it. `offsets` are database clock − node clock,
+/// this node's first, then the other live members'. With other members, the node must also
+/// be that far from their median: when every node is off alike, the database's clock is
+/// the one that is wrong, and the nodes (whose clocks judge the tokens) are fine.
+fn clock_beyond_leeway(offsets: &[chrono::Duration], leeway_seconds: u64) -> Option<String> {
+    let own = *offsets.first()?;
+    let leeway =
+        chrono::Duration::seconds(i64::try_from(leeway_seconds.max(1)).unwrap_or(i64::MAX));
+    if own.abs() <= leeway {
         return None;
     }
-    let seconds = offset.abs().num_milliseconds() as f64 / 1000.0;
-    let (side, looks) = if offset > chrono::Duration::zero() {
-        ("behind", "not yet valid")
+    if offsets.len() > 1 {
+        let mut sorted = offsets.to_vec();
+        sorted.sort();
+        let mid = sorted.len() / 2;
+        let median = if sorted.len() % 2 == 0 {
+            (sorted[mid - 1] + sorted[mid]) / 2
+        } else {
+            sorted[mid]
+        };
+        if (own - median).abs() <= leeway {
+            return None;
+        }
+    }
+    let seconds = own.abs().num_milliseconds() as f64 / 1000.0;
+    let beyond = seconds - leeway.num_seconds() as f64;
+    let (side, effect) = if own > chrono::Duration::zero() {
+        (
+            "behind",
+            format!(
+                "tokens issued less than {beyond:.0} s ago are refused here as not yet valid (a fresh login fails)"
+            ),
+        )
     } else {
-        ("ahead of", "expired")
+        (
+            "ahead of",
+            format!("tokens are refused here as expired {beyond:.0} s before they expire"),
+        )
     };
     Some(format!(
-        "this node's clock is {seconds:.1} s {side} the database clock, beyond the token leeway of {leeway_seconds} s: every token looks {looks} here; fix the host's time (NTP). Its shards keep running by the database clock\n"
+        "this node's clock is {seconds:.1} s {side} the database clock, beyond the token leeway of {} s: {effect}; fix the host's time (NTP). Its shards keep running by the database clock",
+        leeway.num_seconds()
     ))
 }
 
@@ -798,19 +853,36 @@ mod tests {
 
     #[test]
     fn a_clock_beyond_the_token_leeway_is_named_with_its_side_and_effect() {
-        assert_eq!(clock_beyond_leeway(Duration::seconds(30), 30), None);
-        assert_eq!(clock_beyond_leeway(Duration::seconds(-30), 30), None);
-        let behind = clock_beyond_leeway(Duration::seconds(300), 30).expect("behind");
+        let s = Duration::seconds;
+        assert_eq!(clock_beyond_leeway(&[s(30)], 30), None);
+        assert_eq!(clock_beyond_leeway(&[s(-30)], 30), None);
+        let behind = clock_beyond_leeway(&[s(300)], 30).expect("behind");
         assert!(
             behind.contains("300.0 s behind the database clock")
                 && behind.contains("leeway of 30 s")
-                && behind.contains("not yet valid"),
+                && behind.contains("issued less than 270 s ago are refused here as not yet valid"),
             "{behind}"
         );
-        let ahead = clock_beyond_leeway(Duration::milliseconds(-45_500), 30).expect("ahead");
+        let ahead = clock_beyond_leeway(&[Duration::milliseconds(-45_500)], 30).expect("ahead");
         assert!(
-            ahead.contains("45.5 s ahead of the database clock") && ahead.contains("expired"),
+            ahead.contains("45.5 s ahead of the database clock")
+                && ahead.contains("expired 16 s before they expire"),
             "{ahead}"
         );
+        // A leeway of 0 still allows a second.
+        assert_eq!(clock_beyond_leeway(&[Duration::milliseconds(3)], 0), None);
+    }
+
+    #[test]
+    fn when_every_node_is_off_alike_the_database_clock_is_the_odd_one_and_nodes_stay_ready() {
+        let s = Duration::seconds;
+        // All three 90 s off: the database is wrong, not the nodes.
+        assert_eq!(clock_beyond_leeway(&[s(90), s(90), s(91)], 30), None);
+        // One of three off: it is the outlier.
+        assert!(clock_beyond_leeway(&[s(120), s(0), s(1)], 30).is_some());
+        assert_eq!(clock_beyond_leeway(&[s(0), s(120), s(1)], 30), None);
+        // One of two 120 s off: 60 s from the median, beyond 30.
+        assert!(clock_beyond_leeway(&[s(120), s(0)], 30).is_some());
+        assert_eq!(clock_beyond_leeway(&[s(0), s(120)], 30), None);
     }
 }

@@ -17,8 +17,9 @@ pub const LIBFAKETIME: (&str, &str) = ("libfaketime", "0.9.10-2.1");
 
 /// The directory `package` (name, version) is unpacked in (its `usr/...` below it).
 ///
-/// When Debian no longer offers the pinned version (a point release replaced it), the
-/// version it offers is used instead and a line on stderr says so.
+/// When Debian no longer offers the pinned version (a point release replaced it), the one
+/// it offers is used if it packages the same upstream release (`2.42.0` of
+/// `2.42.0+ds-5+deb12u1`), and a line on stderr says so; otherwise this fails.
 pub fn package((name, version): (&str, &str)) -> Result<PathBuf> {
     let target = crate::python::target_dir().join("debian");
     fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
@@ -36,8 +37,16 @@ pub fn package((name, version): (&str, &str)) -> Result<PathBuf> {
     result
 }
 
+/// The upstream release a Debian version packages: `2.42.0` of `2.42.0+ds-5+deb12u1`.
+fn upstream(version: &str) -> &str {
+    let v = version.split_once(':').map_or(version, |(_, v)| v);
+    let v = v.rsplit_once('-').map_or(v, |(u, _)| u);
+    v.split_once("+ds").map_or(v, |(u, _)| u)
+}
+
 fn ensure(target: &Path, name: &str, version: &str) -> Result<PathBuf> {
-    let done = target.join(format!("{name}.root"));
+    // Keyed by the pin: a new pin fetches again.
+    let done = target.join(format!("{name}_{version}.root"));
     if let Ok(root) = fs::read_to_string(&done) {
         let root = PathBuf::from(root.trim());
         if root.is_dir() {
@@ -48,20 +57,24 @@ fn ensure(target: &Path, name: &str, version: &str) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let pinned = format!("{name}={version}");
-    let fetched = download(&work, &pinned).or_else(|first| {
-        // The pin is gone from the archive, or the package lists are missing: the
-        // version Debian offers now is the next best thing.
+    if let Err(first) = download(&work, &pinned) {
+        let candidate = candidate(name)?;
+        if upstream(&candidate) != upstream(version) {
+            bail!(
+                "{pinned} could not be fetched ({first:#}), and Debian offers {candidate}, another upstream release: update the pin in testkit/src/debian.rs"
+            );
+        }
         eprintln!(
-            "testkit: {pinned} could not be fetched ({first:#}); using the version Debian offers"
+            "testkit: {pinned} could not be fetched ({first:#}); using {candidate}, the same upstream release"
         );
-        download(&work, name)
-    })?;
+        download(&work, &format!("{name}={candidate}"))?;
+    }
     let deb = fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .with_context(|| {
             format!(
-                "apt-get download {fetched} left no .deb in {}",
+                "apt-get download {pinned} left no .deb in {}",
                 work.display()
             )
         })?;
@@ -79,6 +92,35 @@ fn ensure(target: &Path, name: &str, version: &str) -> Result<PathBuf> {
         .with_context(|| format!("writing {}", done.display()))?;
     let _ = fs::remove_dir_all(&work);
     Ok(root)
+}
+
+/// The version of `name` Debian's package lists offer (`apt-cache policy`).
+fn candidate(name: &str) -> Result<String> {
+    let out = Command::new("apt-cache")
+        .args(["policy", name])
+        .output()
+        .context("apt-cache policy: cannot run it (is this a Debian machine?)")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_owned())
+        })
+        .filter(|v| v != "(none)" && !v.is_empty())
+        .with_context(|| format!("Debian's package lists offer no {name} (apt-get update?)"))
+}
+
+/// The directory of the host's multiarch libraries below `usr/lib` (`x86_64-linux-gnu`).
+pub fn multiarch() -> String {
+    Command::new("dpkg-architecture")
+        .arg("-qDEB_HOST_MULTIARCH")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("{}-linux-gnu", std::env::consts::ARCH))
 }
 
 /// `apt-get download spec` into `dir`; answers the spec fetched.
@@ -106,4 +148,14 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_upstream_release_of_a_debian_version() {
+        assert_eq!(super::upstream("2.42.0+ds-5+deb12u1"), "2.42.0");
+        assert_eq!(super::upstream("0.9.10-2.1"), "0.9.10");
+        assert_eq!(super::upstream("1:8.2302.0-1"), "8.2302.0");
+    }
 }

@@ -219,16 +219,23 @@ impl SequencerState {
         Ok(())
     }
 
-    async fn publish_stats(&mut self) -> Result<(), crate::store::StoreError> {
+    /// Publishes the backlog on every node, holder or not, whether chaining works or not:
+    /// a sequencer that stopped (or keeps failing) shows as a backlog that ages.
+    async fn publish_stats(&mut self, holding: bool) -> Result<(), crate::store::StoreError> {
         if self.last_stats.elapsed() < Duration::from_secs(5) {
             return Ok(());
         }
         self.last_stats = Instant::now();
         // Unchained events within the lookback window of the chain's newest event: an exact
-        // count over the whole log would read every event every time.
+        // count over the whole log would read every event every time. A standby (no cursor
+        // of its own) looks back ten minutes: enough for the backlog's age to say the
+        // sequencer is not running.
         let lookback = chrono::Duration::from_std(self.args.config.lookback)
             .unwrap_or(chrono::Duration::minutes(1));
-        let since = self.cursor.map(|(at, _)| at - lookback);
+        let since = match self.cursor {
+            Some((at, _)) if holding => Some(at - lookback),
+            _ => Some(chrono::Utc::now() - chrono::Duration::minutes(10)),
+        };
         let s = self.args.store.audit_stats(since).await?;
         metrics::gauge!(names::AUDIT_CHAIN_LENGTH).set(s.chain_length as f64);
         metrics::gauge!(names::AUDIT_UNCHAINED).set(s.unchained as f64);
@@ -241,9 +248,17 @@ impl SequencerState {
     }
 
     async fn tick(&mut self) -> Result<(), crate::store::StoreError> {
-        if !self.hold_lease().await? {
-            return Ok(());
-        }
+        let holding = self.hold_lease().await?;
+        let work = if holding {
+            self.sequence().await
+        } else {
+            Ok(())
+        };
+        let stats = self.publish_stats(holding).await;
+        work.and(stats)
+    }
+
+    async fn sequence(&mut self) -> Result<(), crate::store::StoreError> {
         // Drain what is there now, a bounded number of batches per tick.
         for _ in 0..50 {
             // A long backlog must not outlast the lease: renew (cheaply) between batches.
@@ -253,8 +268,7 @@ impl SequencerState {
                 break;
             }
         }
-        self.checkpoint_if_due().await?;
-        self.publish_stats().await
+        self.checkpoint_if_due().await
     }
 }
 

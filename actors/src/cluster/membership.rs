@@ -112,6 +112,10 @@ impl Actor for Membership {
         st.stats.dequeued();
         let MembershipMsg::Beat = msg;
         let ctx = &st.ctx;
+        let sent = chrono::Utc::now();
+        if let Ok(db_now) = ctx.store.db_now().await {
+            ctx.probe_db_clock(db_now, sent, chrono::Utc::now());
+        }
         let hb = Heartbeat {
             node: ctx.node(),
             incarnation: ctx.incarnation,

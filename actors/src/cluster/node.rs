@@ -131,6 +131,9 @@ impl NodeState {
                 }
             }
             Err(e) => {
+                // What is left of the lease shrinks while renewals fail (0: self-fenced).
+                metrics::gauge!(names::LEASE_REMAINING)
+                    .set(self.args.lease.remaining().as_secs_f64());
                 tracing::warn!(error = %e, "renewing shard leases failed");
                 self.stats.set_state(format!(
                     "lease renewal failing ({} s usable): {e}",
@@ -225,6 +228,14 @@ impl NodeState {
             .into_iter()
             .filter(|r| r.shard < a.shard_count)
             .collect();
+        // Every node reports it from the database, so one that is not scraped takes
+        // nothing away from it.
+        let leased = table
+            .iter()
+            .filter(|r| r.lease_expires_at.is_some_and(|t| t > db_now))
+            .count();
+        metrics::gauge!(names::SHARDS_UNOWNED)
+            .set(f64::from(a.shard_count).max(leased as f64) - leased as f64);
         let ttl = chrono::Duration::from_std(a.lease_ttl).unwrap_or(chrono::Duration::seconds(5));
         let mut live: BTreeSet<String> = members
             .into_iter()

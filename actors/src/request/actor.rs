@@ -85,6 +85,32 @@ pub struct RequestState {
     /// Retry-After of the last throttled call per grant: the next back-off waits at least
     /// this long.
     retry_after: std::collections::HashMap<Uuid, Duration>,
+    stuck: StuckGauge,
+}
+
+/// This actor's part of `jitsudo_revocations_stuck`: counted while it holds a request whose
+/// revocation is stuck, uncounted when that clears or the actor stops (asleep, handed over,
+/// rebuilt), so the gauge is what this node's live actors hold, after restarts too.
+struct StuckGauge(bool);
+
+impl StuckGauge {
+    fn set(&mut self, stuck: bool) {
+        if stuck != self.0 {
+            let g = metrics::gauge!(names::REVOCATIONS_STUCK);
+            if stuck {
+                g.increment(1.0);
+            } else {
+                g.decrement(1.0);
+            }
+            self.0 = stuck;
+        }
+    }
+}
+
+impl Drop for StuckGauge {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// Deadline timer tasks, cancelled when replaced or dropped.
@@ -121,7 +147,10 @@ impl Actor for RequestActor {
         args: RequestArgs,
     ) -> Result<RequestState, ActorProcessingErr> {
         args.stats.set_state(args.req.state.as_str());
+        let mut stuck = StuckGauge(false);
+        stuck.set(args.req.stuck);
         Ok(RequestState {
+            stuck,
             ctx: args.ctx,
             req: args.req,
             fence: args.fence,
@@ -399,6 +428,7 @@ async fn apply_with(
             st.req.version = version;
             st.req.apply_times(&tr.times, db_now);
             record_transition(&prev, &st.req, db_now);
+            st.stuck.set(st.req.stuck);
             let _ = ctx.commits.send((st.req.id, version));
             st.stats.set_state(st.req.state.as_str());
             arm_timers(me, st);
@@ -428,12 +458,6 @@ async fn apply_with(
 
 fn record_transition(prev: &Request, next: &Request, db_now: chrono::DateTime<chrono::Utc>) {
     metrics::counter!(names::TRANSITIONS, "from" => prev.state.as_str(), "to" => next.state.as_str()).increment(1);
-    if !prev.stuck && next.stuck {
-        metrics::gauge!(names::REVOCATIONS_STUCK).increment(1.0);
-    }
-    if prev.stuck && !next.stuck {
-        metrics::gauge!(names::REVOCATIONS_STUCK).decrement(1.0);
-    }
     if next.state == State::Expired
         && let Some(exp) = next.expires_at
     {

@@ -63,7 +63,6 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// A stable, low-cardinality code for logs and metrics labels.
     /// Every value [`AuthError::reason`] answers (the `reason` label of
     /// `jitsudo_auth_refusals_total`).
     pub const REASONS: [&'static str; 18] = [
@@ -87,6 +86,7 @@ impl AuthError {
         "http_client",
     ];
 
+    /// A stable, low-cardinality code for logs and metrics labels.
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::TokenTooLarge { .. } => "token_too_large",

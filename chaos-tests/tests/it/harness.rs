@@ -439,7 +439,6 @@ timeout_seconds = 5
             .sum()
     }
 
-    /// Waits until node `i` answers `/readyz`.
     /// Node `i`'s `/readyz`: status code and body.
     pub async fn readyz(&self, i: usize) -> (u16, String) {
         let url = format!("https://localhost:{}/readyz", self.nodes[i].api_port);
@@ -449,6 +448,7 @@ timeout_seconds = 5
         }
     }
 
+    /// Waits until node `i` answers `/readyz`.
     pub async fn wait_ready(&mut self, i: usize) {
         let http = self.https();
         let url = format!("https://localhost:{}/readyz", self.nodes[i].api_port);

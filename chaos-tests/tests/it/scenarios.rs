@@ -871,7 +871,9 @@ async fn s12_a_node_whose_clock_is_behind_the_token_leeway_is_unready_but_expire
     let _one = SERIAL.lock().await;
     let faketime = jitsudo_testkit::debian::package(jitsudo_testkit::debian::LIBFAKETIME)
         .expect("libfaketime from Debian")
-        .join("usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+        .join("usr/lib")
+        .join(jitsudo_testkit::debian::multiarch())
+        .join("faketime/libfaketime.so.1");
     assert!(faketime.exists(), "{} missing", faketime.display());
     let mut c = Cluster::start(Opts {
         nodes: 2,

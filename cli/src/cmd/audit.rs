@@ -248,7 +248,9 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
     let mut after = 0i64;
     // A long log takes a while: on a terminal, say how far it got (nothing when piped).
     let progress = (app.out.interactive && !app.out.quiet).then(|| {
-        let pb = indicatif::ProgressBar::new_spinner();
+        // Cleared however verification ends (an error is printed after it, on a clean line).
+        let pb =
+            indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
         pb.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} verifying the audit chain: {human_pos} events checked ({per_sec})",
@@ -304,7 +306,7 @@ async fn verify(app: &App, args: VerifyArgs) -> CliResult<ExitCode> {
             }
         }
         if let Some(pb) = &progress {
-            pb.set_position(u64::try_from(chain_length).unwrap_or(0));
+            pb.inc(page.events.len() as u64);
         }
         if page.next_page_token.is_empty() || page.events.is_empty() {
             break;
