@@ -104,67 +104,6 @@ impl DbClock {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{DbClock, PROBE_WINDOW};
-    use chrono::{Duration, TimeZone, Utc};
-    use std::time::Instant;
-
-    #[test]
-    fn a_clock_that_was_behind_and_is_corrected_is_followed_within_the_probe_window() {
-        let c = DbClock::default();
-        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
-        let t0 = Instant::now();
-        // 120 s behind: the node reads db − 120 s, round trip 2 ms.
-        let local = db - Duration::seconds(120);
-        c.probe(
-            db,
-            local - Duration::milliseconds(1),
-            local + Duration::milliseconds(1),
-            t0,
-        );
-        assert_eq!(c.offset().num_milliseconds(), 120_000);
-        // Commits cannot lower it ...
-        c.observe(0);
-        assert_eq!(c.offset().num_milliseconds(), 120_000);
-        // ... probes after the correction do, once the old ones leave the window.
-        let probe_at = |at: Instant| {
-            c.probe(
-                db,
-                db - Duration::milliseconds(2),
-                db + Duration::milliseconds(2),
-                at,
-            );
-        };
-        probe_at(t0 + PROBE_WINDOW / 2);
-        assert_eq!(
-            c.offset().num_milliseconds(),
-            120_000,
-            "the shorter round trip wins"
-        );
-        probe_at(t0 + PROBE_WINDOW + std::time::Duration::from_secs(1));
-        assert_eq!(c.offset().num_milliseconds(), 0);
-    }
-
-    #[test]
-    fn a_clock_that_jumps_back_shows_at_the_next_commit_and_one_that_jumps_ahead_at_probes() {
-        let c = DbClock::default();
-        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
-        let t0 = Instant::now();
-        c.probe(db, db, db, t0);
-        assert_eq!(c.offset(), Duration::zero());
-        c.observe(5_000_000);
-        assert_eq!(
-            c.offset(),
-            Duration::seconds(5),
-            "a commit raises it at once"
-        );
-        let ahead = db + Duration::seconds(90);
-        c.probe(db, ahead, ahead, t0 + PROBE_WINDOW * 2);
-        assert_eq!(c.offset(), Duration::seconds(-90));
-    }
-}
-
 pub struct NodeContext {
     pub config: EngineConfig,
     pub incarnation: Uuid,
@@ -290,5 +229,66 @@ impl NodeContext {
     /// Delay until `at` by this node's estimate of the database clock (zero if past).
     pub fn until(&self, at: Timestamp) -> Duration {
         (at - self.now()).to_std().unwrap_or(Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DbClock, PROBE_WINDOW};
+    use chrono::{Duration, TimeZone, Utc};
+    use std::time::Instant;
+
+    #[test]
+    fn a_clock_that_was_behind_and_is_corrected_is_followed_within_the_probe_window() {
+        let c = DbClock::default();
+        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
+        let t0 = Instant::now();
+        // 120 s behind: the node reads db − 120 s, round trip 2 ms.
+        let local = db - Duration::seconds(120);
+        c.probe(
+            db,
+            local - Duration::milliseconds(1),
+            local + Duration::milliseconds(1),
+            t0,
+        );
+        assert_eq!(c.offset().num_milliseconds(), 120_000);
+        // Commits cannot lower it ...
+        c.observe(0);
+        assert_eq!(c.offset().num_milliseconds(), 120_000);
+        // ... probes after the correction do, once the old ones leave the window.
+        let probe_at = |at: Instant| {
+            c.probe(
+                db,
+                db - Duration::milliseconds(2),
+                db + Duration::milliseconds(2),
+                at,
+            );
+        };
+        probe_at(t0 + PROBE_WINDOW / 2);
+        assert_eq!(
+            c.offset().num_milliseconds(),
+            120_000,
+            "the shorter round trip wins"
+        );
+        probe_at(t0 + PROBE_WINDOW + std::time::Duration::from_secs(1));
+        assert_eq!(c.offset().num_milliseconds(), 0);
+    }
+
+    #[test]
+    fn a_clock_that_jumps_back_shows_at_the_next_commit_and_one_that_jumps_ahead_at_probes() {
+        let c = DbClock::default();
+        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
+        let t0 = Instant::now();
+        c.probe(db, db, db, t0);
+        assert_eq!(c.offset(), Duration::zero());
+        c.observe(5_000_000);
+        assert_eq!(
+            c.offset(),
+            Duration::seconds(5),
+            "a commit raises it at once"
+        );
+        let ahead = db + Duration::seconds(90);
+        c.probe(db, ahead, ahead, t0 + PROBE_WINDOW * 2);
+        assert_eq!(c.offset(), Duration::seconds(-90));
     }
 }

@@ -773,7 +773,7 @@ fn clock_beyond_leeway(offsets: &[chrono::Duration], leeway_seconds: u64) -> Opt
         let mut sorted = offsets.to_vec();
         sorted.sort();
         let mid = sorted.len() / 2;
-        let median = if sorted.len() % 2 == 0 {
+        let median = if sorted.len().is_multiple_of(2) {
             (sorted[mid - 1] + sorted[mid]) / 2
         } else {
             sorted[mid]

@@ -9,6 +9,7 @@ mod error;
 mod login;
 mod output;
 mod pins;
+mod rego_tests;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! `jitsudo policy list|get|apply|delete|eval`.
+//! `jitsudo policy list|get|apply|delete|eval|test`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,9 +33,27 @@ pub enum PolicyCommand {
         #[arg(long)]
         input: PathBuf,
     },
+    /// Run the Rego unit tests under DIR offline, as `opa test` does: every `.rego` file
+    /// is loaded, every rule named `test_…` must evaluate to true. Exit 1 when one fails.
+    Test {
+        dir: PathBuf,
+        /// Only the tests whose `data.package.rule` path contains this text.
+        #[arg(long)]
+        run: Option<String>,
+    },
 }
 
 pub async fn policy(app: &App, c: PolicyCommand) -> CliResult<ExitCode> {
+    if let PolicyCommand::Test { dir, run } = &c {
+        let report = crate::rego_tests::run(dir, run.as_deref())?;
+        app.out
+            .emit(&report, |_| crate::rego_tests::report_table(&report))?;
+        return Ok(if report.failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(crate::error::Exit::Failure)
+        });
+    }
     let api = app.api().await?;
     let mut client = api.policies.clone();
     match c {
@@ -132,6 +150,8 @@ pub async fn policy(app: &App, c: PolicyCommand) -> CliResult<ExitCode> {
             app.out.note(format!("Deleted policy {name}"));
             app.out.emit(&r, |_| format!("deleted {name}"))?;
         }
+        // Offline: answered above, before connecting.
+        PolicyCommand::Test { .. } => {}
         PolicyCommand::Eval { input } => {
             let text = if input.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?

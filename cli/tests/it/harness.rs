@@ -336,6 +336,17 @@ impl Run {
 }
 
 impl User {
+    /// Someone whose server answers nothing (port 1): for commands that must work offline.
+    pub fn offline(name: &str) -> User {
+        User {
+            name: name.to_owned(),
+            home: tempfile::tempdir().expect("user home"),
+            server: "http://127.0.0.1:1".into(),
+            ca_cert: None,
+            token: None,
+        }
+    }
+
     /// The `jitsudo` binary with this user's environment.
     pub fn command(&self) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_jitsudo"));

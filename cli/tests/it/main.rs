@@ -6,5 +6,6 @@ mod contexts;
 mod dev;
 mod device_flow;
 mod harness;
+mod policy_tests;
 mod postgres;
 mod snapshots;
