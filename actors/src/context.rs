@@ -28,6 +28,11 @@ struct Probe {
     sample: i64,
 }
 
+/// The probe with the shortest round trip, the newest of equals.
+fn best(q: &std::collections::VecDeque<Probe>) -> Option<Probe> {
+    q.iter().rev().min_by_key(|p| p.rtt).copied()
+}
+
 /// This node's estimate of the database clock minus its own, in microseconds.
 #[derive(Debug)]
 pub struct DbClock {
@@ -46,13 +51,28 @@ impl Default for DbClock {
 }
 
 impl DbClock {
+    /// How far apart two readings of the same offset may be and still agree (the
+    /// database's clock resolution, scheduling between reading a clock and stamping).
+    const SLACK_US: i64 = 1_000;
+
     /// A committed write's `db_now − local receive time` (µs): the database read its clock
-    /// before the reply arrived, so the sample is a lower bound of the offset. It raises
-    /// the estimate (a clock that jumped back shows at the next commit); lowering it is
-    /// the probes' business. Before the first probe, the highest recent sample decays by
-    /// 100 µs per sample, so one slow commit does not drag every later timer late.
+    /// before the reply arrived, so the sample is a lower bound of the offset. Above what
+    /// the best probe allows, this node's clock stepped back: the probes before the step
+    /// no longer count, and the sample stands until the next probe. Within it, it raises
+    /// the estimate. Before the first probe, the highest recent sample decays by 100 µs
+    /// per sample, so one slow commit does not drag every later timer late.
     pub fn observe(&self, sample: i64) {
-        let probed = self.probes.lock().map(|q| !q.is_empty()).unwrap_or(false);
+        let Ok(mut q) = self.probes.lock() else {
+            return;
+        };
+        let best_upper = best(&q).map(|p| p.sample + p.rtt / 2 + Self::SLACK_US);
+        if best_upper.is_some_and(|upper| sample > upper) {
+            q.clear();
+            self.offset_us.store(sample, Ordering::Relaxed);
+            return;
+        }
+        let probed = !q.is_empty();
+        drop(q);
         let _ = self
             .offset_us
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
@@ -65,34 +85,38 @@ impl DbClock {
     }
 
     /// A probe (the membership heartbeat's, every second): the database read `db_now`
-    /// between `sent` and `received` by this node's clock, so the offset is `db_now −` the
-    /// midpoint, to within half the round trip. The estimate becomes the probe with the
-    /// shortest round trip of the last [`PROBE_WINDOW`]: it follows a clock that was
-    /// corrected or jumped, either way, within that window.
+    /// while this node waited `rtt` (its monotonic clock) from `sent` (its wall clock), so
+    /// the offset is `db_now − (sent + rtt/2)`, to within half the round trip. The estimate
+    /// is the probe with the shortest round trip of the last [`PROBE_WINDOW`] (the newest
+    /// of equals); a probe that disagrees with it beyond both round trips means this
+    /// node's clock stepped, and the probes before it are dropped at once.
     pub fn probe(
         &self,
         db_now: Timestamp,
         sent: Timestamp,
-        received: Timestamp,
+        rtt: std::time::Duration,
         at: std::time::Instant,
     ) {
-        let rtt = (received - sent)
-            .num_microseconds()
-            .unwrap_or(i64::MAX)
-            .max(0);
+        let rtt = i64::try_from(rtt.as_micros()).unwrap_or(i64::MAX);
         let sample = (db_now - sent).num_microseconds().unwrap_or(0) - rtt / 2;
         let Ok(mut q) = self.probes.lock() else {
             return;
         };
-        q.push_back(Probe { at, rtt, sample });
+        let new = Probe { at, rtt, sample };
+        if best(&q)
+            .is_some_and(|b| (b.sample - new.sample).abs() > (b.rtt + new.rtt) / 2 + Self::SLACK_US)
+        {
+            q.clear();
+        }
+        q.push_back(new);
         while q.len() > 1
             && q.front()
                 .is_some_and(|p| at.saturating_duration_since(p.at) > PROBE_WINDOW)
         {
             q.pop_front();
         }
-        if let Some(best) = q.iter().min_by_key(|p| p.rtt) {
-            self.offset_us.store(best.sample, Ordering::Relaxed);
+        if let Some(b) = best(&q) {
+            self.offset_us.store(b.sample, Ordering::Relaxed);
         }
     }
 
@@ -197,9 +221,9 @@ impl NodeContext {
     }
 
     /// A probe of the database clock (see [`DbClock::probe`]).
-    pub fn probe_db_clock(&self, db_now: Timestamp, sent: Timestamp, received: Timestamp) {
+    pub fn probe_db_clock(&self, db_now: Timestamp, sent: Timestamp, rtt: Duration) {
         self.db_clock
-            .probe(db_now, sent, received, std::time::Instant::now());
+            .probe(db_now, sent, rtt, std::time::Instant::now());
     }
 
     pub fn clock_offset(&self) -> chrono::Duration {
@@ -236,59 +260,102 @@ impl NodeContext {
 mod tests {
     use super::{DbClock, PROBE_WINDOW};
     use chrono::{Duration, TimeZone, Utc};
-    use std::time::Instant;
+    use std::time::{Duration as Std, Instant};
+
+    fn db() -> chrono::DateTime<Utc> {
+        Utc.timestamp_opt(1_000_000, 0).single().expect("a time")
+    }
 
     #[test]
-    fn a_clock_that_was_behind_and_is_corrected_is_followed_within_the_probe_window() {
+    fn the_offset_is_the_midpoint_of_the_probe_with_the_shortest_round_trip() {
         let c = DbClock::default();
-        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
         let t0 = Instant::now();
-        // 120 s behind: the node reads db − 120 s, round trip 2 ms.
-        let local = db - Duration::seconds(120);
+        // 120 s behind: sent at db − 120 s − 1 ms, answered 2 ms later.
+        let sent = db() - Duration::seconds(120) - Duration::milliseconds(1);
+        c.probe(db(), sent, Std::from_millis(2), t0);
+        assert_eq!(c.offset().num_milliseconds(), 120_000);
+        // A slower probe that agrees does not move it; a commit below it does not either.
         c.probe(
-            db,
-            local - Duration::milliseconds(1),
-            local + Duration::milliseconds(1),
+            db(),
+            sent - Duration::milliseconds(4),
+            Std::from_millis(10),
             t0,
         );
+        c.observe(119_000_000);
         assert_eq!(c.offset().num_milliseconds(), 120_000);
-        // Commits cannot lower it ...
-        c.observe(0);
-        assert_eq!(c.offset().num_milliseconds(), 120_000);
-        // ... probes after the correction do, once the old ones leave the window.
-        let probe_at = |at: Instant| {
-            c.probe(
-                db,
-                db - Duration::milliseconds(2),
-                db + Duration::milliseconds(2),
-                at,
-            );
-        };
-        probe_at(t0 + PROBE_WINDOW / 2);
-        assert_eq!(
-            c.offset().num_milliseconds(),
-            120_000,
-            "the shorter round trip wins"
+    }
+
+    #[test]
+    fn a_clock_that_is_corrected_is_followed_at_the_next_probe() {
+        let c = DbClock::default();
+        let t0 = Instant::now();
+        c.probe(db(), db() - Duration::seconds(120), Std::ZERO, t0);
+        assert_eq!(c.offset().num_seconds(), 120);
+        // NTP steps the clock forward: the next probe disagrees beyond both round trips.
+        c.probe(
+            db(),
+            db() - Duration::milliseconds(1),
+            Std::from_millis(2),
+            t0 + Std::from_secs(1),
         );
-        probe_at(t0 + PROBE_WINDOW + std::time::Duration::from_secs(1));
+        assert_eq!(c.offset().num_milliseconds(), 0);
+        // And the old probe does not come back.
+        c.probe(
+            db(),
+            db() - Duration::milliseconds(3),
+            Std::from_millis(6),
+            t0 + Std::from_secs(2),
+        );
         assert_eq!(c.offset().num_milliseconds(), 0);
     }
 
     #[test]
-    fn a_clock_that_jumps_back_shows_at_the_next_commit_and_one_that_jumps_ahead_at_probes() {
+    fn a_clock_that_steps_back_shows_at_the_next_commit_and_stays_shown() {
         let c = DbClock::default();
-        let db = Utc.timestamp_opt(1_000_000, 0).single().expect("a time");
         let t0 = Instant::now();
-        c.probe(db, db, db, t0);
-        assert_eq!(c.offset(), Duration::zero());
-        c.observe(5_000_000);
-        assert_eq!(
-            c.offset(),
-            Duration::seconds(5),
-            "a commit raises it at once"
+        c.probe(
+            db(),
+            db() - Duration::milliseconds(1),
+            Std::from_millis(2),
+            t0,
         );
-        let ahead = db + Duration::seconds(90);
-        c.probe(db, ahead, ahead, t0 + PROBE_WINDOW * 2);
-        assert_eq!(c.offset(), Duration::seconds(-90));
+        assert_eq!(c.offset(), Duration::zero());
+        // The clock steps back 5 s: a commit proves the offset is at least 5 s.
+        c.observe(5_000_000);
+        assert_eq!(c.offset(), Duration::seconds(5));
+        // The next probe agrees with the commit, not with the probe before the step.
+        c.probe(
+            db(),
+            db() - Duration::seconds(5) - Duration::milliseconds(2),
+            Std::from_millis(4),
+            t0 + Std::from_secs(1),
+        );
+        assert_eq!(c.offset(), Duration::seconds(5));
+    }
+
+    #[test]
+    fn old_probes_leave_the_window() {
+        let c = DbClock::default();
+        let t0 = Instant::now();
+        c.probe(
+            db(),
+            db() - Duration::milliseconds(1),
+            Std::from_millis(2),
+            t0,
+        );
+        // Later probes agree within their round trips but read a little more: once the
+        // first leaves the window, the best of the rest counts.
+        let later = |at: Instant| {
+            c.probe(
+                db(),
+                db() - Duration::milliseconds(4),
+                Std::from_millis(6),
+                at,
+            );
+        };
+        later(t0 + PROBE_WINDOW / 2);
+        assert_eq!(c.offset().num_milliseconds(), 0);
+        later(t0 + PROBE_WINDOW + Std::from_secs(1));
+        assert_eq!(c.offset().num_milliseconds(), 1);
     }
 }

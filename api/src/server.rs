@@ -759,9 +759,10 @@ async fn ready_check(state: &AppState) -> Option<NotReady> {
 
 /// The sentence for a node whose clock is further from the database clock than the token
 /// leeway (at least a second), `None` within it. `offsets` are database clock − node clock,
-/// this node's first, then the other live members'. With other members, the node must also
-/// be that far from their median: when every node is off alike, the database's clock is
-/// the one that is wrong, and the nodes (whose clocks judge the tokens) are fine.
+/// this node's first, then the other live members'. The node must also be that far from
+/// the median of the others' offsets and the database's own (0): when every node is off
+/// alike, the database's clock is the one that is wrong, and the nodes (whose clocks judge
+/// the tokens) are fine.
 fn clock_beyond_leeway(offsets: &[chrono::Duration], leeway_seconds: u64) -> Option<String> {
     let own = *offsets.first()?;
     let leeway =
@@ -769,8 +770,9 @@ fn clock_beyond_leeway(offsets: &[chrono::Duration], leeway_seconds: u64) -> Opt
     if own.abs() <= leeway {
         return None;
     }
-    if offsets.len() > 1 {
-        let mut sorted = offsets.to_vec();
+    {
+        let mut sorted: Vec<chrono::Duration> = offsets[1..].to_vec();
+        sorted.push(chrono::Duration::zero());
         sorted.sort();
         let mid = sorted.len() / 2;
         let median = if sorted.len().is_multiple_of(2) {
@@ -881,8 +883,9 @@ mod tests {
         // One of three off: it is the outlier.
         assert!(clock_beyond_leeway(&[s(120), s(0), s(1)], 30).is_some());
         assert_eq!(clock_beyond_leeway(&[s(0), s(120), s(1)], 30), None);
-        // One of two 120 s off: 60 s from the median, beyond 30.
+        // One of two off: the other and the database agree against it.
         assert!(clock_beyond_leeway(&[s(120), s(0)], 30).is_some());
+        assert!(clock_beyond_leeway(&[s(50), s(0)], 30).is_some());
         assert_eq!(clock_beyond_leeway(&[s(0), s(120)], 30), None);
     }
 }

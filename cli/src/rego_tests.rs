@@ -48,10 +48,12 @@ fn rego_files(dir: &Path, out: &mut Vec<PathBuf>) -> CliResult<()> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", dir.display())))?;
     for entry in entries {
-        let p = entry
-            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", dir.display())))?
-            .path();
-        if p.is_dir() {
+        let entry =
+            entry.map_err(|e| CliError::usage(format!("cannot read {}: {e}", dir.display())))?;
+        let p = entry.path();
+        // Symbolic links to directories are not followed (a loop would never end).
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
             rego_files(&p, out)?;
         } else if p.extension().is_some_and(|x| x == "rego") {
             out.push(p);
@@ -60,20 +62,31 @@ fn rego_files(dir: &Path, out: &mut Vec<PathBuf>) -> CliResult<()> {
     Ok(())
 }
 
-/// Rule names at the start of a line that look like tests (`test_…`); the engine then says
-/// which of them are rules.
-fn test_candidates(rego: &str) -> Vec<String> {
-    let mut names: Vec<String> = rego
-        .lines()
-        .filter(|l| l.starts_with("test_"))
-        .map(|l| {
-            l.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect()
-        })
-        .collect();
-    names.dedup();
+/// Rule names at the start of a line that look like tests (`test_…`), once each, with how
+/// many rule heads each has; the engine then says which of them are rules.
+fn test_candidates(rego: &str) -> Vec<(String, usize)> {
+    let mut names: Vec<(String, usize)> = Vec::new();
+    for l in rego.lines().filter(|l| l.starts_with("test_")) {
+        let name: String = l
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        match names.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, heads)) => *heads += 1,
+            None => names.push((name, 1)),
+        }
+    }
     names
+}
+
+/// Whether a test's value passes: `true`, or (a table-driven test, `test_x[name] if …`) an
+/// object whose every value is `true`, as `opa test` judges them.
+fn passes(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::Object(o) => !o.is_empty() && o.values().all(|v| *v == Value::Bool(true)),
+        _ => false,
+    }
 }
 
 /// Loads every `.rego` file under `dir` and runs the tests whose name contains `filter`.
@@ -104,13 +117,26 @@ pub fn run(dir: &Path, filter: Option<&str>) -> CliResult<Report> {
             .map_err(|e| CliError::usage(format!("{name} does not compile: {e}")))?;
         sources.push((name, text));
     }
+    // Analysis (unsafe variables, unknown functions, recursion) happens when the engine is
+    // first prepared: do it now, as jitsudod does at apply time, so such a file is refused
+    // as not compiling rather than failing every test.
+    engine
+        .eval_query("true".into(), false)
+        .map_err(|e| CliError::usage(format!("the policies do not compile: {e}")))?;
+    let _ = engine.take_prints();
     let packages = engine
         .get_policy_package_components()
         .map_err(|e| CliError::usage(format!("the policies do not load together: {e}")))?;
     let mut tests = Vec::new();
     for ((file, text), package) in sources.iter().zip(&packages) {
         let package = package.components.join(".");
-        for name in test_candidates(text) {
+        for (name, heads) in test_candidates(text) {
+            if heads > 1 {
+                // Rego ORs the bodies of rules with one name: one failing would hide.
+                return Err(CliError::usage(format!(
+                    "{file}: {heads} tests are named {name}: give each test a name of its own"
+                )));
+            }
             let declared = engine
                 .has_declared_rule_rooted_at(file, &name)
                 .map_err(|e| CliError::usage(format!("{file}: {e}")))?;
@@ -130,7 +156,7 @@ pub fn run(dir: &Path, filter: Option<&str>) -> CliResult<Report> {
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         let prints = engine.take_prints().unwrap_or_default();
         let (outcome, detail) = match value {
-            Ok(Value::Bool(true)) => (Outcome::Pass, String::new()),
+            Ok(v) if passes(&v) => (Outcome::Pass, String::new()),
             Ok(Value::Undefined) => (Outcome::Fail, "undefined".to_owned()),
             Ok(v) => (
                 Outcome::Fail,
@@ -193,11 +219,27 @@ pub fn report_table(r: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::test_candidates;
+    use super::{passes, test_candidates};
+    use regorus::Value;
 
     #[test]
     fn test_rules_are_found_at_the_start_of_a_line_only() {
-        let rego = "package p\n\ntest_allows if {\n  allow\n}\n  test_indented := true\n# test_comment\ntest_value := 1\nhelper := test_allows\n";
-        assert_eq!(test_candidates(rego), vec!["test_allows", "test_value"]);
+        let rego = "package p\n\ntest_allows if {\n  allow\n}\n  test_indented := true\n# test_comment\ntest_value := 1\nhelper := test_allows\ntest_allows if { true }\n";
+        assert_eq!(
+            test_candidates(rego),
+            vec![("test_allows".to_owned(), 2), ("test_value".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn true_and_tables_of_true_pass() {
+        assert!(passes(&Value::Bool(true)));
+        assert!(!passes(&Value::Bool(false)));
+        assert!(!passes(&Value::Undefined));
+        assert!(!passes(&Value::from(1)));
+        let table = Value::from_json_str(r#"{"alice": true, "bob": true}"#).expect("json");
+        assert!(passes(&table));
+        let one_false = Value::from_json_str(r#"{"alice": true, "bob": false}"#).expect("json");
+        assert!(!passes(&one_false));
     }
 }

@@ -111,18 +111,6 @@ fn candidate(name: &str) -> Result<String> {
         .with_context(|| format!("Debian's package lists offer no {name} (apt-get update?)"))
 }
 
-/// The directory of the host's multiarch libraries below `usr/lib` (`x86_64-linux-gnu`).
-pub fn multiarch() -> String {
-    Command::new("dpkg-architecture")
-        .arg("-qDEB_HOST_MULTIARCH")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("{}-linux-gnu", std::env::consts::ARCH))
-}
-
 /// `apt-get download spec` into `dir`; answers the spec fetched.
 fn download(dir: &Path, spec: &str) -> Result<String> {
     run(

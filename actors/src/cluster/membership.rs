@@ -112,9 +112,11 @@ impl Actor for Membership {
         st.stats.dequeued();
         let MembershipMsg::Beat = msg;
         let ctx = &st.ctx;
-        let sent = chrono::Utc::now();
+        // The round trip by the monotonic clock: a wall clock stepping mid-probe must not
+        // make it look instant.
+        let (sent, started) = (chrono::Utc::now(), std::time::Instant::now());
         if let Ok(db_now) = ctx.store.db_now().await {
-            ctx.probe_db_clock(db_now, sent, chrono::Utc::now());
+            ctx.probe_db_clock(db_now, sent, started.elapsed());
         }
         let hb = Heartbeat {
             node: ctx.node(),

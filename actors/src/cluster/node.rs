@@ -134,6 +134,7 @@ impl NodeState {
                 // What is left of the lease shrinks while renewals fail (0: self-fenced).
                 metrics::gauge!(names::LEASE_REMAINING)
                     .set(self.args.lease.remaining().as_secs_f64());
+                metrics::gauge!(names::SHARDS_UNOWNED).set(f64::NAN);
                 tracing::warn!(error = %e, "renewing shard leases failed");
                 self.stats.set_state(format!(
                     "lease renewal failing ({} s usable): {e}",
@@ -149,6 +150,8 @@ impl NodeState {
         let plan = match self.plan().await {
             Ok(p) => p,
             Err(e) => {
+                // Not known now: a stale 0 must not hide shards without an owner.
+                metrics::gauge!(names::SHARDS_UNOWNED).set(f64::NAN);
                 tracing::warn!(error = %e, "reading the cluster's membership failed");
                 return (self.owned.len(), 0);
             }

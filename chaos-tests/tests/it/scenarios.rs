@@ -869,12 +869,16 @@ async fn s11_watchers_on_every_node_wake_on_other_nodes_commits_without_polling(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s12_a_node_whose_clock_is_behind_the_token_leeway_is_unready_but_expires_on_time() {
     let _one = SERIAL.lock().await;
-    let faketime = jitsudo_testkit::debian::package(jitsudo_testkit::debian::LIBFAKETIME)
+    let lib = jitsudo_testkit::debian::package(jitsudo_testkit::debian::LIBFAKETIME)
         .expect("libfaketime from Debian")
-        .join("usr/lib")
-        .join(jitsudo_testkit::debian::multiarch())
-        .join("faketime/libfaketime.so.1");
-    assert!(faketime.exists(), "{} missing", faketime.display());
+        .join("usr/lib");
+    // Under the host's multiarch directory (x86_64-linux-gnu, aarch64-linux-gnu, ...).
+    let faketime = std::fs::read_dir(&lib)
+        .expect("usr/lib")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no faketime/libfaketime.so.1 under {}", lib.display()));
     let mut c = Cluster::start(Opts {
         nodes: 2,
         ..Opts::default()

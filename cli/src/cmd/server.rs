@@ -130,12 +130,14 @@ pub async fn server(app: &App, c: ServerCommand) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A member's clock offset, marked when it is beyond the token leeway: such a node refuses
-/// every token and reports itself not ready.
+/// A member's clock offset, marked when it is beyond the token leeway (at least a second, as
+/// readiness counts it): such a node refuses fresh or nearly expired tokens, and reports
+/// itself not ready unless every node is off alike.
 fn clock_offset(ms: f64, leeway_seconds: f64) -> String {
-    if leeway_seconds > 0.0 && ms.abs() > leeway_seconds * 1000.0 {
+    let leeway_seconds = leeway_seconds.max(1.0);
+    if ms.abs() > leeway_seconds * 1000.0 {
         format!(
-            "{:.1} s {} (beyond the {leeway_seconds:.0} s token leeway: not ready, fix its NTP)",
+            "{:.1} s {} (beyond the {leeway_seconds:.0} s token leeway: fix its NTP)",
             ms.abs() / 1000.0,
             if ms > 0.0 { "behind" } else { "ahead" }
         )
@@ -449,8 +451,7 @@ mod tests {
         assert!(line("node-0").contains("1.5 ms"), "{view}");
         assert!(!line("node-0").contains("leeway"), "{view}");
         assert!(
-            line("node-1")
-                .contains("120.0 s behind (beyond the 30 s token leeway: not ready, fix its NTP)"),
+            line("node-1").contains("120.0 s behind (beyond the 30 s token leeway: fix its NTP)"),
             "{view}"
         );
     }

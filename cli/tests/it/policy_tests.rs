@@ -135,4 +135,21 @@ fn a_broken_file_or_an_empty_dir_is_refused_naming_it() {
         "{}",
         broken.stderr
     );
+    // Two tests of one name would be ORed by Rego: one failing would pass unseen.
+    let dup = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dup.path().join("dup_test.rego"),
+        "package p\n\ntest_a if { true }\n\ntest_a if { false }\n",
+    )
+    .expect("file");
+    let twice = u
+        .run(&["policy", "test", dup.path().to_str().expect("path")])
+        .fails(2);
+    assert!(
+        twice
+            .stderr
+            .contains("dup_test.rego: 2 tests are named test_a"),
+        "{}",
+        twice.stderr
+    );
 }
